@@ -1,0 +1,177 @@
+"""The running gateway: build the components from config, serve, reload on SIGHUP, drain on SIGTERM.
+
+Start-up order matters: the spool is opened and recovered (half-written files removed, messages
+that were active at a crash requeued) *before* any listener accepts a connection.
+
+Reload swaps in a complete new set of ingress settings and TLS context, or nothing: a config that
+fails validation is logged and the running one stays. Listener addresses are bound at start; a
+change to them is reported and needs a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import ssl
+import sys
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from gateway import certs, eventlog, metrics
+from gateway.config import Config, ListenerConfig, load_config
+from gateway.errors import MailwardError
+from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSettings
+from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
+from gateway.ingress.relay import RelayPolicy
+from gateway.ingress.users import UserStore
+from gateway.spool import Spool, open_spool
+
+log = logging.getLogger("mailward")
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """Everything derived from one config, built before it replaces the running one."""
+
+    config: Config
+    settings: IngressSettings
+    tls_context: ssl.SSLContext
+
+
+def _build(config: Config) -> _Loaded:
+    settings = IngressSettings(hostname=config.hostname, limits=config.limits,
+                               relay=RelayPolicy.from_config(config.relay),
+                               users=UserStore(config.relay.users_file))
+    return _Loaded(config, settings, certs.server_context(config))
+
+
+class Gateway:
+    def __init__(self, config: Config, *, on_accepted: AcceptedHook | None = None) -> None:
+        self._loaded = _build(config)
+        self._on_accepted = on_accepted
+        self.spool: Spool | None = None
+        self.handler: IngressHandler | None = None
+        self.tracker = ConnectionTracker(config.limits.max_connections,
+                                         config.limits.max_connections_per_ip)
+        self._servers: list[asyncio.Server] = []
+        self._metrics_server: WSGIServer | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def config(self) -> Config:
+        return self._loaded.config
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of each listener, in config order (port 0 -> the real port)."""
+        return [server.sockets[0].getsockname()[:2] for server in self._servers]
+
+    async def start(self) -> None:
+        config = self.config
+        self.spool = open_spool(config.spool, create_key=True)
+        report = self.spool.recover()
+        eventlog.event(log, "spool_recovered", unfinished_writes=report.unfinished_writes,
+                       requeued=report.requeued, orphan_journals=report.orphan_journals)
+        self.handler = IngressHandler(self._loaded.settings, self.spool, self._on_accepted)
+        for listener in config.listeners:
+            server = await asyncio.get_running_loop().create_server(
+                lambda listener=listener: self._protocol(listener),  # type: ignore[misc]
+                host=listener.address, port=listener.port, reuse_address=True, backlog=1024)
+            self._servers.append(server)
+        for listener, (host, port) in zip(config.listeners, self.addresses, strict=True):
+            eventlog.event(log, "listening", listener=listener.label, address=f"{host}:{port}",
+                           starttls=listener.starttls, auth=listener.auth)
+        if config.metrics.listen is not None:
+            self._metrics_server = metrics.serve(config.metrics.listen.host,
+                                                 config.metrics.listen.port, self.spool)
+
+    def _protocol(self, listener: ListenerConfig) -> GatewaySMTP:
+        loaded = self._loaded  # read at accept time, so a reload applies to new connections
+        assert self.handler is not None
+        limits = loaded.config.limits
+        return GatewaySMTP(
+            self.handler, listener, loaded.tls_context if listener.starttls != "off" else None,
+            self.tracker, hostname=loaded.config.hostname,
+            data_size_limit=limits.max_message_size, command_timeout=limits.command_timeout,
+            data_timeout=limits.data_timeout, max_errors=limits.max_errors)
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply it whole, or keep the running one and say why."""
+        source = self.config.source
+        try:
+            loaded = _build(load_config(source) if source is not None else self.config)
+        except MailwardError as exc:
+            eventlog.event(log, "reload_refused", logging.ERROR, error=str(exc).replace("\n", "; "))
+            return False
+        if loaded.config.listeners != self.config.listeners:
+            eventlog.event(log, "reload_listeners_unchanged", logging.WARNING,
+                           note="listener changes take effect after a restart")
+            loaded = _Loaded(_keep_listeners(loaded.config, self.config),
+                             loaded.settings, loaded.tls_context)
+        self._loaded = loaded
+        assert self.handler is not None
+        self.handler.settings = loaded.settings
+        self.tracker.max_total = loaded.config.limits.max_connections
+        self.tracker.max_per_ip = loaded.config.limits.max_connections_per_ip
+        eventlog.event(log, "reloaded", config=source or "embedded-defaults")
+        return True
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve_until_stopped(self) -> None:
+        """Serve until SIGTERM/SIGINT (or `stop()`), then drain. SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Stop accepting; let open transactions finish within drain_timeout; close the rest."""
+        for server in self._servers:
+            server.close()  # no new connections from here on
+        open_sessions = list(self.tracker.open)
+        eventlog.event(log, "draining", sessions=len(open_sessions))
+        for protocol in open_sessions:
+            protocol.begin_drain()
+        try:
+            await asyncio.wait_for(self.tracker.wait_empty(), self.config.limits.drain_timeout)
+        except TimeoutError:
+            eventlog.event(log, "drain_timeout", logging.WARNING, sessions=len(self.tracker.open))
+        for protocol in list(self.tracker.open):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self.spool is not None:
+            self.spool.close()
+        eventlog.event(log, "stopped", unfinished_sessions=len(self.tracker.open))
+
+
+def _keep_listeners(new: Config, running: Config) -> Config:
+    """`new` with the listeners that are actually bound (those need a restart to change)."""
+    replaced = dataclasses.replace(new, listeners=running.listeners)
+    object.__setattr__(replaced, "source", new.source)
+    return replaced
+
+
+async def run(config: Config) -> int:
+    """`mailward run`: serve in the foreground until SIGTERM."""
+    if config.source is None:
+        print("mailward: no config file found; running on embedded development defaults "
+              "(127.0.0.1:2525, relay for 127.0.0.0/8, state under ./var)", file=sys.stderr)
+    gateway = Gateway(config)
+    await gateway.start()
+    await gateway.serve_until_stopped()
+    return 0

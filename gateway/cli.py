@@ -1,0 +1,285 @@
+"""The ``mailward`` command (SPEC §3): parse arguments, call the modules, print results.
+
+Exit codes: 0 success, 1 a failure the user can fix (the message says how), 2 usage error.
+Queue commands work on the spool files directly, so they are safe while ``mailward run`` runs:
+each change is one atomic rename, and a message the gateway moved first is reported, not damaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__, eventlog
+from gateway.config import Config, find_config_file, load_config
+from gateway.errors import ConfigError, MailwardError
+from gateway.message import QueuedMessage
+from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = load_config(find_config_file(args.config))
+        return int(args.handler(config, args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)  # FILE:LINE: message, one per line
+        return EXIT_FAIL
+    except MailwardError as exc:
+        print(f"mailward: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailward", description="Secure outbound SMTP gateway.")
+    parser.add_argument("-c", "--config", metavar="FILE", help="config file (default: "
+                        "$MAILWARD_CONFIG, ./mailward.yaml, /etc/mailward/config.yaml)")
+    parser.add_argument("--version", action="version", version=f"mailward {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve in the foreground")
+    run.set_defaults(handler=cmd_run)
+    check = commands.add_parser("check-config", help="validate config and policies")
+    check.set_defaults(handler=cmd_check_config)
+
+    queue = commands.add_parser("queue", help="inspect and steer the spool").add_subparsers(
+        title="queue commands", metavar="ACTION", required=True)
+    q_list = queue.add_parser("list", help="list queued messages")
+    q_list.add_argument("--state", choices=[s.value for s in QueueState])
+    q_list.set_defaults(handler=cmd_queue_list)
+    q_show = queue.add_parser("show", help="envelope and recipient status of one message")
+    q_show.add_argument("queue_id")
+    q_show.add_argument("--message", action="store_true",
+                        help="print the decrypted message itself (it may hold PHI)")
+    q_show.set_defaults(handler=cmd_queue_show)
+    q_retry = queue.add_parser("retry", help="retry deferred messages now")
+    q_retry.add_argument("queue_ids", nargs="*", metavar="ID")
+    q_retry.add_argument("--all", action="store_true", help="every deferred message")
+    q_retry.set_defaults(handler=cmd_queue_retry)
+    for name, helptext in (("hold", "keep a message from delivery"),
+                           ("release", "release a held message"),
+                           ("delete", "delete a message for good")):
+        action = queue.add_parser(name, help=helptext)
+        action.add_argument("queue_ids", nargs="+", metavar="ID")
+        action.set_defaults(handler=cmd_queue_change, action=name)
+    for sub in (q_list, q_show, q_retry, *(queue.choices[n] for n in ("hold", "release", "delete"))):
+        sub.add_argument("--json", action="store_true", help="print JSON")
+
+    keygen = commands.add_parser("keygen", help="create keys").add_subparsers(
+        title="key kinds", metavar="KIND", required=True)
+    k_spool = keygen.add_parser("spool", help="the spool encryption key")
+    k_spool.add_argument("--rotate", action="store_true",
+                         help="add a new key in front; old keys stay to read older files")
+    k_spool.set_defaults(handler=cmd_keygen_spool)
+
+    user = commands.add_parser("user", help="SMTP AUTH users").add_subparsers(
+        title="user commands", metavar="ACTION", required=True)
+    u_add = user.add_parser("add", help="add a user or change a password")
+    u_add.add_argument("name")
+    u_add.add_argument("--password-file", type=Path,
+                       help="read the password from this file (default: prompt, or stdin)")
+    u_add.set_defaults(handler=cmd_user_add)
+    u_remove = user.add_parser("remove", help="remove a user")
+    u_remove.add_argument("name")
+    u_remove.set_defaults(handler=cmd_user_remove)
+    user.add_parser("list", help="list user names").set_defaults(handler=cmd_user_list)
+    return parser
+
+
+# -- run / check ------------------------------------------------------------------------------
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from gateway import app
+
+    eventlog.setup(config.log_level)
+    return asyncio.run(app.run(config))
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    from gateway import certs
+
+    certs.server_context(config)  # certificate and key load, key file is private
+    if config.spool.key_file.exists():
+        SpoolKeyring.load(config.spool.key_file)
+    print(f"{config.source or 'embedded defaults'}: OK")
+    return EXIT_OK
+
+
+# -- queue ------------------------------------------------------------------------------------
+
+def _spool(config: Config) -> Spool:
+    if not config.spool.key_file.exists():
+        raise MailwardError(f"{config.spool.key_file}: no spool key yet (start the gateway once, "
+                            "or run: mailward keygen spool)")
+    return open_spool(config.spool)
+
+
+def _message_json(state: QueueState, message: QueuedMessage) -> dict[str, Any]:
+    env = message.envelope
+    return {
+        "queue_id": message.queue_id, "state": state.value, "size": message.size,
+        "received_at": _iso(message.received_at), "sender": env.sender,
+        "message_id": message.message_id,
+        "recipients": [{"address": r.address, "state": s.state.value, "attempts": s.attempts,
+                        "dsn": s.dsn or None, "reply": s.reply or None}
+                       for r, s in zip(env.recipients, message.statuses, strict=True)],
+        "client": {"address": message.client.address, "listener": message.client.listener,
+                   "relay": message.client.relay_reason, "tls": message.client.tls_version},
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+def cmd_queue_list(config: Config, args: argparse.Namespace) -> int:
+    spool = _spool(config)
+    states = (QueueState(args.state),) if args.state else tuple(QueueState)
+    found = [_message_json(state, message) for state, message in spool.scan(states)]
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return EXIT_OK
+    if not found:
+        print("Mail queue is empty")
+        return EXIT_OK
+    print(f"{'QUEUE ID':<20} {'STATE':<9} {'SIZE':>9}  {'ARRIVAL':<25} SENDER")
+    for item in found:
+        print(f"{item['queue_id']:<20} {item['state']:<9} {item['size']:>9}  "
+              f"{item['received_at']:<25} <{item['sender']}>")
+        for rcpt in item["recipients"]:
+            reply = f"  ({rcpt['reply']})" if rcpt["reply"] else ""
+            print(f"{'':<22}{rcpt['state']:<10} <{rcpt['address']}>{reply}")
+    print(f"-- {len(found)} message(s)")
+    return EXIT_OK
+
+
+def cmd_queue_show(config: Config, args: argparse.Namespace) -> int:
+    spool = _spool(config)
+    state = spool.locate(args.queue_id)
+    if state is None:
+        raise MailwardError(f"{args.queue_id}: no such message in the queue")
+    if args.message:
+        sys.stdout.buffer.write(spool.content(args.queue_id, state))
+        return EXIT_OK
+    item = _message_json(state, spool.load(args.queue_id, state))
+    if args.json:
+        print(json.dumps(item, indent=1))
+        return EXIT_OK
+    for key in ("queue_id", "state", "size", "received_at", "sender", "message_id"):
+        print(f"{key}: {item[key]}")
+    print(f"client: {item['client']['address']} via {item['client']['listener']} "
+          f"(relay: {item['client']['relay']}, tls: {item['client']['tls'] or 'none'})")
+    for rcpt in item["recipients"]:
+        print(f"recipient: <{rcpt['address']}> {rcpt['state']} attempts={rcpt['attempts']}"
+              + (f" dsn={rcpt['dsn']} reply={rcpt['reply']!r}" if rcpt["reply"] else ""))
+    return EXIT_OK
+
+
+def _apply(ids: list[str], change: Callable[[str], str], as_json: bool) -> int:
+    results, failed = [], False
+    for queue_id in ids:
+        try:
+            results.append({"queue_id": queue_id, "ok": True, "result": change(queue_id)})
+        except MailwardError as exc:
+            failed = True
+            results.append({"queue_id": queue_id, "ok": False, "error": str(exc)})
+    for item in results if not as_json else ():
+        print(f"{item['queue_id']}: {item['result']}" if item["ok"]
+              else f"mailward: {item['error']}", file=sys.stdout if item["ok"] else sys.stderr)
+    if as_json:
+        print(json.dumps(results, indent=1))
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_queue_retry(config: Config, args: argparse.Namespace) -> int:
+    spool = _spool(config)
+    if args.all == bool(args.queue_ids):
+        print("mailward: queue retry takes queue ids or --all", file=sys.stderr)
+        return EXIT_USAGE
+    ids = spool.ids(QueueState.DEFERRED) if args.all else args.queue_ids
+
+    def retry(queue_id: str) -> str:
+        spool.move(queue_id, QueueState.INCOMING, only_from=(QueueState.DEFERRED,))
+        return "requeued for immediate delivery"
+
+    return _apply(ids, retry, args.json)
+
+
+def cmd_queue_change(config: Config, args: argparse.Namespace) -> int:
+    spool = _spool(config)
+
+    def change(queue_id: str) -> str:
+        if args.action == "hold":
+            previous = spool.move(queue_id, QueueState.HOLD, only_from=(
+                QueueState.INCOMING, QueueState.DEFERRED, QueueState.ACTIVE, QueueState.HOLD))
+            return f"held (was {previous.value})"
+        if args.action == "release":
+            spool.move(queue_id, QueueState.INCOMING, only_from=(QueueState.HOLD,))
+            return "released"
+        previous = spool.remove(queue_id)
+        return f"deleted (was {previous.value})"
+
+    return _apply(args.queue_ids, change, args.json)
+
+
+# -- keys and users ---------------------------------------------------------------------------
+
+def cmd_keygen_spool(config: Config, args: argparse.Namespace) -> int:
+    keyring = SpoolKeyring.create(config.spool.key_file, rotate=args.rotate)
+    print(f"{config.spool.key_file}: key {keyring.current_id} is now current "
+          f"({len(keyring.keys) - 1} older key(s) kept for reading)")
+    return EXIT_OK
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_file is not None:
+        return args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise MailwardError("the passwords differ")
+    return first
+
+
+def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
+    from gateway.ingress.users import UserStore
+
+    try:
+        UserStore(config.relay.users_file).add(args.name, _read_password(args))
+    except ValueError as exc:
+        raise MailwardError(str(exc)) from None
+    print(f"{args.name}: saved in {config.relay.users_file}")
+    return EXIT_OK
+
+
+def cmd_user_remove(config: Config, args: argparse.Namespace) -> int:
+    from gateway.ingress.users import UserStore
+
+    if not UserStore(config.relay.users_file).remove(args.name):
+        raise MailwardError(f"{args.name}: no such user")
+    print(f"{args.name}: removed")
+    return EXIT_OK
+
+
+def cmd_user_list(config: Config, args: argparse.Namespace) -> int:
+    from gateway.ingress.users import UserStore
+
+    for name in UserStore(config.relay.users_file).names():
+        print(name)
+    return EXIT_OK

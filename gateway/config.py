@@ -1,0 +1,255 @@
+"""Configuration: YAML -> typed, frozen objects, with every default and validation in this module.
+
+The field defaults *are* the embedded development defaults of SPEC §2 (listener 127.0.0.1:2525
+with STARTTLS offered, relay for 127.0.0.0/8, state under ``./var``), so a file only states what
+differs. Relative paths are resolved against the config file's directory (the current directory for
+the embedded defaults), which keeps a config and its state together wherever it is started from.
+
+Lookup order (SPEC §3): ``-c FILE``, ``$MAILWARD_CONFIG``, ``./mailward.yaml``,
+``/etc/mailward/config.yaml``, then the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway import typedyaml
+from gateway.errors import ConfigError
+from gateway.typedyaml import ByteSize, Duration, HostPort, IPNetwork
+
+SYSTEM_CONFIG = Path("/etc/mailward/config.yaml")
+LOCAL_CONFIG = Path("mailward.yaml")
+TlsMode = Literal["off", "optional", "required"]
+AuthMode = Literal["off", "optional", "required"]
+
+
+def _empty_mapping() -> Mapping[str, Any]:
+    return types.MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    address: str = "127.0.0.1"
+    port: int = 2525
+    starttls: TlsMode = "optional"
+    auth: AuthMode = "optional"
+    name: str | None = None  # label in logs and metrics; default "address:port"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.address}:{self.port}"
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not 0 < self.port < 65536:
+            found.append(("port", f"port {self.port} is out of range 1-65535"))
+        if self.auth != "off" and self.starttls == "off":
+            found.append(("auth", "AUTH is only offered after STARTTLS: set starttls to "
+                                  "optional or required, or auth to off"))
+        return found
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path | None = None  # None: a self-signed certificate is made under ./var/tls
+    key_file: Path | None = None
+    client_ca_file: Path | None = None  # trust anchors for client certificates; None: system store
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    selfsigned_dir: Path = Path("var/tls")  # where the self-signed pair lives when no cert_file
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if (self.cert_file is None) != (self.key_file is None):
+            found.append(("cert_file", "cert_file and key_file go together: set both or neither"))
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                found.append((key, f"file not found: {path}"))
+        return found
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    networks: tuple[IPNetwork, ...] = (IPNetwork("127.0.0.0/8"),)
+    client_cert_subjects: tuple[str, ...] = ()
+    users_file: Path = Path("var/users.yaml")
+    sender_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size: ByteSize = ByteSize(50 * 1024 * 1024)
+    max_recipients: int = 1000
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
+    command_timeout: Duration = Duration(300)  # idle time allowed between commands
+    data_timeout: Duration = Duration(600)  # time allowed for the whole DATA transfer
+    max_errors: int = 20  # error replies in one session before it is disconnected
+    drain_timeout: Duration = Duration(30)  # SIGTERM: how long open transactions may finish
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [(key, "must be at least 1") for key in
+                ("max_message_size", "max_recipients", "max_connections", "max_connections_per_ip",
+                 "max_errors") if getattr(self, key) < 1]
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: Path = Path("var/spool")
+    key_file: Path = Path("var/keys/spool.key")
+
+
+@dataclass(frozen=True)
+class ReservedSection:
+    """A section whose entries a later capability defines; only ``{}`` is accepted today."""
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    nameservers: tuple[HostPort, ...] = ()
+    smtp_port: int = 25
+    routes: Mapping[str, HostPort] = field(default_factory=_empty_mapping)
+    ca_file: Path | None = None
+    retry_schedule: tuple[Duration, ...] = tuple(
+        Duration(s) for s in (60, 300, 900, 1800, 3600, 7200, 14400))
+    max_queue_age: Duration = Duration(5 * 86400)
+    pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
+    shaping: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.retry_schedule:
+            found.append(("retry_schedule", "needs at least one interval"))
+        if not 0 < self.smtp_port < 65536:
+            found.append(("smtp_port", f"port {self.smtp_port} is out of range 1-65535"))
+        return found
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    selector: str
+    key_file: Path
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.key_file.is_file():
+            return [("key_file", f"DKIM key file not found: {self.key_file} "
+                                 f"(mailward keygen dkim DOMAIN --selector {self.selector})")]
+        return []
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    dkim: tuple[DkimKeyConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    pgp_dir: Path = Path("var/keys/pgp")
+    smime_dir: Path = Path("var/keys/smime")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    dir: Path = Path("var/audit")
+    retention: Duration = Duration(6 * 31536000)
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    listen: HostPort = HostPort("127.0.0.1:8080")
+    base_url: str = "http://127.0.0.1:8080"
+    store_dir: Path = Path("var/portal")
+    message_ttl: Duration = Duration(30 * 86400)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: HostPort | None = HostPort("127.0.0.1:9464")  # null turns the endpoint off
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = field(default_factory=socket.getfqdn)
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    tls: TlsConfig = TlsConfig()
+    relay: RelayConfig = RelayConfig()
+    limits: LimitsConfig = LimitsConfig()
+    spool: SpoolConfig = SpoolConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    domains: Mapping[str, DomainConfig] = field(default_factory=_empty_mapping)
+    keys: KeysConfig = KeysConfig()
+    policies_dir: Path = Path("policies")
+    audit: AuditConfig = AuditConfig()
+    portal: PortalConfig = PortalConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where this configuration came from; None for the embedded defaults. Not a YAML key.
+    source: Path | None = field(default=None, init=False, compare=False)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.listeners:
+            found.append(("listeners", "at least one listener is needed"))
+        seen: set[tuple[str, int]] = set()
+        for i, listener in enumerate(self.listeners):
+            if (listener.address, listener.port) in seen:
+                found.append((f"listeners[{i}]", f"{listener.label} is listed twice"))
+            seen.add((listener.address, listener.port))
+        return found
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """The config file to use by SPEC §3's lookup order, or None for the embedded defaults."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MAILWARD_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in (LOCAL_CONFIG, SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate `path` (None: embedded defaults); raise ConfigError naming file:line."""
+    if path is None:
+        return _resolve_paths(Config(), Path.cwd())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", file=str(path)) from None
+    return parse_config(text, file=str(path), base_dir=path.resolve().parent)
+
+
+def parse_config(text: str, *, file: str, base_dir: Path) -> Config:
+    node = typedyaml.compose(text, file)
+    config = typedyaml.load(Config, node, file=file, base_dir=base_dir)
+    config = _resolve_paths(config, base_dir)
+    object.__setattr__(config, "source", Path(file))
+    return config
+
+
+def _resolve_paths(obj: Any, base_dir: Path) -> Any:
+    """Make every relative Path in the (frozen) tree absolute against `base_dir`."""
+    if isinstance(obj, Path):
+        return obj if obj.is_absolute() else base_dir / obj
+    if isinstance(obj, tuple):
+        return tuple(_resolve_paths(item, base_dir) for item in obj)
+    if isinstance(obj, Mapping):
+        return types.MappingProxyType({k: _resolve_paths(v, base_dir) for k, v in obj.items()})
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _resolve_paths(getattr(obj, f.name), base_dir)
+                   for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    return obj

@@ -1,0 +1,1 @@
+"""SMTP ingress: the listeners that accept mail from the systems allowed to relay through us."""

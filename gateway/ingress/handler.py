@@ -1,0 +1,160 @@
+"""Ingress policy: relay control, limits and the hand-off to the spool.
+
+The protocol (`ingress.protocol`) parses; this handler decides. The reply to DATA is 250 only once
+`Spool.store` has returned, i.e. the message is encrypted, written and fsync'd; any failure there
+is a 451, so the client keeps the message and retries. Nothing is acknowledged that is not on disk.
+
+`settings` is swapped whole on reload (SIGHUP); a session reads it at each step, so a reload takes
+effect for the next command without dropping connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import eventlog, metrics
+from gateway.certs import peer_names
+from gateway.config import LimitsConfig
+from gateway.ingress import replies
+from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
+from gateway.ingress.received import received_header
+from gateway.ingress.relay import RelayPolicy
+from gateway.ingress.users import UserStore
+from gateway.message import ClientInfo, Envelope, QueuedMessage
+from gateway.spool import Spool, new_queue_id
+
+log = logging.getLogger("mailward.smtpd")
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]{1,250}>)", re.IGNORECASE | re.MULTILINE)
+_HEADER_SCAN = 64 * 1024  # Message-ID is looked for in the first part of the message only
+
+# Called after a message is durably queued (metrics, scheduler wake-up).
+AcceptedHook = Callable[[QueuedMessage], None]
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    """The reloadable part of the ingress."""
+
+    hostname: str
+    limits: LimitsConfig
+    relay: RelayPolicy
+    users: UserStore
+
+
+class IngressHandler:
+    """aiosmtpd handler shared by every listener."""
+
+    def __init__(self, settings: IngressSettings, spool: Spool,
+                 on_accepted: AcceptedHook | None = None) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.on_accepted = on_accepted
+
+    # -- aiosmtpd hooks -----------------------------------------------------------------------
+
+    async def handle_EHLO(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        if server.listener.auth != "off" and server._tls_protocol is not None:
+            kept.append("250-AUTH PLAIN LOGIN")
+        kept += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN", "250 HELP"]
+        return kept
+
+    def handle_STARTTLS(self, server: GatewaySMTP, session: GatewaySession,
+                        envelope: Transaction) -> bool:
+        ssl_object = (session.ssl or {}).get("ssl_object")
+        if ssl_object is None:
+            return False
+        session.tls_version = ssl_object.version()
+        cipher = ssl_object.cipher()
+        session.tls_cipher = cipher[0] if cipher else None
+        names = peer_names(ssl_object.getpeercert())
+        session.cert_name = self.settings.relay.cert_matches(names)
+        if names:
+            eventlog.event(log, "client_certificate", client=server.client_ip,
+                           subject=names[0], accepted="yes" if session.cert_name else "no")
+        return True
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Fail closed and say nothing internal to the client; the traceback goes to the log.
+        log.error("event=internal_error error=%s", type(error).__name__, exc_info=error)
+        return "451 4.3.0 Error: internal error, try again later"
+
+    # -- called by the protocol after parsing -------------------------------------------------
+
+    async def mail_from(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction,
+                        address: str) -> str:
+        settings = self.settings
+        if not settings.relay.sender_allowed(address):
+            self._reject(server, "sender_domain")
+            return replies.SENDER_DOMAIN_DENIED.format(address=address)
+        envelope.mail_from = address
+        return replies.OK_SENDER
+
+    async def rcpt_to(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction,
+                      recipient: Any) -> str:
+        settings = self.settings
+        reason = settings.relay.relay_reason(server.client_ip, session.auth_user, session.cert_name)
+        if reason is None:
+            self._reject(server, "relay_denied")
+            return replies.RELAY_DENIED.format(address=recipient.address)
+        if len(envelope.recipients) >= settings.limits.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        envelope.recipients.append(recipient)
+        envelope.rcpt_tos.append(recipient.address)
+        return replies.OK_RECIPIENT
+
+    async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession,
+                          envelope: Transaction) -> str:
+        settings = self.settings
+        queue_id = new_queue_id()
+        client = ClientInfo(
+            address=server.client_ip, helo=session.host_name or "", listener=server.listener.label,
+            auth_user=session.auth_user,
+            relay_reason=settings.relay.relay_reason(server.client_ip, session.auth_user,
+                                                     session.cert_name) or "",
+            tls_version=session.tls_version, tls_cipher=session.tls_cipher,
+            cert_subject=session.cert_name)
+        assert envelope.original_content is not None and envelope.mail_from is not None
+        content = received_header(client, settings.hostname, queue_id, envelope.rcpt_tos,
+                                  smtputf8=envelope.smtp_utf8) + envelope.original_content
+        message = QueuedMessage(
+            queue_id=queue_id, received_at=time.time(),
+            envelope=Envelope(sender=envelope.mail_from, recipients=tuple(envelope.recipients),
+                              body=envelope.body_type, smtputf8=envelope.smtp_utf8,
+                              ret=envelope.ret, envid=envelope.envid),
+            client=client, size=len(content), message_id=_message_id(envelope.original_content))
+        try:
+            await self.spool.store(message, content)
+        except Exception as exc:  # noqa: BLE001 - any failure to persist must be a 4xx, never a 250
+            log.error("event=queue_write_failed queue_id=%s error=%s", queue_id, exc)
+            return replies.QUEUE_WRITE_ERROR
+        eventlog.event(log, "queued", queue_id=queue_id, client=client.address,
+                       listener=client.listener, relay=client.relay_reason,
+                       sender=f"<{message.envelope.sender}>", nrcpt=len(envelope.recipients),
+                       size=message.size, tls=client.tls_version or "none",
+                       user=client.auth_user)
+        metrics.MESSAGES_RECEIVED.labels(client.listener, client.relay_reason).inc()
+        if self.on_accepted is not None:
+            self.on_accepted(message)
+        return replies.QUEUED.format(queue_id=queue_id)
+
+    @staticmethod
+    def _reject(server: GatewaySMTP, reason: str) -> None:
+        metrics.SMTP_REJECTIONS.labels(server.listener.label, reason).inc()
+        eventlog.event(log, "rejected", logging.INFO, client=server.client_ip,
+                       listener=server.listener.label, reason=reason)
+
+
+def _message_id(content: bytes) -> str | None:
+    head = content[:_HEADER_SCAN]
+    end = head.find(b"\r\n\r\n")
+    match = _MESSAGE_ID.search(head if end < 0 else head[:end])
+    return match.group(1).decode("ascii", "replace") if match else None

@@ -1,0 +1,425 @@
+"""The SMTP protocol of the ingress: aiosmtpd's `SMTP` with what an outbound gateway needs on top.
+
+aiosmtpd speaks the protocol; this subclass adds, in one place each:
+- connection limits (total and per client address) checked before the greeting;
+- enhanced status codes (RFC 2034/3463) on every reply, and a per-session error budget;
+- MAIL/RCPT parsing with the null sender and RFC 3461 DSN parameters (aiosmtpd refuses both);
+- AUTH PLAIN/LOGIN only after STARTTLS, verified off the event loop (argon2 is slow on purpose);
+- graceful drain: idle sessions are closed with 421, open transactions finish first.
+Policy (who may relay, what is accepted) lives in `ingress.handler`; this module only parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import re
+import ssl
+from base64 import b64decode
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, MISSING, Envelope, Session, syntax
+
+from gateway import eventlog
+from gateway.config import ListenerConfig
+from gateway.ingress import replies
+from gateway.message import Recipient
+
+if TYPE_CHECKING:
+    from gateway.ingress.handler import IngressHandler
+
+log = logging.getLogger("mailward.smtpd")
+
+_XTEXT = re.compile(r"\+([0-9A-F]{2})")
+_NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+MAX_XTEXT = 500  # RFC 3461 ENVID is at most 100 characters; ORCPT an address; generous bound
+
+
+class GatewaySession(Session):
+    """aiosmtpd's session plus what relay decisions and the Received header need."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.auth_user: str | None = None
+        self.cert_name: str | None = None
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
+
+
+class Transaction(Envelope):
+    """One mail transaction: aiosmtpd's envelope plus the parsed ESMTP parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail_from: str | None = None  # "" is the null sender, None is "no MAIL yet"
+        self.body_type = "7BIT"
+        self.ret: str | None = None
+        self.envid: str | None = None
+        self.recipients: list[Recipient] = []
+
+
+@dataclass
+class ConnectionTracker:
+    """Open connections across all listeners, for the limits and for draining."""
+
+    max_total: int
+    max_per_ip: int
+    per_ip: Counter[str] = field(default_factory=Counter)
+    open: set[GatewaySMTP] = field(default_factory=set)
+    _empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_empty(self) -> None:
+        """Return once no connection is open (used by the SIGTERM drain)."""
+        while self.open:
+            self._empty.clear()
+            await self._empty.wait()
+
+    def admit(self, protocol: GatewaySMTP, ip: str) -> str | None:
+        """Register a new connection, or return why it is refused."""
+        if len(self.open) >= self.max_total:
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_ip[ip] >= self.max_per_ip:
+            return replies.TOO_MANY_FROM_IP
+        self.open.add(protocol)
+        self.per_ip[ip] += 1
+        return None
+
+    def release(self, protocol: GatewaySMTP, ip: str) -> None:
+        if protocol in self.open:
+            self.open.discard(protocol)
+            self.per_ip[ip] -= 1
+            if self.per_ip[ip] <= 0:
+                del self.per_ip[ip]
+            if not self.open:
+                self._empty.set()
+
+
+def decode_xtext(text: str) -> str:
+    """RFC 3461 xtext: "+HH" stands for the byte HH."""
+    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def split_params(text: str) -> dict[str, str | bool] | None:
+    """ESMTP parameters "KEY=value KEY2" -> {KEY: value, KEY2: True}; None if malformed.
+    Keys are upper-cased; values keep their case (ENVID and ORCPT are case-sensitive)."""
+    params: dict[str, str | bool] = {}
+    for token in text.split():
+        key, eq, value = token.partition("=")
+        if not key.isalnum() or (eq and not value) or key.upper() in params:
+            return None
+        params[key.upper()] = value if eq else True
+    return params
+
+
+class GatewaySMTP(SMTP):
+    """One SMTP connection to a listener."""
+
+    event_handler: IngressHandler
+    session: GatewaySession | None
+    envelope: Transaction | None
+
+    def __init__(self, handler: IngressHandler, listener: ListenerConfig,
+                 tls_context: ssl.SSLContext | None, tracker: ConnectionTracker, *,
+                 hostname: str, data_size_limit: int, command_timeout: float,
+                 data_timeout: float, max_errors: int) -> None:
+        super().__init__(
+            handler, hostname=hostname, ident="Mailward ESMTP", data_size_limit=data_size_limit,
+            enable_SMTPUTF8=True, decode_data=False, tls_context=tls_context,
+            require_starttls=listener.starttls == "required" and tls_context is not None,
+            auth_required=listener.auth == "required", auth_require_tls=True,
+            timeout=command_timeout,
+            # Bound the commands that carry no mail; MAIL/RCPT/DATA/RSET stay unlimited so one
+            # connection can carry many messages, as Exchange Online and Postfix do.
+            command_call_limit={"NOOP": 100, "VRFY": 10, "EXPN": 10, "HELP": 10, "EHLO": 10,
+                                "HELO": 10, "STARTTLS": 2, "AUTH": 5, "*": 10**9},
+            loop=asyncio.get_running_loop())
+        self.listener = listener
+        self._tracker = tracker
+        self._data_timeout = data_timeout
+        self._max_errors = max_errors
+        self._errors = 0
+        self._in_ehlo = False
+        self._in_data = False
+        self._refused = False
+        self._draining = False
+        self._client_ip = ""
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def _create_session(self) -> GatewaySession:
+        return GatewaySession(self.loop)
+
+    def _create_envelope(self) -> Transaction:
+        return Transaction()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # a new connection, not the STARTTLS re-wrap
+            peer = transport.get_extra_info("peername")
+            self._client_ip = peer[0] if peer else ""
+            refusal = self._tracker.admit(self, self._client_ip)
+            if refusal is not None:
+                self._refused = True
+                eventlog.event(log, "connection_refused", logging.WARNING,
+                               client=self._client_ip, listener=self.listener.label,
+                               reason="too_many_connections")
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write((refusal.format(hostname=self.hostname) + "\r\n").encode())
+                transport.close()
+                return
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        self._tracker.release(self, self._client_ip)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    def begin_drain(self) -> None:
+        """SIGTERM: close now if idle, else after the transaction in progress is answered."""
+        self._draining = True
+        if not self._in_transaction() and self.transport is not None:
+            self.loop.create_task(self._close_for_shutdown())
+
+    def _in_transaction(self) -> bool:
+        return self._in_data or (self.envelope is not None and self.envelope.mail_from is not None)
+
+    async def _close_for_shutdown(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            await super().push(replies.SHUTTING_DOWN)
+        except (ConnectionError, RuntimeError):
+            pass
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- replies ----------------------------------------------------------------------------
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            assert self.session is not None
+            if self.session.extended_smtp and not self._in_ehlo:
+                status = replies.with_enhanced_code(status)
+            if status[:1] in "45" and not status.startswith(("452", "421")):
+                self._errors += 1
+        await super().push(status)
+        if self._errors >= self._max_errors and self.transport is not None:
+            eventlog.event(log, "too_many_errors", logging.WARNING, client=self._client_ip)
+            await super().push(replies.TOO_MANY_ERRORS.format(hostname=self.hostname))
+            self.transport.close()
+        elif self._draining and not self._in_transaction() and not self._in_ehlo:
+            await self._close_for_shutdown()
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+        if self._draining and not self._in_transaction():
+            await self._close_for_shutdown()
+
+    # -- mail transaction -------------------------------------------------------------------
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        assert self.session is not None and self.envelope is not None
+        rest = self._strip_command_keyword("FROM:", arg) if arg else None
+        if rest is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        if rest.startswith("<>"):
+            address: str | None = ""
+            params_text: str | None = rest[2:]
+        else:
+            address, params_text = self._getaddr(rest)
+        if address is None or (address == "" and not rest.startswith("<>")):
+            await self.push("553 5.1.3 Error: malformed sender address")
+            return
+        params = split_params(params_text or "") if self.session.extended_smtp or not params_text \
+            else None
+        if params is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            return
+        error = self._apply_mail_params(params)
+        if error:
+            await self.push(error)
+            return
+        await self.push(await self.event_handler.mail_from(self, self.session, self.envelope,
+                                                           address))
+
+    def _apply_mail_params(self, params: dict[str, str | bool]) -> str | None:
+        assert self.envelope is not None
+        size = params.pop("SIZE", None)
+        if size is not None:
+            if not isinstance(size, str) or not size.isdigit():
+                return "501 5.5.4 Error: bad SIZE parameter"
+            if self.data_size_limit and int(size) > self.data_size_limit:
+                return "552 5.3.4 Error: message size exceeds fixed maximum message size"
+        body = params.pop("BODY", "7BIT")
+        if not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):
+            return "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+        smtputf8 = params.pop("SMTPUTF8", False)
+        if smtputf8 is not False and smtputf8 is not True:
+            return "501 5.5.4 Error: SMTPUTF8 takes no arguments"
+        ret = params.pop("RET", None)
+        if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
+            return replies.BAD_DSN_PARAMETER.format(name="RET")
+        envid = params.pop("ENVID", None)
+        if envid is not None and (not isinstance(envid, str) or len(envid) > MAX_XTEXT):
+            return replies.BAD_DSN_PARAMETER.format(name="ENVID")
+        if params:
+            return "555 5.5.4 Error: MAIL parameters not recognized: " + ",".join(sorted(params))
+        self.envelope.body_type = body.upper()
+        self.envelope.smtp_utf8 = smtputf8
+        self.envelope.ret = ret.upper() if isinstance(ret, str) else None
+        self.envelope.envid = decode_xtext(envid) if isinstance(envid, str) else None
+        return None
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if self.envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        rest = self._strip_command_keyword("TO:", arg) if arg else None
+        address, params_text = self._getaddr(rest) if rest else (None, None)
+        if not address:
+            await self.push("501 5.1.3 Syntax: RCPT TO:<address>" if rest is None or address == ""
+                            else "553 5.1.3 Error: malformed recipient address")
+            return
+        params = split_params(params_text or "") if self.session.extended_smtp or not params_text \
+            else None
+        if params is None:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
+            return
+        recipient, error = self._recipient_from_params(address, params)
+        if error or recipient is None:
+            await self.push(error or "501 5.5.4 Error: bad parameters")
+            return
+        await self.push(await self.event_handler.rcpt_to(self, self.session, self.envelope,
+                                                         recipient))
+
+    @staticmethod
+    def _recipient_from_params(address: str, params: dict[str, str | bool]) -> tuple[
+            Recipient | None, str | None]:
+        notify_raw = params.pop("NOTIFY", None)
+        notify: tuple[str, ...] = ()
+        if notify_raw is not None:
+            if not isinstance(notify_raw, str):
+                return None, replies.BAD_DSN_PARAMETER.format(name="NOTIFY")
+            notify = tuple(v.upper() for v in notify_raw.split(","))
+            if not (notify == ("NEVER",) or set(notify) <= _NOTIFY_VALUES):
+                return None, replies.BAD_DSN_PARAMETER.format(name="NOTIFY")
+        orcpt = params.pop("ORCPT", None)
+        if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt
+                                  or len(orcpt) > MAX_XTEXT):
+            return None, replies.BAD_DSN_PARAMETER.format(name="ORCPT")
+        if params:
+            return None, "555 5.5.4 Error: RCPT parameters not recognized: " + ",".join(sorted(params))
+        return Recipient(address=address, notify=notify,
+                         orcpt=decode_xtext(orcpt) if isinstance(orcpt, str) else None), None
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        # The command timeout covers one command; the whole DATA transfer gets its own.
+        self._reset_timeout(self._data_timeout)
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+
+    # -- AUTH -------------------------------------------------------------------------------
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if self.listener.auth == "off" or not self.session.extended_smtp:
+            await self.push(replies.AUTH_NOT_ENABLED)
+        elif self._tls_protocol is None:
+            await self.push(replies.AUTH_NEEDS_TLS)
+        elif self.session.authenticated:
+            await self.push(replies.AUTH_ALREADY)
+        elif self.envelope.mail_from is not None:
+            await self.push(replies.AUTH_IN_TRANSACTION)
+        elif not arg or len(arg.split()) > 2:
+            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
+        else:
+            mechanism, _, initial = arg.partition(" ")
+            credentials = await self._read_credentials(mechanism.upper(), initial.strip())
+            if credentials is not None:
+                await self._check_credentials(*credentials)
+
+    async def _read_credentials(self, mechanism: str, initial: str) -> tuple[str, str] | None:
+        """Run the PLAIN or LOGIN exchange; None when it ended with an error already replied."""
+        if mechanism == "PLAIN":
+            blob = await self._auth_blob(initial, "")
+            if blob is None:
+                return None
+            parts = blob.split(b"\0")
+            if len(parts) != 3:
+                await self.push(replies.AUTH_SYNTAX)
+                return None
+            return self._decode_pair(parts[1], parts[2])
+        if mechanism == "LOGIN":
+            user = await self._auth_blob(initial, "Username:")
+            password = await self._auth_blob("", "Password:") if user is not None else None
+            if user is None or password is None:
+                return None
+            return self._decode_pair(user, password)
+        await self.push(replies.AUTH_MECHANISM)
+        return None
+
+    async def _auth_blob(self, initial: str, challenge: str) -> bytes | None:
+        if initial == "=":
+            return b""
+        if initial:
+            try:
+                return b64decode(initial, validate=True)
+            except (binascii.Error, ValueError):
+                await self.push(replies.AUTH_SYNTAX)
+                return None
+        response = await self.challenge_auth(challenge)  # replies itself on "*" or bad base64
+        return None if response is MISSING else response  # type: ignore[return-value]
+
+    @staticmethod
+    def _decode_pair(user: bytes, password: bytes) -> tuple[str, str]:
+        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+
+    async def _check_credentials(self, user: str, password: str) -> None:
+        assert self.session is not None
+        users = self.event_handler.settings.users
+        ok = await self.loop.run_in_executor(None, users.verify, user, password)
+        if ok:
+            self.session.authenticated = True
+            self.session.auth_user = user
+            eventlog.event(log, "auth_ok", client=self._client_ip, user=user)
+            await self.push(replies.AUTH_OK)
+        else:
+            # The name is logged (it is what an admin greps for); the password never is.
+            eventlog.event(log, "auth_failed", logging.WARNING, client=self._client_ip,
+                           user=user[:64])
+            await self.push(replies.AUTH_FAILED)
+
+    @property
+    def client_ip(self) -> str:
+        return self._client_ip

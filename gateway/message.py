@@ -1,0 +1,113 @@
+"""What flows through Mailward: the envelope, its recipients and where a message came from.
+
+These are plain frozen dataclasses with a stable dict form (`to_dict` / `from_dict`), which is how
+the spool persists them; the dict form never holds message content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class RecipientState(str, Enum):
+    """Where one recipient of a queued message stands; only the spool journal changes it."""
+
+    PENDING = "pending"  # not tried yet
+    DEFERRED = "deferred"  # tried, temporary failure; will be retried
+    DELIVERED = "delivered"  # accepted by the next hop
+    BOUNCED = "bounced"  # permanently failed; a DSN goes to the sender
+    DROPPED = "dropped"  # removed by policy or admin, no DSN
+
+    @property
+    def final(self) -> bool:
+        return self in (RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.DROPPED)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    orcpt: str | None = None  # RFC 3461 original recipient, as "type;address"
+    notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY: NEVER, or any of SUCCESS, FAILURE, DELAY
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str  # "" is the null sender (bounces)
+    recipients: tuple[Recipient, ...]
+    body: str = "7BIT"  # 7BIT or 8BITMIME
+    smtputf8: bool = False
+    ret: str | None = None  # RFC 3461 RET: FULL or HDRS
+    envid: str | None = None  # RFC 3461 ENVID
+    requiretls: bool = False  # RFC 8689 REQUIRETLS
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """The submitting client, as the SMTP session saw it (for Received, audit and metrics)."""
+
+    address: str
+    helo: str
+    listener: str
+    auth_user: str | None = None
+    relay_reason: str = ""  # network, auth or certificate: why relay was allowed
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    cert_subject: str | None = None
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """The latest journalled result for one recipient."""
+
+    state: RecipientState = RecipientState.PENDING
+    at: float = 0.0
+    attempts: int = 0
+    dsn: str = ""  # enhanced status code, e.g. 5.1.1
+    reply: str = ""  # the remote reply or our own diagnostic
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message's metadata as stored in the spool (the content is stored and read apart)."""
+
+    queue_id: str
+    received_at: float
+    envelope: Envelope
+    client: ClientInfo
+    size: int
+    message_id: str | None = None  # the Message-ID header, for search; not PHI
+    statuses: tuple[RecipientStatus, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("statuses")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueuedMessage:
+        envelope = dict(data["envelope"])
+        envelope["recipients"] = tuple(
+            Recipient(address=r["address"], orcpt=r.get("orcpt"), notify=tuple(r.get("notify", ())))
+            for r in envelope["recipients"])
+        return cls(
+            queue_id=data["queue_id"],
+            received_at=data["received_at"],
+            envelope=Envelope(**envelope),
+            client=ClientInfo(**data["client"]),
+            size=data["size"],
+            message_id=data.get("message_id"),
+        )
+
+    def with_statuses(self, statuses: tuple[RecipientStatus, ...]) -> QueuedMessage:
+        return dataclasses.replace(self, statuses=statuses)
+
+    def pending_recipients(self) -> list[int]:
+        """Indexes of recipients that still need delivery."""
+        return [i for i, status in enumerate(self.statuses) if not status.state.final]

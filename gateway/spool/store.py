@@ -1,0 +1,290 @@
+"""The durable, encrypted message spool. The directory a message is in *is* its state.
+
+Layout under ``spool.dir``::
+
+    incoming/ID   accepted, not yet picked up           active/ID    being processed now
+    deferred/ID   waiting; the file's mtime is when the next attempt is due
+    hold/ID       kept for an admin (mailward queue release|delete)
+    corrupt/ID    unreadable, or crashed the process too often: kept aside, never retried
+    journal/ID    per-recipient results, appended as they happen
+    tmp/          files being written; anything here after a crash was never acknowledged
+
+Guarantees:
+- `store` returns only after the message file is written, fdatasync'd, renamed into ``incoming/``
+  and the directory fsync'd: only then may the SMTP side say 250. A crash leaves the message either
+  wholly in ``incoming/`` or only in ``tmp/``.
+- Every file is encrypted (see `cipher`); no body, subject or address is on disk in clear.
+- Message files are never rewritten. Per-recipient results go to the journal, fsync'd before the
+  caller acts on them, so after ``kill -9`` a recipient already delivered is not delivered again;
+  only results in flight at the kill are lost (and redone).
+- State changes are single renames, so the queue CLI may run while the gateway does: whoever
+  renames first wins and the other sees the message gone from where it looked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import struct
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from gateway.durable import DirectorySync, fsync_dir, write_new
+from gateway.errors import SpoolError
+from gateway.message import QueuedMessage, RecipientState, RecipientStatus
+from gateway.spool.cipher import MAGIC, FileCipher, SpoolKeyring
+
+_KIND_META = b"meta"
+_KIND_CONTENT = b"content"
+_KIND_RESULT = b"result"
+_QUEUE_ID = re.compile(r"^[0-9A-F]{13}[0-9A-F]{6}$")
+_HEADER_MAX = 6 + 255 + 16
+
+
+class QueueState(str, Enum):
+    INCOMING = "incoming"
+    ACTIVE = "active"
+    DEFERRED = "deferred"
+    HOLD = "hold"
+    CORRUPT = "corrupt"
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    unfinished_writes: int  # files in tmp/: never acknowledged, removed
+    requeued: int  # active/ -> incoming/: were being processed at the crash
+    orphan_journals: int  # journals whose message was already finished
+
+
+def new_queue_id() -> str:
+    """Time-ordered (microseconds) plus 24 random bits: unique across processes, sorts by arrival."""
+    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+
+
+def is_queue_id(text: str) -> bool:
+    return bool(_QUEUE_ID.match(text))
+
+
+class Spool:
+    """File-based queue; safe to share between the gateway and the CLI (see module docstring)."""
+
+    def __init__(self, directory: Path, keyring: SpoolKeyring, *, io_threads: int = 16) -> None:
+        self.directory = directory
+        self.keyring = keyring
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in (*(s.value for s in QueueState), "journal", "tmp"):
+            (directory / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Disk writes and fsyncs run here so the event loop never blocks on the disk.
+        self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
+        self._incoming_sync = DirectorySync(directory / QueueState.INCOMING.value, self._io)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
+
+    def path(self, state: QueueState, queue_id: str) -> Path:
+        return self.directory / state.value / queue_id
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def store(self, message: QueuedMessage, content: bytes) -> None:
+        """Persist a new message in ``incoming/``; durable when this returns."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self._write_incoming, message, content)
+        await self._incoming_sync.sync()
+
+    def store_sync(self, message: QueuedMessage, content: bytes) -> None:
+        """Blocking `store`, for callers outside the event loop (CLI, recovery tools)."""
+        self._write_incoming(message, content)
+        fsync_dir(self.directory / QueueState.INCOMING.value)
+
+    def _write_incoming(self, message: QueuedMessage, content: bytes) -> None:
+        cipher = FileCipher.create(self.keyring, message.queue_id)
+        meta = json.dumps(message.to_dict(), separators=(",", ":")).encode()
+        blob = b"".join((cipher.header, cipher.seal(_KIND_META, meta),
+                         cipher.seal(_KIND_CONTENT, content)))
+        tmp = self.directory / "tmp" / message.queue_id
+        try:
+            write_new(tmp, blob)
+            os.rename(tmp, self.path(QueueState.INCOMING, message.queue_id))
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SpoolError(f"cannot write queue file: {exc.strerror}") from exc
+
+    def record(self, queue_id: str, index: int, status: RecipientStatus) -> None:
+        """Append one recipient's result to the journal and fsync it before returning."""
+        path = self.directory / "journal" / queue_id
+        entry = json.dumps({"i": index, "s": status.state.value, "at": status.at,
+                            "dsn": status.dsn, "r": status.reply}).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            cipher = FileCipher.create(self.keyring, queue_id)
+            write_new(path, cipher.header + cipher.seal(_KIND_RESULT, entry))
+            fsync_dir(path.parent)
+            return
+        try:
+            cipher, _ = FileCipher.from_header(self.keyring, queue_id, _read_prefix(path))
+            os.write(fd, cipher.seal(_KIND_RESULT, entry))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def locate(self, queue_id: str) -> QueueState | None:
+        if not is_queue_id(queue_id):
+            raise SpoolError(f"not a queue id: {queue_id!r}")
+        for state in QueueState:
+            if self.path(state, queue_id).exists():
+                return state
+        return None
+
+    def ids(self, state: QueueState) -> list[str]:
+        """Queue ids in `state`, oldest first."""
+        try:
+            names = os.listdir(self.directory / state.value)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if is_queue_id(name))
+
+    def scan(self, states: tuple[QueueState, ...] = tuple(QueueState)) -> Iterator[
+            tuple[QueueState, QueuedMessage]]:
+        """Every readable message in `states` with its recipient statuses. Messages that move or
+        disappear while scanning are skipped, which is what a live queue looks like."""
+        for state in states:
+            for queue_id in self.ids(state):
+                try:
+                    yield state, self.load(queue_id, state)
+                except FileNotFoundError:
+                    continue
+
+    def load(self, queue_id: str, state: QueueState | None = None) -> QueuedMessage:
+        """Metadata and recipient statuses of one message (not its content)."""
+        state = state or self._require(queue_id)
+        path = self.path(state, queue_id)
+        prefix = _read_prefix(path)
+        cipher, offset = FileCipher.from_header(self.keyring, queue_id, prefix)
+        meta = _read_first_record(path, prefix, offset)
+        kind, plaintext = cipher.records(meta, 0, tolerate_torn_tail=False)[0]
+        if kind != _KIND_META:
+            raise SpoolError(f"{queue_id}: metadata record missing")
+        message = QueuedMessage.from_dict(json.loads(plaintext))
+        return message.with_statuses(self._statuses(queue_id, len(message.envelope.recipients)))
+
+    def content(self, queue_id: str, state: QueueState | None = None) -> bytes:
+        """The message bytes as accepted (with our Received header), decrypted."""
+        state = state or self._require(queue_id)
+        blob = self.path(state, queue_id).read_bytes()
+        cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
+        for kind, plaintext in cipher.records(blob, offset, tolerate_torn_tail=False):
+            if kind == _KIND_CONTENT:
+                return plaintext
+        raise SpoolError(f"{queue_id}: content record missing")
+
+    def _statuses(self, queue_id: str, count: int) -> tuple[RecipientStatus, ...]:
+        statuses = [RecipientStatus() for _ in range(count)]
+        try:
+            blob = (self.directory / "journal" / queue_id).read_bytes()
+        except FileNotFoundError:
+            return tuple(statuses)
+        cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
+        for _, plaintext in cipher.records(blob, offset, tolerate_torn_tail=True):
+            entry = json.loads(plaintext)
+            index = entry["i"]
+            if 0 <= index < count:
+                statuses[index] = RecipientStatus(
+                    state=RecipientState(entry["s"]), at=entry["at"], dsn=entry["dsn"],
+                    reply=entry["r"], attempts=statuses[index].attempts + 1)
+        return tuple(statuses)
+
+    def _require(self, queue_id: str) -> QueueState:
+        state = self.locate(queue_id)
+        if state is None:
+            raise SpoolError(f"{queue_id}: no such message in the queue")
+        return state
+
+    # -- state changes -------------------------------------------------------------------------
+
+    def move(self, queue_id: str, to: QueueState, *, only_from: tuple[QueueState, ...] = ()) -> QueueState:
+        """Rename a message into state `to`; return the state it left. With `only_from`, refuse
+        unless it is in one of those states. Durable (directory fsync'd) when this returns."""
+        state = self._require(queue_id)
+        if only_from and state not in only_from:
+            allowed = ", ".join(s.value for s in only_from)
+            raise SpoolError(f"{queue_id} is in {state.value}, not in {allowed}")
+        if state is to:
+            return state
+        try:
+            os.rename(self.path(state, queue_id), self.path(to, queue_id))
+        except FileNotFoundError:
+            raise SpoolError(f"{queue_id} moved while being changed; try again") from None
+        fsync_dir(self.directory / to.value)
+        return state
+
+    def set_due(self, queue_id: str, state: QueueState, due: float) -> None:
+        """Record when a deferred message is next due, as its file's mtime (Postfix's way)."""
+        os.utime(self.path(state, queue_id), (due, due))
+
+    def due(self, queue_id: str, state: QueueState) -> float:
+        return self.path(state, queue_id).stat().st_mtime
+
+    def remove(self, queue_id: str) -> QueueState:
+        """Delete a message and its journal for good; return the state it was in."""
+        state = self._require(queue_id)
+        try:
+            self.path(state, queue_id).unlink()
+        except FileNotFoundError:
+            raise SpoolError(f"{queue_id} moved while being deleted; try again") from None
+        (self.directory / "journal" / queue_id).unlink(missing_ok=True)
+        fsync_dir(self.directory / state.value)
+        return state
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Run once at start, before serving: finish what a crash left half done."""
+        tmp = self.directory / "tmp"
+        unfinished = 0
+        for name in os.listdir(tmp):
+            (tmp / name).unlink(missing_ok=True)
+            unfinished += 1
+        requeued = 0
+        for queue_id in self.ids(QueueState.ACTIVE):
+            os.rename(self.path(QueueState.ACTIVE, queue_id), self.path(QueueState.INCOMING, queue_id))
+            requeued += 1
+        if requeued:
+            fsync_dir(self.directory / QueueState.INCOMING.value)
+        orphans = 0
+        for queue_id in os.listdir(self.directory / "journal"):
+            if is_queue_id(queue_id) and self.locate(queue_id) is None:
+                (self.directory / "journal" / queue_id).unlink(missing_ok=True)
+                orphans += 1
+        return RecoveryReport(unfinished, requeued, orphans)
+
+    def counts(self) -> dict[QueueState, int]:
+        return {state: len(self.ids(state)) for state in QueueState}
+
+
+def _read_prefix(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(_HEADER_MAX + 4)
+
+
+def _read_first_record(path: Path, prefix: bytes, offset: int) -> bytes:
+    """The bytes of the record that starts at `offset` (reading only as far as it goes)."""
+    if len(prefix) < offset + 4 or prefix[:4] != MAGIC:
+        raise SpoolError(f"{path.name}: truncated spool file")
+    (length,) = struct.unpack_from(">I", prefix, offset)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        record = handle.read(4 + length)
+    if len(record) != 4 + length:
+        raise SpoolError(f"{path.name}: truncated spool file")
+    return record
