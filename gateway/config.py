@@ -48,8 +48,8 @@ class ListenerConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        if not 0 < self.port < 65536:
-            found.append(("port", f"port {self.port} is out of range 1-65535"))
+        if not 0 <= self.port < 65536:  # 0: any free port (tests)
+            found.append(("port", f"port {self.port} is out of range 0-65535"))
         if self.auth != "off" and self.starttls == "off":
             found.append(("auth", "AUTH is only offered after STARTTLS: set starttls to "
                                   "optional or required, or auth to off"))

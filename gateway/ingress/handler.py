@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aiosmtpd.smtp import TLSSetupException
+
 from gateway import eventlog, metrics
 from gateway.certs import peer_names
 from gateway.config import LimitsConfig
@@ -83,6 +85,11 @@ class IngressHandler:
         return True
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # aiosmtpd closes the connection itself; a failed handshake is the client's problem.
+            eventlog.event(log, "tls_handshake_failed", logging.WARNING,
+                           reason=type(error.__cause__).__name__)
+            return "454 4.7.0 TLS not available due to temporary reason"
         # Fail closed and say nothing internal to the client; the traceback goes to the log.
         log.error("event=internal_error error=%s", type(error).__name__, exc_info=error)
         return "451 4.3.0 Error: internal error, try again later"

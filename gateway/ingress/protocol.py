@@ -102,6 +102,13 @@ def decode_xtext(text: str) -> str:
     return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
+def is_mailbox(address: str) -> bool:
+    """local@domain with both parts present: we relay to the internet, so no unqualified names."""
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and len(address) <= 320 and "." in domain.strip(".[]") \
+        or bool(at and local and domain.startswith("[") and domain.endswith("]"))
+
+
 def split_params(text: str) -> dict[str, str | bool] | None:
     """ESMTP parameters "KEY=value KEY2" -> {KEY: value, KEY2: True}; None if malformed.
     Keys are upper-cased; values keep their case (ENVID and ORCPT are case-sensitive)."""
@@ -247,8 +254,9 @@ class GatewaySMTP(SMTP):
             params_text: str | None = rest[2:]
         else:
             address, params_text = self._getaddr(rest)
-        if address is None or (address == "" and not rest.startswith("<>")):
-            await self.push("553 5.1.3 Error: malformed sender address")
+        if address is None or (address != "" and not is_mailbox(address)) or (
+                address == "" and not rest.startswith("<>")):
+            await self.push("553 5.1.7 Error: malformed sender address")
             return
         params = split_params(params_text or "") if self.session.extended_smtp or not params_text \
             else None
@@ -300,7 +308,7 @@ class GatewaySMTP(SMTP):
             return
         rest = self._strip_command_keyword("TO:", arg) if arg else None
         address, params_text = self._getaddr(rest) if rest else (None, None)
-        if not address:
+        if not address or not is_mailbox(address):
             await self.push("501 5.1.3 Syntax: RCPT TO:<address>" if rest is None or address == ""
                             else "553 5.1.3 Error: malformed recipient address")
             return
@@ -345,6 +353,8 @@ class GatewaySMTP(SMTP):
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
+        if self._draining and not self._in_transaction():
+            await self._close_for_shutdown()  # the transaction is answered: now we may go
 
     # -- AUTH -------------------------------------------------------------------------------
 

@@ -1,0 +1,171 @@
+"""The spool on its own: encryption at rest, journal, states, recovery, keys."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import SpoolConfig
+from gateway.errors import KeyFileError, SpoolError
+from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient, RecipientState, RecipientStatus
+from gateway.spool import QueueState, Spool, SpoolKeyring, new_queue_id, open_spool
+
+MARKER = "PHI-MARKER-4711"
+
+
+def make_message(recipients: int = 1) -> QueuedMessage:
+    return QueuedMessage(
+        queue_id=new_queue_id(), received_at=time.time(),
+        envelope=Envelope(sender="dr.smith@example.com",
+                          recipients=tuple(Recipient(f"patient{i}@example.org") for i in range(recipients))),
+        client=ClientInfo(address="127.0.0.1", helo="client.test", listener="test"),
+        size=100, message_id="<m1@example.com>")
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    opened = open_spool(SpoolConfig(dir=tmp_path / "spool", key_file=tmp_path / "spool.key"),
+                        create_key=True)
+    yield opened
+    opened.close()
+
+
+def content() -> bytes:
+    return f"Subject: {MARKER}\r\n\r\nDiagnosis {MARKER}\r\n".encode()
+
+
+async def test_stored_message_reads_back_with_envelope_and_content(spool: Spool) -> None:
+    message = make_message(2)
+    await spool.store(message, content())
+    assert spool.ids(QueueState.INCOMING) == [message.queue_id]
+    loaded = spool.load(message.queue_id)
+    assert loaded == message
+    assert [s.state for s in loaded.statuses] == [RecipientState.PENDING] * 2
+    assert spool.content(message.queue_id) == content()
+
+
+async def test_no_plaintext_of_body_subject_or_address_on_disk(spool: Spool, tmp_path: Path) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    spool.record(message.queue_id, 0, RecipientStatus(RecipientState.DEFERRED, time.time(), 0,
+                                                      "4.2.0", "try later"))
+    blobs = [p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file()]
+    assert len(blobs) == 2  # the message file and its journal
+    for blob in blobs:
+        assert MARKER.encode() not in blob
+        assert b"patient0@example.org" not in blob
+        assert b"dr.smith" not in blob
+
+
+async def test_recipient_results_survive_a_new_process_view(spool: Spool, tmp_path: Path) -> None:
+    message = make_message(3)
+    await spool.store(message, content())
+    spool.record(message.queue_id, 1, RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "250 ok"))
+    spool.record(message.queue_id, 2, RecipientStatus(RecipientState.DEFERRED, 2.0, 0, "4.4.1", "timeout"))
+    spool.record(message.queue_id, 2, RecipientStatus(RecipientState.DEFERRED, 3.0, 0, "4.4.1", "timeout"))
+    reopened = Spool(tmp_path / "spool", SpoolKeyring.load(tmp_path / "spool.key"))
+    statuses = reopened.load(message.queue_id).statuses
+    assert [s.state for s in statuses] == [RecipientState.PENDING, RecipientState.DELIVERED,
+                                           RecipientState.DEFERRED]
+    assert statuses[2].attempts == 2
+    assert reopened.load(message.queue_id).pending_recipients() == [0, 2]
+    reopened.close()
+
+
+async def test_torn_last_journal_record_is_ignored(spool: Spool, tmp_path: Path) -> None:
+    message = make_message(2)
+    await spool.store(message, content())
+    spool.record(message.queue_id, 0, RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "ok"))
+    spool.record(message.queue_id, 1, RecipientStatus(RecipientState.DELIVERED, 2.0, 0, "2.0.0", "ok"))
+    journal = tmp_path / "spool" / "journal" / message.queue_id
+    journal.write_bytes(journal.read_bytes()[:-7])  # a crash in the middle of the last append
+    states = [s.state for s in spool.load(message.queue_id).statuses]
+    assert states == [RecipientState.DELIVERED, RecipientState.PENDING]
+
+
+async def test_tampered_message_file_is_refused(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    path = spool.path(QueueState.INCOMING, message.queue_id)
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(SpoolError, match="failed authentication"):
+        spool.content(message.queue_id)
+
+
+async def test_messages_stay_readable_after_key_rotation(spool: Spool, tmp_path: Path) -> None:
+    old = make_message()
+    await spool.store(old, content())
+    keyring = SpoolKeyring.create(tmp_path / "spool.key", rotate=True)
+    assert len(keyring.keys) == 2
+    rotated = Spool(tmp_path / "spool", keyring)
+    new = make_message()
+    await rotated.store(new, content())
+    assert rotated.content(old.queue_id) == content()
+    assert rotated.content(new.queue_id) == content()
+    assert keyring.current_id.encode() in rotated.path(QueueState.INCOMING, new.queue_id).read_bytes()[:40]
+    rotated.close()
+
+
+async def test_moves_between_states_and_removal(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    assert spool.move(message.queue_id, QueueState.HOLD) is QueueState.INCOMING
+    assert spool.locate(message.queue_id) is QueueState.HOLD
+    with pytest.raises(SpoolError, match="is in hold"):
+        spool.move(message.queue_id, QueueState.INCOMING, only_from=(QueueState.DEFERRED,))
+    spool.record(message.queue_id, 0, RecipientStatus(RecipientState.DEFERRED, 1.0, 0, "4.0.0", "x"))
+    assert spool.remove(message.queue_id) is QueueState.HOLD
+    assert spool.locate(message.queue_id) is None
+    assert not (spool.directory / "journal" / message.queue_id).exists()
+
+
+async def test_deferred_due_time_is_the_file_mtime(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    spool.move(message.queue_id, QueueState.DEFERRED)
+    spool.set_due(message.queue_id, QueueState.DEFERRED, 2_000_000_000.0)
+    assert spool.due(message.queue_id, QueueState.DEFERRED) == 2_000_000_000.0
+
+
+async def test_recovery_drops_unfinished_writes_and_requeues_active(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    spool.move(message.queue_id, QueueState.ACTIVE)
+    (spool.directory / "tmp" / new_queue_id()).write_bytes(b"half a message")
+    (spool.directory / "journal" / new_queue_id()).write_bytes(b"orphan")
+    report = spool.recover()
+    assert (report.unfinished_writes, report.requeued, report.orphan_journals) == (1, 1, 1)
+    assert spool.locate(message.queue_id) is QueueState.INCOMING
+    assert os.listdir(spool.directory / "tmp") == []
+
+
+def test_queue_ids_are_validated_before_touching_paths(spool: Spool) -> None:
+    with pytest.raises(SpoolError, match="not a queue id"):
+        spool.locate("../../etc/passwd")
+
+
+def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    SpoolKeyring.create(tmp_path / "k", rotate=False)
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "k").chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        SpoolKeyring.load(tmp_path / "k")
+
+
+async def test_missing_key_is_not_recreated_over_queued_messages(spool: Spool, tmp_path: Path) -> None:
+    await spool.store(make_message(), content())
+    (tmp_path / "spool.key").unlink()
+    with pytest.raises(KeyFileError, match="restore the key file"):
+        open_spool(SpoolConfig(dir=tmp_path / "spool", key_file=tmp_path / "spool.key"),
+                   create_key=True)
+
+
+def test_keygen_refuses_to_overwrite_without_rotate(tmp_path: Path) -> None:
+    SpoolKeyring.create(tmp_path / "k", rotate=False)
+    with pytest.raises(KeyFileError, match="--rotate"):
+        SpoolKeyring.create(tmp_path / "k", rotate=False)
