@@ -7,12 +7,13 @@ Layout under ``spool.dir``::
     hold/ID       kept for an admin (mailward queue release|delete)
     corrupt/ID    unreadable, or crashed the process too often: kept aside, never retried
     journal/ID    per-recipient results, appended as they happen
-    tmp/          files being written; anything here after a crash was never acknowledged
+    tmp/          scratch; anything here after a crash was never acknowledged
+    incoming/.ID.tmp  a message being written; removed at start if a crash left it
 
 Guarantees:
-- `store` returns only after the message file is written, fdatasync'd, renamed into ``incoming/``
-  and the directory fsync'd: only then may the SMTP side say 250. A crash leaves the message either
-  wholly in ``incoming/`` or only in ``tmp/``.
+- `store` returns only after the message file is written, fdatasync'd, renamed to its queue id in
+  ``incoming/`` and the directory fsync'd: only then may the SMTP side say 250. A crash leaves the
+  message either wholly queued or as a dot-named temporary file that recovery removes.
 - Every file is encrypted (see `cipher`); no body, subject or address is on disk in clear.
 - Message files are never rewritten. Per-recipient results go to the journal, fsync'd before the
   caller acts on them, so after ``kill -9`` a recipient already delivered is not delivered again;
@@ -109,7 +110,9 @@ class Spool:
         meta = json.dumps(message.to_dict(), separators=(",", ":")).encode()
         blob = b"".join((cipher.header, cipher.seal(_KIND_META, meta),
                          cipher.seal(_KIND_CONTENT, content)))
-        tmp = self.directory / "tmp" / message.queue_id
+        # Written under a dot-name in incoming/ itself: the creation and the rename then touch one
+        # directory, so one (coalesced) directory fsync makes both durable. Scans skip dot-names.
+        tmp = self.directory / QueueState.INCOMING.value / f".{message.queue_id}.tmp"
         try:
             write_new(tmp, blob)
             os.rename(tmp, self.path(QueueState.INCOMING, message.queue_id))
@@ -250,11 +253,12 @@ class Spool:
 
     def recover(self) -> RecoveryReport:
         """Run once at start, before serving: finish what a crash left half done."""
-        tmp = self.directory / "tmp"
         unfinished = 0
-        for name in os.listdir(tmp):
-            (tmp / name).unlink(missing_ok=True)
-            unfinished += 1
+        for directory in (self.directory / "tmp", self.directory / QueueState.INCOMING.value):
+            for name in os.listdir(directory):
+                if directory.name == "tmp" or (name.startswith(".") and name.endswith(".tmp")):
+                    (directory / name).unlink(missing_ok=True)
+                    unfinished += 1
         requeued = 0
         for queue_id in self.ids(QueueState.ACTIVE):
             os.rename(self.path(QueueState.ACTIVE, queue_id), self.path(QueueState.INCOMING, queue_id))
