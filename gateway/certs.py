@@ -9,6 +9,7 @@ When ``relay.client_cert_subjects`` is set, clients are asked for a certificate 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -67,10 +68,8 @@ def make_self_signed(hostname: str, cert_file: Path, key_file: Path) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
     now = datetime.datetime.now(datetime.UTC)
     alt_names: list[x509.GeneralName] = [x509.DNSName(hostname)]
-    try:
+    with contextlib.suppress(ValueError):  # a hostname that is an IP address gets an IP SAN too
         alt_names.append(x509.IPAddress(ipaddress.ip_address(hostname)))
-    except ValueError:
-        pass
     cert = (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())

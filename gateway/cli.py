@@ -248,7 +248,8 @@ def cmd_keygen_spool(config: Config, args: argparse.Namespace) -> int:
 
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_file is not None:
-        return args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        password_file: Path = args.password_file
+        return password_file.read_text(encoding="utf-8").rstrip("\r\n")
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("Password: ")

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import socket
 import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,7 @@ def find_config_file(explicit: str | None) -> Path | None:
 def load_config(path: Path | None) -> Config:
     """Load and validate `path` (None: embedded defaults); raise ConfigError naming file:line."""
     if path is None:
-        return _resolve_paths(Config(), Path.cwd())
+        return typing.cast(Config, _resolve_paths(Config(), Path.cwd()))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -235,7 +236,7 @@ def load_config(path: Path | None) -> Config:
 def parse_config(text: str, *, file: str, base_dir: Path) -> Config:
     node = typedyaml.compose(text, file)
     config = typedyaml.load(Config, node, file=file, base_dir=base_dir)
-    config = _resolve_paths(config, base_dir)
+    config = typing.cast(Config, _resolve_paths(config, base_dir))
     object.__setattr__(config, "source", Path(file))
     return config
 

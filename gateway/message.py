@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class RecipientState(str, Enum):
+class RecipientState(StrEnum):
     """Where one recipient of a queued message stands; only the spool journal changes it."""
 
     PENDING = "pending"  # not tried yet

@@ -251,13 +251,13 @@ def _convert_literal(choices: tuple[Any, ...], node: yaml.Node, where: str, ctx:
     # The literal text, so that YAML 1.1 booleans such as `off` stay words.
     if isinstance(node, yaml.ScalarNode) and node.value in choices:
         return node.value
-    shown = node.value if isinstance(node, yaml.ScalarNode) else "a " + node.id
+    shown = node.value if isinstance(node, yaml.ScalarNode) else "a " + _kind(node)
     return ctx.error(node, where, f"expected one of {', '.join(choices)}, got {shown!r}")
 
 
 def _convert_scalar(tp: Any, node: yaml.Node, where: str, ctx: _Context) -> Any:
     if not isinstance(node, yaml.ScalarNode):
-        return ctx.error(node, where, f"expected {_describe(tp)}, got a {node.id}")
+        return ctx.error(node, where, f"expected {_describe(tp)}, got a {_kind(node)}")
     tag, text = node.tag, node.value
     try:
         if tp is bool:
@@ -286,6 +286,10 @@ def _convert_scalar(tp: Any, node: yaml.Node, where: str, ctx: _Context) -> Any:
     except ValueError as exc:
         return ctx.error(node, where, str(exc))
     raise TypeError(f"typedyaml cannot convert to {tp!r}")  # a programming error, not user input
+
+
+def _kind(node: yaml.Node) -> str:
+    return "mapping" if isinstance(node, yaml.MappingNode) else "list"
 
 
 def _describe(tp: Any) -> str:

@@ -140,7 +140,7 @@ class IngressHandler:
             client=client, size=len(content), message_id=_message_id(envelope.original_content))
         try:
             await self.spool.store(message, content)
-        except Exception as exc:  # noqa: BLE001 - any failure to persist must be a 4xx, never a 250
+        except Exception as exc:
             log.error("event=queue_write_failed queue_id=%s error=%s", queue_id, exc)
             return replies.QUEUE_WRITE_ERROR
         eventlog.event(log, "queued", queue_id=queue_id, client=client.address,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import logging
 import re
 import ssl
@@ -21,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, MISSING, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from gateway import eventlog
 from gateway.config import ListenerConfig
@@ -105,7 +106,7 @@ def decode_xtext(text: str) -> str:
 def is_mailbox(address: str) -> bool:
     """local@domain with both parts present: we relay to the internet, so no unqualified names."""
     local, at, domain = address.rpartition("@")
-    return bool(at and local and domain) and len(address) <= 320 and "." in domain.strip(".[]") \
+    return (bool(at and local and domain) and len(address) <= 320 and "." in domain.strip(".[]")) \
         or bool(at and local and domain.startswith("[") and domain.endswith("]"))
 
 
@@ -201,10 +202,8 @@ class GatewaySMTP(SMTP):
     async def _close_for_shutdown(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone already
             await super().push(replies.SHUTTING_DOWN)
-        except (ConnectionError, RuntimeError):
-            pass
         if self.transport is not None:
             self.transport.close()
 
@@ -409,7 +408,7 @@ class GatewaySMTP(SMTP):
                 await self.push(replies.AUTH_SYNTAX)
                 return None
         response = await self.challenge_auth(challenge)  # replies itself on "*" or bad base64
-        return None if response is MISSING else response  # type: ignore[return-value]
+        return None if response is MISSING else response
 
     @staticmethod
     def _decode_pair(user: bytes, password: bytes) -> tuple[str, str]:

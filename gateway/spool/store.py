@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from gateway.durable import DirectorySync, fsync_dir, write_new
@@ -49,7 +49,7 @@ _QUEUE_ID = re.compile(r"^[0-9A-F]{13}[0-9A-F]{6}$")
 _HEADER_MAX = 6 + 255 + 16
 
 
-class QueueState(str, Enum):
+class QueueState(StrEnum):
     INCOMING = "incoming"
     ACTIVE = "active"
     DEFERRED = "deferred"
