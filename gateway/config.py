@@ -31,6 +31,12 @@ TlsMode = Literal["off", "optional", "required"]
 AuthMode = Literal["off", "optional", "required"]
 
 
+def _port_problems(key: str, port: int, *, lowest: int) -> list[tuple[str, str]]:
+    if lowest <= port < 65536:
+        return []
+    return [(key, f"port {port} is out of range {lowest}-65535")]
+
+
 def _empty_mapping() -> Mapping[str, Any]:
     return types.MappingProxyType({})
 
@@ -49,8 +55,7 @@ class ListenerConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        if not 0 <= self.port < 65536:  # 0: any free port (tests)
-            found.append(("port", f"port {self.port} is out of range 0-65535"))
+        found += _port_problems("port", self.port, lowest=0)  # 0: any free port (tests)
         if self.auth != "off" and self.starttls == "off":
             found.append(("auth", "AUTH is only offered after STARTTLS: set starttls to "
                                   "optional or required, or auth to off"))
@@ -128,8 +133,7 @@ class DeliveryConfig:
         found = []
         if not self.retry_schedule:
             found.append(("retry_schedule", "needs at least one interval"))
-        if not 0 < self.smtp_port < 65536:
-            found.append(("smtp_port", f"port {self.smtp_port} is out of range 1-65535"))
+        found += _port_problems("smtp_port", self.smtp_port, lowest=1)
         return found
 
 

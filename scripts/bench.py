@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -234,19 +233,19 @@ def bench_ingest(args: argparse.Namespace) -> None:
     base.mkdir(exist_ok=True)
     results = []
     for name, target in (("mailward", mailward_gateway), ("postfix", postfix_instance)):
-        with tempfile.TemporaryDirectory(dir=base, prefix=f"{name}-") as tmp:
-            with target(Path(tmp)) as (port, incoming, proc):
-                seconds = run_smtp_source(port, args.messages, args.sessions, args.size)
-                stored = wait_count(incoming, args.messages)
-                if stored < args.messages:
-                    raise SystemExit(f"{name}: only {stored} of {args.messages} messages queued")
-                samples = asyncio.run(probe_latency(port, args.latency_messages, args.sessions,
-                                                    args.size))
-                result = Result(name, args.messages, seconds, percentile(samples, 0.5),
-                                percentile(samples, 0.99))
-                if proc is not None:
-                    result.peak_rss_mb = peak_rss_mb(proc.pid)
-                results.append(result)
+        with (tempfile.TemporaryDirectory(dir=base, prefix=f"{name}-") as tmp,
+              target(Path(tmp)) as (port, incoming, proc)):
+            seconds = run_smtp_source(port, args.messages, args.sessions, args.size)
+            stored = wait_count(incoming, args.messages)
+            if stored < args.messages:
+                raise SystemExit(f"{name}: only {stored} of {args.messages} messages queued")
+            samples = asyncio.run(probe_latency(port, args.latency_messages, args.sessions,
+                                                args.size))
+            result = Result(name, args.messages, seconds, percentile(samples, 0.5),
+                            percentile(samples, 0.99))
+            if proc is not None:
+                result.peak_rss_mb = peak_rss_mb(proc.pid)
+            results.append(result)
     print(f"\ningest: {args.messages} messages of {args.size} bytes, {args.sessions} sessions "
           f"(smtp-source -d), fsync before 250 on both; time-to-250 over "
           f"{args.latency_messages} probe messages")

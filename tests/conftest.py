@@ -5,7 +5,6 @@ Nothing on the message path is mocked: tests talk SMTP over 127.0.0.x sockets wi
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket

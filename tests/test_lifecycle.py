@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from gateway.spool import QueueState
-
 from tests.conftest import GatewayProcess, message, open_test_spool, wait_for
 from tests.ingress.test_limits import read_reply
 

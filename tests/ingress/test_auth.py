@@ -17,6 +17,15 @@ from tests.conftest import client_context, message, send
 PASSWORD = "correct horse battery staple"
 
 
+async def outsider_over_tls(gw: Any, ca: trustme.CA) -> aiosmtplib.SMTP:
+    """A client outside relay.networks, connected and past STARTTLS and EHLO."""
+    client = gw.client(source="127.0.0.99")
+    await client.connect()
+    await client.starttls(tls_context=client_context(ca))
+    await client.ehlo()
+    return client
+
+
 @pytest.fixture
 def outside_config(make_config: Callable[..., Config]) -> Config:
     config = make_config(relay={"networks": ["127.0.0.1/32"]})
@@ -39,10 +48,7 @@ async def test_auth_is_refused_before_starttls(outside_config: Config, start_gat
 async def test_auth_plain_after_starttls_allows_relay_from_outside(
         outside_config: Config, start_gateway: Any, ca: trustme.CA) -> None:
     gw = await start_gateway(outside_config)
-    client = gw.client(source="127.0.0.99")
-    await client.connect()
-    await client.starttls(tls_context=client_context(ca))
-    await client.ehlo()
+    client = await outsider_over_tls(gw, ca)
     assert client.supports_extension("auth")
     reply = await client.auth_plain("scanner@example.com", PASSWORD)
     assert reply.code == 235
@@ -56,10 +62,7 @@ async def test_auth_plain_after_starttls_allows_relay_from_outside(
 async def test_auth_login_with_wrong_password_is_refused_and_relay_stays_closed(
         outside_config: Config, start_gateway: Any, ca: trustme.CA) -> None:
     gw = await start_gateway(outside_config)
-    client = gw.client(source="127.0.0.99")
-    await client.connect()
-    await client.starttls(tls_context=client_context(ca))
-    await client.ehlo()
+    client = await outsider_over_tls(gw, ca)
     with pytest.raises(aiosmtplib.SMTPAuthenticationError) as info:
         await client.auth_login("scanner@example.com", "wrong password entirely")
     assert info.value.code == 535
@@ -70,10 +73,7 @@ async def test_auth_login_with_wrong_password_is_refused_and_relay_stays_closed(
 
 async def test_auth_login_succeeds(outside_config: Config, start_gateway: Any, ca: trustme.CA) -> None:
     gw = await start_gateway(outside_config)
-    client = gw.client(source="127.0.0.99")
-    await client.connect()
-    await client.starttls(tls_context=client_context(ca))
-    await client.ehlo()
+    client = await outsider_over_tls(gw, ca)
     assert (await client.auth_login("scanner@example.com", PASSWORD)).code == 235
     await client.quit()
 
@@ -82,10 +82,7 @@ async def test_user_added_while_running_can_authenticate(
         outside_config: Config, start_gateway: Any, ca: trustme.CA) -> None:
     gw = await start_gateway(outside_config)
     UserStore(outside_config.relay.users_file).add("late@example.com", "another long password")
-    client = gw.client(source="127.0.0.99")
-    await client.connect()
-    await client.starttls(tls_context=client_context(ca))
-    await client.ehlo()
+    client = await outsider_over_tls(gw, ca)
     assert (await client.auth_plain("late@example.com", "another long password")).code == 235
     await client.quit()
 

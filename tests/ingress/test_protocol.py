@@ -21,6 +21,15 @@ async def session(gw: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return reader, writer
 
 
+async def queue_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, marker: str) -> None:
+    """One complete transaction on an open session; asserts it was queued."""
+    writer.write(b"MAIL FROM:<dr@example.com>\r\nRCPT TO:<p@example.org>\r\nDATA\r\n")
+    for _ in range(3):
+        await read_reply(reader)
+    writer.write(message(marker) + b".\r\n")
+    assert (await read_reply(reader)).startswith(b"250 2.0.0")
+
+
 async def test_pipelined_transactions_are_all_answered_in_order(
         make_config: Callable[..., Config], start_gateway: Any) -> None:
     gw = await start_gateway(make_config())
@@ -117,11 +126,7 @@ async def test_malformed_commands_do_not_lose_an_acknowledged_message(
         make_config: Callable[..., Config], start_gateway: Any) -> None:
     gw = await start_gateway(make_config())
     reader, writer = await session(gw)
-    writer.write(b"MAIL FROM:<dr@example.com>\r\nRCPT TO:<p@example.org>\r\nDATA\r\n")
-    for _ in range(3):
-        await read_reply(reader)
-    writer.write(message("KEEP") + b".\r\n")
-    assert (await read_reply(reader)).startswith(b"250 2.0.0")
+    await queue_one(reader, writer, "KEEP")
     garbage = [b"\x00\xff\xfe binary", b"MAIL FROM:", b"RCPT TO:<x@example.org>", b"DATA",
                b"A" * 2000, b"MAIL FROM:<a@example.com> SIZE=abc", b"AUTH"]
     for line in garbage:
@@ -136,11 +141,7 @@ async def test_connection_dropped_mid_data_queues_nothing_for_that_transaction(
         make_config: Callable[..., Config], start_gateway: Any) -> None:
     gw = await start_gateway(make_config())
     reader, writer = await session(gw)
-    writer.write(b"MAIL FROM:<dr@example.com>\r\nRCPT TO:<p@example.org>\r\nDATA\r\n")
-    for _ in range(3):
-        await read_reply(reader)
-    writer.write(message("FIRST") + b".\r\n")
-    assert (await read_reply(reader)).startswith(b"250 2.0.0")
+    await queue_one(reader, writer, "FIRST")
     writer.write(b"MAIL FROM:<dr@example.com>\r\nRCPT TO:<p@example.org>\r\nDATA\r\n")
     for _ in range(3):
         await read_reply(reader)
