@@ -114,6 +114,7 @@ class IngressHandler:
             return replies.RELAY_DENIED.format(address=recipient.address)
         if len(envelope.recipients) >= settings.limits.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        envelope.relay_reason = reason
         envelope.recipients.append(recipient)
         envelope.rcpt_tos.append(recipient.address)
         return replies.OK_RECIPIENT
@@ -125,8 +126,7 @@ class IngressHandler:
         client = ClientInfo(
             address=server.client_ip, helo=session.host_name or "", listener=server.listener.label,
             auth_user=session.auth_user,
-            relay_reason=settings.relay.relay_reason(server.client_ip, session.auth_user,
-                                                     session.cert_name) or "",
+            relay_reason=envelope.relay_reason,
             tls_version=session.tls_version, tls_cipher=session.tls_cipher,
             cert_subject=session.cert_name)
         assert envelope.original_content is not None and envelope.mail_from is not None

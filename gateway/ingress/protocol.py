@@ -60,6 +60,7 @@ class Transaction(Envelope):
         self.ret: str | None = None
         self.envid: str | None = None
         self.recipients: list[Recipient] = []
+        self.relay_reason = ""  # decided at the first accepted RCPT, recorded with the message
 
 
 @dataclass
