@@ -1,0 +1,167 @@
+"""Where to deliver a recipient domain: MX resolution (RFC 5321 §5.1, null MX RFC 7505).
+
+`MxResolver.destinations(domain)` returns the hosts to try, in order: MX records by preference,
+shuffled among equal preferences (spreading load as RFC 5321 asks); the domain itself when it has
+no MX but has an address (implicit MX); a `delivery.routes` override before any DNS. Each host
+comes with its addresses. dnspython follows CNAME chains itself.
+
+dnspython's exceptions never leave this module: they become `Permanent` (NXDOMAIN, null MX, no
+address at all) or `Temporary` (SERVFAIL, timeouts, no answer from any nameserver), which the
+delivery code turns into a bounce or a deferral. Answers are cached for their TTL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from gateway.typedyaml import HostPort
+
+MAX_MX_HOSTS = 10  # more is a misconfiguration or an attack; Postfix stops at 5 by default
+MIN_CACHE_TTL, MAX_CACHE_TTL = 5.0, 3600.0
+
+
+class ResolutionError(Exception):
+    """Base of what resolution reports; `status` is the enhanced status code for the DSN."""
+
+    status = "4.4.3"
+
+    def __init__(self, domain: str, reason: str) -> None:
+        super().__init__(f"{domain}: {reason}")
+        self.domain = domain
+        self.reason = reason
+
+
+class Permanent(ResolutionError):
+    status = "5.1.2"
+
+
+class Temporary(ResolutionError):
+    status = "4.4.3"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One host to try, with its addresses (IPv4 first) and the port to connect to."""
+
+    host: str
+    addresses: tuple[str, ...]
+    port: int
+    preference: int = 0
+
+
+class MxResolver:
+    def __init__(self, nameservers: tuple[HostPort, ...], smtp_port: int,
+                 routes: Mapping[str, HostPort], *, timeout: float = 5.0) -> None:
+        self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        if nameservers:
+            self._resolver.nameservers = [ns.host for ns in nameservers]
+            self._resolver.port = nameservers[0].port
+        self._resolver.lifetime = timeout
+        self._smtp_port = smtp_port
+        self._routes = {domain.lower().rstrip("."): target for domain, target in routes.items()}
+        self._cache: dict[tuple[str, str], tuple[float, list[tuple[int, str]] | list[str]]] = {}
+
+    async def destinations(self, domain: str) -> list[Destination]:
+        """Hosts to try for `domain`, best first; raises Permanent or Temporary."""
+        domain = domain.lower().rstrip(".")
+        route = self._routes.get(domain)
+        if route is not None:
+            addresses = await self._addresses(route.host) if not _is_ip(route.host) else [route.host]
+            return [Destination(route.host, tuple(addresses), route.port)]
+        exchangers = await self._mx(domain)
+        if exchangers == [(0, "")]:
+            raise Permanent(domain, "domain does not accept mail (null MX)")
+        if not exchangers:
+            # Implicit MX: the domain's own address records (RFC 5321 §5.1).
+            addresses = await self._addresses(domain)
+            if not addresses:
+                raise Permanent(domain, "no MX and no address records")
+            return [Destination(domain, tuple(addresses), self._smtp_port)]
+        found = []
+        for preference, host in _ordered(exchangers)[:MAX_MX_HOSTS]:
+            try:
+                addresses = await self._addresses(host)
+            except ResolutionError:
+                continue  # another MX may still work; if none does, the error below says so
+            if addresses:
+                found.append(Destination(host, tuple(addresses), self._smtp_port, preference))
+        if not found:
+            raise Temporary(domain, "no address for any MX host")
+        return found
+
+    async def _mx(self, domain: str) -> list[tuple[int, str]]:
+        cached = self._cached(domain, "MX")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        answer = await self._query(domain, "MX")
+        records: list[tuple[int, str]] = []
+        if answer is not None:
+            for rdata in answer:
+                host = rdata.exchange.to_text(omit_final_dot=True).lower()
+                records.append((int(rdata.preference), "" if host in ("", ".") else host))
+        self._store(domain, "MX", records, answer)
+        return records
+
+    async def _addresses(self, host: str) -> list[str]:
+        cached = self._cached(host, "A+AAAA")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        addresses: list[str] = []
+        answers = []
+        for rdtype in ("A", "AAAA"):
+            answer = await self._query(host, rdtype)
+            if answer is not None:
+                answers.append(answer)
+                addresses.extend(rdata.address for rdata in answer)
+        self._store(host, "A+AAAA", addresses, answers[0] if answers else None)
+        return addresses
+
+    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        """The answer, or None for "exists, but no such record"; errors mapped here only."""
+        try:
+            return await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.resolver.NXDOMAIN:
+            raise Permanent(name, "domain does not exist (NXDOMAIN)") from None
+        except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout):
+            raise Temporary(name, f"DNS lookup of {rdtype} failed (SERVFAIL or timeout)") from None
+        except dns.exception.DNSException as exc:
+            raise Temporary(name, f"DNS error: {type(exc).__name__}") from None
+
+    def _cached(self, name: str, kind: str) -> list[tuple[int, str]] | list[str] | None:
+        entry = self._cache.get((name, kind))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def _store(self, name: str, kind: str, value: list[tuple[int, str]] | list[str],
+               answer: dns.resolver.Answer | None) -> None:
+        ttl = float(answer.rrset.ttl) if answer is not None and answer.rrset is not None else 60.0
+        ttl = min(max(ttl, MIN_CACHE_TTL), MAX_CACHE_TTL)
+        self._cache[(name, kind)] = (time.monotonic() + ttl, value)
+
+
+def _ordered(exchangers: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """By preference; random order among equal preferences."""
+    shuffled = list(exchangers)
+    random.shuffle(shuffled)
+    return sorted(shuffled, key=lambda item: item[0])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
