@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException
 
@@ -27,7 +26,7 @@ from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
-from gateway.message import ClientInfo, Envelope, QueuedMessage
+from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
 from gateway.spool import Spool, new_queue_id
 
 log = logging.getLogger("mailward.smtpd")
@@ -89,10 +88,10 @@ class IngressHandler:
             # aiosmtpd closes the connection itself; a failed handshake is the client's problem.
             eventlog.event(log, "tls_handshake_failed", logging.WARNING,
                            reason=type(error.__cause__).__name__)
-            return "454 4.7.0 TLS not available due to temporary reason"
+            return replies.TLS_HANDSHAKE_FAILED
         # Fail closed and say nothing internal to the client; the traceback goes to the log.
         log.error("event=internal_error error=%s", type(error).__name__, exc_info=error)
-        return "451 4.3.0 Error: internal error, try again later"
+        return replies.INTERNAL_ERROR
 
     # -- called by the protocol after parsing -------------------------------------------------
 
@@ -106,7 +105,7 @@ class IngressHandler:
         return replies.OK_SENDER
 
     async def rcpt_to(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction,
-                      recipient: Any) -> str:
+                      recipient: Recipient) -> str:
         settings = self.settings
         reason = settings.relay.relay_reason(server.client_ip, session.auth_user, session.cert_name)
         if reason is None:

@@ -244,10 +244,10 @@ class GatewaySMTP(SMTP):
         assert self.session is not None and self.envelope is not None
         rest = self._strip_command_keyword("FROM:", arg) if arg else None
         if rest is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            await self.push(replies.MAIL_SYNTAX)
             return
         if self.envelope.mail_from is not None:
-            await self.push("503 5.5.1 Error: nested MAIL command")
+            await self.push(replies.MAIL_NESTED)
             return
         if rest.startswith("<>"):
             address: str | None = ""
@@ -256,12 +256,12 @@ class GatewaySMTP(SMTP):
             address, params_text = self._getaddr(rest)
         if address is None or (address != "" and not is_mailbox(address)) or (
                 address == "" and not rest.startswith("<>")):
-            await self.push("553 5.1.7 Error: malformed sender address")
+            await self.push(replies.SENDER_MALFORMED)
             return
         params = split_params(params_text or "") if self.session.extended_smtp or not params_text \
             else None
         if params is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            await self.push(replies.MAIL_PARAMS_SYNTAX)
             return
         error = self._apply_mail_params(params)
         if error:
@@ -275,15 +275,15 @@ class GatewaySMTP(SMTP):
         size = params.pop("SIZE", None)
         if size is not None:
             if not isinstance(size, str) or not size.isdigit():
-                return "501 5.5.4 Error: bad SIZE parameter"
+                return replies.BAD_SIZE
             if self.data_size_limit and int(size) > self.data_size_limit:
-                return "552 5.3.4 Error: message size exceeds fixed maximum message size"
+                return replies.SIZE_EXCEEDED
         body = params.pop("BODY", "7BIT")
         if not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):
-            return "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+            return replies.BAD_BODY
         smtputf8 = params.pop("SMTPUTF8", False)
         if smtputf8 is not False and smtputf8 is not True:
-            return "501 5.5.4 Error: SMTPUTF8 takes no arguments"
+            return replies.BAD_SMTPUTF8
         ret = params.pop("RET", None)
         if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
             return replies.BAD_DSN_PARAMETER.format(name="RET")
@@ -291,7 +291,7 @@ class GatewaySMTP(SMTP):
         if envid is not None and (not isinstance(envid, str) or len(envid) > MAX_XTEXT):
             return replies.BAD_DSN_PARAMETER.format(name="ENVID")
         if params:
-            return "555 5.5.4 Error: MAIL parameters not recognized: " + ",".join(sorted(params))
+            return replies.MAIL_PARAMS_UNKNOWN + ",".join(sorted(params))
         self.envelope.body_type = body.upper()
         self.envelope.smtp_utf8 = smtputf8
         self.envelope.ret = ret.upper() if isinstance(ret, str) else None
@@ -304,22 +304,22 @@ class GatewaySMTP(SMTP):
             return
         assert self.session is not None and self.envelope is not None
         if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 Error: need MAIL command")
+            await self.push(replies.NEED_MAIL)
             return
         rest = self._strip_command_keyword("TO:", arg) if arg else None
         address, params_text = self._getaddr(rest) if rest else (None, None)
         if not address or not is_mailbox(address):
-            await self.push("501 5.1.3 Syntax: RCPT TO:<address>" if rest is None or address == ""
-                            else "553 5.1.3 Error: malformed recipient address")
+            await self.push(replies.RCPT_SYNTAX if rest is None or address == ""
+                            else replies.RECIPIENT_MALFORMED)
             return
         params = split_params(params_text or "") if self.session.extended_smtp or not params_text \
             else None
         if params is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
+            await self.push(replies.RCPT_PARAMS_SYNTAX)
             return
         recipient, error = self._recipient_from_params(address, params)
         if error or recipient is None:
-            await self.push(error or "501 5.5.4 Error: bad parameters")
+            await self.push(error or replies.BAD_PARAMETERS)
             return
         await self.push(await self.event_handler.rcpt_to(self, self.session, self.envelope,
                                                          recipient))
@@ -340,7 +340,7 @@ class GatewaySMTP(SMTP):
                                   or len(orcpt) > MAX_XTEXT):
             return None, replies.BAD_DSN_PARAMETER.format(name="ORCPT")
         if params:
-            return None, "555 5.5.4 Error: RCPT parameters not recognized: " + ",".join(sorted(params))
+            return None, replies.RCPT_PARAMS_UNKNOWN + ",".join(sorted(params))
         return Recipient(address=address, notify=notify,
                          orcpt=decode_xtext(orcpt) if isinstance(orcpt, str) else None), None
 
@@ -372,7 +372,7 @@ class GatewaySMTP(SMTP):
         elif self.envelope.mail_from is not None:
             await self.push(replies.AUTH_IN_TRANSACTION)
         elif not arg or len(arg.split()) > 2:
-            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
+            await self.push(replies.AUTH_SYNTAX_ARGS)
         else:
             mechanism, _, initial = arg.partition(" ")
             credentials = await self._read_credentials(mechanism.upper(), initial.strip())

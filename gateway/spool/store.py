@@ -36,11 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.durable import DirectorySync, fsync_dir, write_new
 from gateway.errors import SpoolError
 from gateway.message import QueuedMessage, RecipientState, RecipientStatus
-from gateway.spool.cipher import MAGIC, FileCipher, SpoolKeyring
+from gateway.spool.cipher import FileCipher, SpoolKeyring
 
 _KIND_META = b"meta"
 _KIND_CONTENT = b"content"
@@ -171,10 +172,10 @@ class Spool:
     def load(self, queue_id: str, state: QueueState | None = None) -> QueuedMessage:
         """Metadata and recipient statuses of one message (not its content)."""
         state = state or self._require(queue_id)
-        path = self.path(state, queue_id)
-        prefix = _read_prefix(path)
-        cipher, offset = FileCipher.from_header(self.keyring, queue_id, prefix)
-        meta = _read_first_record(path, prefix, offset)
+        with open(self.path(state, queue_id), "rb") as handle:
+            prefix = handle.read(_HEADER_MAX + 4)
+            cipher, offset = FileCipher.from_header(self.keyring, queue_id, prefix)
+            meta = _read_record(handle, prefix, offset, queue_id)
         kind, plaintext = cipher.records(meta, 0, tolerate_torn_tail=False)[0]
         if kind != _KIND_META:
             raise SpoolError(f"{queue_id}: metadata record missing")
@@ -281,14 +282,13 @@ def _read_prefix(path: Path) -> bytes:
         return handle.read(_HEADER_MAX + 4)
 
 
-def _read_first_record(path: Path, prefix: bytes, offset: int) -> bytes:
-    """The bytes of the record that starts at `offset` (reading only as far as it goes)."""
-    if len(prefix) < offset + 4 or prefix[:4] != MAGIC:
-        raise SpoolError(f"{path.name}: truncated spool file")
+def _read_record(handle: BinaryIO, prefix: bytes, offset: int, queue_id: str) -> bytes:
+    """The bytes of the record at `offset` (only as far as it goes: the content is not read)."""
+    if len(prefix) < offset + 4:
+        raise SpoolError(f"{queue_id}: truncated spool file")
     (length,) = struct.unpack_from(">I", prefix, offset)
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        record = handle.read(4 + length)
+    handle.seek(offset)
+    record = handle.read(4 + length)
     if len(record) != 4 + length:
-        raise SpoolError(f"{path.name}: truncated spool file")
+        raise SpoolError(f"{queue_id}: truncated spool file")
     return record
