@@ -21,11 +21,13 @@ from wsgiref.simple_server import WSGIServer
 
 from gateway import certs, eventlog, metrics
 from gateway.config import Config, ListenerConfig, load_config
+from gateway.delivery.service import DeliveryService
 from gateway.errors import MailwardError
 from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSettings
 from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
+from gateway.message import QueuedMessage
 from gateway.spool import Spool, open_spool
 
 log = logging.getLogger("mailward")
@@ -53,6 +55,7 @@ class Gateway:
         self._on_accepted = on_accepted
         self.spool: Spool | None = None
         self.handler: IngressHandler | None = None
+        self.delivery: DeliveryService | None = None
         self.tracker = ConnectionTracker(config.limits.max_connections,
                                          config.limits.max_connections_per_ip)
         self._servers: list[asyncio.Server] = []
@@ -73,8 +76,11 @@ class Gateway:
         self.spool = open_spool(config.spool, create_key=True)
         report = self.spool.recover()
         eventlog.event(log, "spool_recovered", unfinished_writes=report.unfinished_writes,
-                       requeued=report.requeued, orphan_journals=report.orphan_journals)
-        self.handler = IngressHandler(self._loaded.settings, self.spool, self._on_accepted)
+                       requeued=report.requeued, quarantined=report.quarantined,
+                       orphan_journals=report.orphan_journals)
+        self.delivery = DeliveryService(config, self.spool)
+        await self.delivery.start()
+        self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted)
         for listener in config.listeners:
             server = await asyncio.get_running_loop().create_server(
                 lambda listener=listener: self._protocol(listener),  # type: ignore[misc]
@@ -86,6 +92,12 @@ class Gateway:
         if config.metrics.listen is not None:
             self._metrics_server = metrics.serve(config.metrics.listen.host,
                                                  config.metrics.listen.port, self.spool)
+
+    def _accepted(self, message: QueuedMessage) -> None:
+        assert self.delivery is not None
+        self.delivery.notify(message.queue_id)
+        if self._on_accepted is not None:
+            self._on_accepted(message)
 
     def _protocol(self, listener: ListenerConfig) -> GatewaySMTP:
         loaded = self._loaded  # read at accept time, so a reload applies to new connections
@@ -113,6 +125,8 @@ class Gateway:
         self._loaded = loaded
         assert self.handler is not None
         self.handler.settings = loaded.settings
+        assert self.delivery is not None and self.spool is not None
+        self.delivery.reconfigure(loaded.config, self.spool)
         self.tracker.max_total = loaded.config.limits.max_connections
         self.tracker.max_per_ip = loaded.config.limits.max_connections_per_ip
         eventlog.event(log, "reloaded", config=source or "embedded-defaults")
@@ -135,7 +149,8 @@ class Gateway:
         await self.drain()
 
     async def drain(self) -> None:
-        """Stop accepting; let open transactions finish within drain_timeout; close the rest."""
+        """Stop accepting; let open transactions and deliveries finish within drain_timeout;
+        close the rest (unfinished deliveries stay queued)."""
         for server in self._servers:
             server.close()  # no new connections from here on
         open_sessions = list(self.tracker.open)
@@ -151,6 +166,8 @@ class Gateway:
                 protocol.transport.close()
         for server in self._servers:
             await server.wait_closed()
+        if self.delivery is not None:
+            await self.delivery.stop(self.config.limits.drain_timeout)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

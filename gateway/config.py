@@ -126,6 +126,16 @@ class DeliveryConfig:
     retry_schedule: tuple[Duration, ...] = tuple(
         Duration(s) for s in (60, 300, 900, 1800, 3600, 7200, 14400))
     max_queue_age: Duration = Duration(5 * 86400)
+    delay_warning: Duration | None = Duration(4 * 3600)  # null: never warn about a delay
+    connect_timeout: Duration = Duration(30)
+    command_timeout: Duration = Duration(300)  # for each reply: greeting, EHLO, MAIL, RCPT
+    data_timeout: Duration = Duration(600)  # for the reply to the end of the message
+    max_connections: int = 100  # outbound SMTP connections in total
+    max_connections_per_destination: int = 20  # per recipient domain
+    max_messages_per_connection: int = 100  # then the connection is closed and a new one made
+    connection_idle_time: Duration = Duration(5)  # an idle connection is kept this long for reuse
+    max_active: int = 1000  # messages being delivered at once (the rest wait in the queue)
+    paused: bool = False  # queue everything, deliver nothing (maintenance)
     pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
     shaping: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
 
@@ -133,6 +143,9 @@ class DeliveryConfig:
         found = []
         if not self.retry_schedule:
             found.append(("retry_schedule", "needs at least one interval"))
+        found += [(key, "must be at least 1") for key in
+                  ("max_connections", "max_connections_per_destination",
+                   "max_messages_per_connection", "max_active") if getattr(self, key) < 1]
         found += _port_problems("smtp_port", self.smtp_port, lowest=1)
         return found
 

@@ -71,6 +71,7 @@ class RecipientStatus:
     attempts: int = 0
     dsn: str = ""  # enhanced status code, e.g. 5.1.1
     reply: str = ""  # the remote reply or our own diagnostic
+    warned: bool = False  # a delay warning has been sent for this recipient
 
 
 @dataclass(frozen=True)

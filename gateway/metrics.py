@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,6 +26,14 @@ MESSAGES_RECEIVED = Counter(
 SMTP_REJECTIONS = Counter(
     "mailward_smtp_rejections_total", "Commands refused at ingress, by reason.",
     ["listener", "reason"], registry=REGISTRY)
+DELIVERIES = Counter(
+    "mailward_deliveries_total", "Delivery attempts per recipient, by result (sent, deferred, "
+    "bounced, expired), protection (tls-verified, tls, none) and egress pool.",
+    ["result", "protection", "pool"], registry=REGISTRY)
+DELIVERY_DURATION = Histogram(
+    "mailward_delivery_duration_seconds", "Time from acceptance until every recipient of a "
+    "message was final.", registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000))
 
 
 class QueueCollector(Collector):

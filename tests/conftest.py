@@ -81,6 +81,8 @@ def write_config(directory: Path, overrides: dict[str, Any]) -> Path:
         "spool": {"dir": "var/spool", "key_file": "var/keys/spool.key"},
         "relay": {"networks": ["127.0.0.1/32"], "users_file": "var/users.yaml"},
         "limits": {"drain_timeout": "3s"},
+        # Delivery only where a test asks for it, and never beyond loopback: port 9 has no DNS.
+        "delivery": {"paused": True, "nameservers": ["127.0.0.1:9"]},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(settings.get(key), dict):

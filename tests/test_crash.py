@@ -69,7 +69,7 @@ async def test_recipient_delivered_before_a_kill_is_still_delivered_after_restar
     await client.quit()
     spool = open_test_spool(gw.config_file)
     queue_id = spool.ids(QueueState.INCOMING)[0]
-    spool.record(queue_id, 0, RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "250 ok"))
+    spool.record(queue_id, {0: RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "250 ok")})
     spool.close()
     gw.signal(signal.SIGKILL)
     gw.wait()

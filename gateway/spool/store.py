@@ -31,12 +31,12 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from gateway.durable import DirectorySync, fsync_dir, write_new
 from gateway.errors import SpoolError
@@ -48,6 +48,8 @@ _KIND_CONTENT = b"content"
 _KIND_RESULT = b"result"
 _QUEUE_ID = re.compile(r"^[0-9A-F]{13}[0-9A-F]{6}$")
 _HEADER_MAX = 6 + 255 + 16
+T = TypeVar("T")
+CRASH_LIMIT = 3  # crashes in a row while a message was active before it is quarantined
 
 
 class QueueState(StrEnum):
@@ -62,6 +64,7 @@ class QueueState(StrEnum):
 class RecoveryReport:
     unfinished_writes: int  # files in tmp/: never acknowledged, removed
     requeued: int  # active/ -> incoming/: were being processed at the crash
+    quarantined: int  # active/ -> corrupt/: active at CRASH_LIMIT crashes in a row
     orphan_journals: int  # journals whose message was already finished
 
 
@@ -89,6 +92,10 @@ class Spool:
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
+
+    async def offload(self, function: Callable[..., T], *args: object) -> T:
+        """Run a blocking spool operation in the spool's I/O threads (never on the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
     def path(self, state: QueueState, queue_id: str) -> Path:
         return self.directory / state.value / queue_id
@@ -121,21 +128,26 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot write queue file: {exc.strerror}") from exc
 
-    def record(self, queue_id: str, index: int, status: RecipientStatus) -> None:
-        """Append one recipient's result to the journal and fsync it before returning."""
+    def record(self, queue_id: str, results: Mapping[int, RecipientStatus]) -> None:
+        """Append recipients' results (index -> status) to the journal; fsync'd when this returns."""
+        self._journal(queue_id, [
+            {"i": index, "s": status.state.value, "at": status.at, "dsn": status.dsn,
+             "r": status.reply, **({"w": 1} if status.warned else {})}
+            for index, status in results.items()])
+
+    def _journal(self, queue_id: str, entries: list[dict[str, object]]) -> None:
         path = self.directory / "journal" / queue_id
-        entry = json.dumps({"i": index, "s": status.state.value, "at": status.at,
-                            "dsn": status.dsn, "r": status.reply}).encode()
+        plaintexts = [json.dumps(entry, separators=(",", ":")).encode() for entry in entries]
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
             cipher = FileCipher.create(self.keyring, queue_id)
-            write_new(path, cipher.header + cipher.seal(_KIND_RESULT, entry))
+            write_new(path, cipher.header + b"".join(cipher.seal(_KIND_RESULT, p) for p in plaintexts))
             fsync_dir(path.parent)
             return
         try:
             cipher, _ = FileCipher.from_header(self.keyring, queue_id, _read_prefix(path))
-            os.write(fd, cipher.seal(_KIND_RESULT, entry))
+            os.write(fd, b"".join(cipher.seal(_KIND_RESULT, p) for p in plaintexts))
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -180,7 +192,19 @@ class Spool:
         if kind != _KIND_META:
             raise SpoolError(f"{queue_id}: metadata record missing")
         message = QueuedMessage.from_dict(json.loads(plaintext))
-        return message.with_statuses(self._statuses(queue_id, len(message.envelope.recipients)))
+        statuses, _ = self._journal_state(queue_id, len(message.envelope.recipients))
+        return message.with_statuses(statuses)
+
+    def read(self, queue_id: str, state: QueueState) -> tuple[QueuedMessage, bytes]:
+        """Metadata with statuses, and content, in one read of the file (the delivery path)."""
+        blob = self.path(state, queue_id).read_bytes()
+        cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
+        records = dict(cipher.records(blob, offset, tolerate_torn_tail=False))
+        if _KIND_META not in records or _KIND_CONTENT not in records:
+            raise SpoolError(f"{queue_id}: metadata or content record missing")
+        message = QueuedMessage.from_dict(json.loads(records[_KIND_META]))
+        statuses, _ = self._journal_state(queue_id, len(message.envelope.recipients))
+        return message.with_statuses(statuses), records[_KIND_CONTENT]
 
     def content(self, queue_id: str, state: QueueState | None = None) -> bytes:
         """The message bytes as accepted (with our Received header), decrypted."""
@@ -192,21 +216,30 @@ class Spool:
                 return plaintext
         raise SpoolError(f"{queue_id}: content record missing")
 
-    def _statuses(self, queue_id: str, count: int) -> tuple[RecipientStatus, ...]:
+    def _journal_state(self, queue_id: str, count: int) -> tuple[tuple[RecipientStatus, ...], int]:
+        """Each recipient's latest status, and how many crashes in a row the message was active at
+        (crash records after the last result; see `recover_active`)."""
         statuses = [RecipientStatus() for _ in range(count)]
+        crashes = 0
         try:
             blob = (self.directory / "journal" / queue_id).read_bytes()
         except FileNotFoundError:
-            return tuple(statuses)
+            return tuple(statuses), 0
         cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
         for _, plaintext in cipher.records(blob, offset, tolerate_torn_tail=True):
             entry = json.loads(plaintext)
+            if "crash" in entry:
+                crashes += 1
+                continue
+            crashes = 0
             index = entry["i"]
             if 0 <= index < count:
+                previous = statuses[index]
                 statuses[index] = RecipientStatus(
                     state=RecipientState(entry["s"]), at=entry["at"], dsn=entry["dsn"],
-                    reply=entry["r"], attempts=statuses[index].attempts + 1)
-        return tuple(statuses)
+                    reply=entry["r"], attempts=previous.attempts + 1,
+                    warned=previous.warned or bool(entry.get("w")))
+        return tuple(statuses), crashes
 
     def _require(self, queue_id: str) -> QueueState:
         state = self.locate(queue_id)
@@ -239,6 +272,30 @@ class Spool:
     def due(self, queue_id: str, state: QueueState) -> float:
         return self.path(state, queue_id).stat().st_mtime
 
+    def claim(self, queue_id: str, state: QueueState) -> bool:
+        """Move a message from `state` into ``active/`` for delivery; False if it is no longer
+        there (the CLI held, deleted or requeued it). Not fsync'd: after a crash, ``active/`` is
+        requeued anyway, so losing this rename changes nothing."""
+        try:
+            os.rename(self.path(state, queue_id), self.path(QueueState.ACTIVE, queue_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def defer(self, queue_id: str, due: float) -> None:
+        """``active/`` -> ``deferred/``, next attempt at `due` (the file's mtime). The results that
+        made it deferred are in the fsync'd journal; if this rename is lost in a crash, the message
+        is simply retried sooner."""
+        os.utime(self.path(QueueState.ACTIVE, queue_id), (due, due))
+        os.rename(self.path(QueueState.ACTIVE, queue_id), self.path(QueueState.DEFERRED, queue_id))
+
+    def finish(self, queue_id: str) -> None:
+        """A message whose every recipient is final: delete it and its journal. Not fsync'd: if a
+        crash brings the files back, the journal (or, without one, a redelivery of what was in
+        flight) decides, which is the same guarantee as before the delete."""
+        self.path(QueueState.ACTIVE, queue_id).unlink(missing_ok=True)
+        (self.directory / "journal" / queue_id).unlink(missing_ok=True)
+
     def remove(self, queue_id: str) -> QueueState:
         """Delete a message and its journal for good; return the state it was in."""
         state = self._require(queue_id)
@@ -253,25 +310,42 @@ class Spool:
     # -- start-up ------------------------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
-        """Run once at start, before serving: finish what a crash left half done."""
+        """Run once at start, before serving and delivering: finish what a crash left half done."""
+        unfinished = self.recover_writes()
+        requeued, quarantined, orphans = self.recover_active()
+        return RecoveryReport(unfinished, requeued, quarantined, orphans)
+
+    def recover_writes(self) -> int:
+        """Remove writes that were never acknowledged. Only while no ingress is writing."""
         unfinished = 0
         for directory in (self.directory / "tmp", self.directory / QueueState.INCOMING.value):
             for name in os.listdir(directory):
                 if directory.name == "tmp" or (name.startswith(".") and name.endswith(".tmp")):
                     (directory / name).unlink(missing_ok=True)
                     unfinished += 1
-        requeued = 0
+        return unfinished
+
+    def recover_active(self) -> tuple[int, int, int]:
+        """Requeue what was being delivered at a crash; only while no delivery runs. A message
+        that was active at `CRASH_LIMIT` crashes in a row goes to ``corrupt/`` (a poison message
+        must not take the gateway down forever). Returns (requeued, quarantined, orphan journals)."""
+        requeued = quarantined = 0
         for queue_id in self.ids(QueueState.ACTIVE):
-            os.rename(self.path(QueueState.ACTIVE, queue_id), self.path(QueueState.INCOMING, queue_id))
-            requeued += 1
-        if requeued:
+            self._journal(queue_id, [{"crash": 1, "at": time.time()}])
+            _, crashes = self._journal_state(queue_id, 0)
+            target = QueueState.CORRUPT if crashes >= CRASH_LIMIT else QueueState.INCOMING
+            os.rename(self.path(QueueState.ACTIVE, queue_id), self.path(target, queue_id))
+            quarantined += target is QueueState.CORRUPT
+            requeued += target is QueueState.INCOMING
+        if requeued or quarantined:
             fsync_dir(self.directory / QueueState.INCOMING.value)
+            fsync_dir(self.directory / QueueState.CORRUPT.value)
         orphans = 0
         for queue_id in os.listdir(self.directory / "journal"):
             if is_queue_id(queue_id) and self.locate(queue_id) is None:
                 (self.directory / "journal" / queue_id).unlink(missing_ok=True)
                 orphans += 1
-        return RecoveryReport(unfinished, requeued, orphans)
+        return requeued, quarantined, orphans
 
     def counts(self) -> dict[QueueState, int]:
         return {state: len(self.ids(state)) for state in QueueState}

@@ -50,8 +50,8 @@ async def test_stored_message_reads_back_with_envelope_and_content(spool: Spool)
 async def test_no_plaintext_of_body_subject_or_address_on_disk(spool: Spool, tmp_path: Path) -> None:
     message = make_message()
     await spool.store(message, content())
-    spool.record(message.queue_id, 0, RecipientStatus(RecipientState.DEFERRED, time.time(), 0,
-                                                      "4.2.0", "try later"))
+    spool.record(message.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, time.time(), 0,
+                                                      "4.2.0", "try later")})
     blobs = [p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file()]
     assert len(blobs) == 2  # the message file and its journal
     for blob in blobs:
@@ -63,9 +63,9 @@ async def test_no_plaintext_of_body_subject_or_address_on_disk(spool: Spool, tmp
 async def test_recipient_results_survive_a_new_process_view(spool: Spool, tmp_path: Path) -> None:
     message = make_message(3)
     await spool.store(message, content())
-    spool.record(message.queue_id, 1, RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "250 ok"))
-    spool.record(message.queue_id, 2, RecipientStatus(RecipientState.DEFERRED, 2.0, 0, "4.4.1", "timeout"))
-    spool.record(message.queue_id, 2, RecipientStatus(RecipientState.DEFERRED, 3.0, 0, "4.4.1", "timeout"))
+    spool.record(message.queue_id, {1: RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "250 ok")})
+    spool.record(message.queue_id, {2: RecipientStatus(RecipientState.DEFERRED, 2.0, 0, "4.4.1", "timeout")})
+    spool.record(message.queue_id, {2: RecipientStatus(RecipientState.DEFERRED, 3.0, 0, "4.4.1", "timeout")})
     reopened = Spool(tmp_path / "spool", SpoolKeyring.load(tmp_path / "spool.key"))
     statuses = reopened.load(message.queue_id).statuses
     assert [s.state for s in statuses] == [RecipientState.PENDING, RecipientState.DELIVERED,
@@ -78,8 +78,8 @@ async def test_recipient_results_survive_a_new_process_view(spool: Spool, tmp_pa
 async def test_torn_last_journal_record_is_ignored(spool: Spool, tmp_path: Path) -> None:
     message = make_message(2)
     await spool.store(message, content())
-    spool.record(message.queue_id, 0, RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "ok"))
-    spool.record(message.queue_id, 1, RecipientStatus(RecipientState.DELIVERED, 2.0, 0, "2.0.0", "ok"))
+    spool.record(message.queue_id, {0: RecipientStatus(RecipientState.DELIVERED, 1.0, 0, "2.0.0", "ok")})
+    spool.record(message.queue_id, {1: RecipientStatus(RecipientState.DELIVERED, 2.0, 0, "2.0.0", "ok")})
     journal = tmp_path / "spool" / "journal" / message.queue_id
     journal.write_bytes(journal.read_bytes()[:-7])  # a crash in the middle of the last append
     states = [s.state for s in spool.load(message.queue_id).statuses]
@@ -118,7 +118,7 @@ async def test_moves_between_states_and_removal(spool: Spool) -> None:
     assert spool.locate(message.queue_id) is QueueState.HOLD
     with pytest.raises(SpoolError, match="is in hold"):
         spool.move(message.queue_id, QueueState.INCOMING, only_from=(QueueState.DEFERRED,))
-    spool.record(message.queue_id, 0, RecipientStatus(RecipientState.DEFERRED, 1.0, 0, "4.0.0", "x"))
+    spool.record(message.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 1.0, 0, "4.0.0", "x")})
     assert spool.remove(message.queue_id) is QueueState.HOLD
     assert spool.locate(message.queue_id) is None
     assert not (spool.directory / "journal" / message.queue_id).exists()
@@ -140,6 +140,7 @@ async def test_recovery_drops_unfinished_writes_and_requeues_active(spool: Spool
     (spool.directory / "journal" / new_queue_id()).write_bytes(b"orphan")
     report = spool.recover()
     assert (report.unfinished_writes, report.requeued, report.orphan_journals) == (1, 1, 1)
+    assert report.quarantined == 0
     assert spool.locate(message.queue_id) is QueueState.INCOMING
     assert os.listdir(spool.directory / "tmp") == []
 

@@ -1,0 +1,191 @@
+"""Delivering one queued message: resolve, send per destination, then settle the results.
+
+The scheduler hands over a message it has moved into ``active/``. Its pending recipients are
+grouped by domain and each group is sent on a (reused) connection to that domain's MX, all groups
+at once. Then, in this order, so that a crash at any point loses nothing and at worst repeats
+what was in flight:
+
+1. DSNs (failure, delay warning, success where the next hop cannot report it) are queued;
+2. if every recipient is now final, the message is deleted; otherwise this attempt's results are
+   appended to the fsync'd journal and the message moves to ``deferred/`` with its next due time.
+
+A temporary failure past ``max_queue_age`` is final: the recipient bounces (status 4.4.7 unless
+the last reply said more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from gateway import eventlog, metrics
+from gateway.config import DeliveryConfig
+from gateway.delivery import dsn, retry
+from gateway.delivery.client import ConnectionFailed, Connector, Reply, TlsPolicy, TlsSession
+from gateway.delivery.connections import ConnectionCache
+from gateway.delivery.mx import MxResolver, Permanent, ResolutionError
+from gateway.message import (
+    ClientInfo,
+    Envelope,
+    QueuedMessage,
+    Recipient,
+    RecipientState,
+    RecipientStatus,
+)
+from gateway.spool import QueueState, Spool, new_queue_id
+
+log = logging.getLogger("mailward.delivery")
+
+_STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
+                RecipientState.BOUNCED: "bounced"}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What happened to one recipient in this attempt."""
+
+    index: int
+    reply: Reply
+    relay: str = "none"  # host[ip]:port, or "none" when no connection was made
+    remote_host: str | None = None
+    tls: TlsSession = TlsSession()
+    passes_dsn: bool = False  # the next hop took our DSN parameters
+
+
+class DeliveryAgent:
+    def __init__(self, spool: Spool, hostname: str, config: DeliveryConfig, *, resolver: MxResolver,
+                 connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
+                 on_queued: Callable[[str], None]) -> None:
+        self.spool = spool
+        self.hostname = hostname
+        self.config = config
+        self.resolver = resolver
+        self.connector = connector
+        self.connections = connections
+        self.tls_policy = tls_policy
+        self.on_queued = on_queued  # a new message (a DSN) is in incoming/
+
+    async def deliver(self, queue_id: str) -> None:
+        """Deliver the message in ``active/`` and leave it finished or deferred."""
+        message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
+        by_domain: dict[str, list[int]] = {}
+        for index in message.pending_recipients():
+            domain = message.envelope.recipients[index].address.rpartition("@")[2].lower()
+            by_domain.setdefault(domain, []).append(index)
+        groups = await asyncio.gather(*(self._deliver_domain(domain, message, content, indexes)
+                                        for domain, indexes in by_domain.items()))
+        await self._settle(message, content, [attempt for group in groups for attempt in group])
+
+    async def _deliver_domain(self, domain: str, message: QueuedMessage, content: bytes,
+                              indexes: list[int]) -> list[Attempt]:
+        try:
+            destinations = await self.resolver.destinations(domain)
+        except ResolutionError as exc:
+            code = 550 if isinstance(exc, Permanent) else 451
+            return [Attempt(i, Reply(code, exc.status, exc.reason)) for i in indexes]
+        requirement = await self.tls_policy.requirement(domain, destinations)
+        key: Hashable = (domain, requirement)
+        recipients = [(i, message.envelope.recipients[i]) for i in indexes]
+
+        for fresh_only in (False, True):
+            try:
+                async with self.connections.connection(key, lambda: self.connector.open(
+                        destinations, requirement), fresh=fresh_only) as connection:
+                    reused = connection.messages > 0
+                    replies = await connection.deliver(message.envelope, recipients, content)
+            except ConnectionFailed as failure:
+                return [Attempt(i, failure.reply, failure.relay) for i in indexes]
+            # A cached connection that the server had meanwhile closed fails before DATA; that is
+            # not the recipient's problem, so try once more on a new connection.
+            if reused and connection.broken and not connection.reached_data and not fresh_only:
+                continue
+            break
+        return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
+                        connection.passes_dsn) for i in indexes]
+
+    async def _settle(self, message: QueuedMessage, content: bytes, attempts: Sequence[Attempt]) -> None:
+        now = time.time()
+        expired = retry.expired(message.received_at, now, self.config.max_queue_age)
+        warn = retry.due_for_delay_warning(message.received_at, now, self.config.delay_warning)
+        statuses: dict[int, RecipientStatus] = {}
+        reports: list[dsn.DsnRecipient] = []
+        for attempt in attempts:
+            before = message.statuses[attempt.index]
+            recipient = message.envelope.recipients[attempt.index]
+            state, status = attempt.reply.state, attempt.reply.status
+            if state is RecipientState.DEFERRED and expired:
+                state = RecipientState.BOUNCED
+                status = status if status not in ("4.0.0", "4.3.0") else "4.4.7"
+            report = self._report_for(message, recipient, attempt, state, status, before, warn, now)
+            if report is not None:
+                reports.append(report)
+            statuses[attempt.index] = RecipientStatus(
+                state, now, before.attempts + 1, status, str(attempt.reply),
+                warned=before.warned or (report is not None and report.action == "delayed"))
+            self._log(message, recipient, attempt, state, status, now, expired)
+        if reports:
+            await self._queue_report(message, content, reports, now)
+        remaining = [i for i in message.pending_recipients()
+                     if not statuses.get(i, message.statuses[i]).state.final]
+        if not remaining:
+            await self.spool.offload(self.spool.finish, message.queue_id)
+            metrics.DELIVERY_DURATION.observe(now - message.received_at)
+            return
+        await self.spool.offload(self.spool.record, message.queue_id, statuses)
+        attempts_made = max(statuses[i].attempts for i in remaining if i in statuses) \
+            if any(i in statuses for i in remaining) else 1
+        due = retry.next_attempt(now, attempts_made, self.config.retry_schedule)
+        # Never wait past the expiry time: the attempt then is the one that bounces.
+        due = min(due, message.received_at + self.config.max_queue_age + 1)
+        await self.spool.offload(self.spool.defer, message.queue_id, due)
+
+    def _report_for(self, message: QueuedMessage, recipient: Recipient, attempt: Attempt,
+                    state: RecipientState, status: str, before: RecipientStatus, warn: bool,
+                    now: float) -> dsn.DsnRecipient | None:
+        action: dsn.Action | None = None
+        if state is RecipientState.BOUNCED:
+            action = "failed"
+        elif state is RecipientState.DELIVERED and not attempt.passes_dsn:
+            action = "relayed"
+        elif state is RecipientState.DEFERRED and warn and not before.warned:
+            action = "delayed"
+        if action is None or not dsn.wanted(message, recipient, action):
+            return None
+        remote = attempt.remote_host
+        return dsn.DsnRecipient(
+            recipient, action, status, diagnostic=str(attempt.reply) if remote else None,
+            remote_mta=remote, last_attempt=now,
+            will_retry_until=message.received_at + self.config.max_queue_age if action == "delayed" else None)
+
+    async def _queue_report(self, message: QueuedMessage, content: bytes,
+                            reports: list[dsn.DsnRecipient], now: float) -> None:
+        """Queue a DSN to the envelope sender, from the null sender, like any accepted message."""
+        report = dsn.build(hostname=self.hostname, message=message,
+                           headers=dsn.original_headers(content), entries=reports, now=now)
+        sender = message.envelope.sender
+        queued = QueuedMessage(
+            queue_id=new_queue_id(), received_at=now,
+            envelope=Envelope(sender="", recipients=(Recipient(sender),), body="8BITMIME",
+                              smtputf8=not sender.isascii()),
+            client=ClientInfo(address="127.0.0.1", helo=self.hostname, listener="dsn",
+                              relay_reason="local"),
+            size=len(report))
+        await self.spool.store(queued, report)
+        eventlog.event(log, "dsn_queued", queue_id=message.queue_id, dsn_queue_id=queued.queue_id,
+                       action=reports[0].action, recipients=len(reports))
+        self.on_queued(queued.queue_id)
+
+    def _log(self, message: QueuedMessage, recipient: Recipient, attempt: Attempt,
+             state: RecipientState, status: str, now: float, expired: bool) -> None:
+        word = "expired" if expired and state is RecipientState.BOUNCED and attempt.reply.code < 500 \
+            else _STATUS_WORD.get(state, state.value)
+        eventlog.event(
+            log, "delivery", queue_id=message.queue_id, to=f"<{recipient.address}>", relay=attempt.relay,
+            delay=f"{now - message.received_at:.2f}", dsn=status, status=word,
+            tls=str(attempt.tls), reply=str(attempt.reply))
+        protection = "none" if attempt.tls.version is None else \
+            ("tls-verified" if attempt.tls.verified else "tls")
+        metrics.DELIVERIES.labels(result=word, protection=protection, pool="default").inc()

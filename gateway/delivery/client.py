@@ -1,0 +1,359 @@
+"""The outbound SMTP client: one connection to a recipient domain's MX and the transactions on it.
+
+`Connector.open` tries the destinations in MX order and each host's addresses in turn, moving on
+after a connection failure or a 4xx/5xx greeting; it offers STARTTLS when the host advertises it and
+records, per connection, the TLS version, cipher and whether the certificate verified. What TLS a
+destination *requires* comes from a `TlsPolicy` (opportunistic here; the encryption negotiation
+supplies strict ones): a connection that cannot meet the requirement is never used to send.
+
+`SmtpConnection.deliver` runs one message through MAIL/RCPT/DATA and returns a reply per
+recipient. A 452 "too many recipients" after some were accepted sends the rest in a further
+transaction on the same connection (RFC 5321 §4.5.3.1.10).
+
+aiosmtplib and ssl exceptions end here: they become a `Reply` per recipient, with an enhanced
+status code (RFC 3463), or a `ConnectionFailed` carrying one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiosmtplib
+
+from gateway.delivery.mx import Destination
+from gateway.message import Envelope, Recipient, RecipientState
+
+RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
+_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply (or our own diagnostic in the same shape) for one recipient."""
+
+    code: int
+    status: str  # enhanced status code, e.g. 5.1.1
+    text: str  # the reply text, without the code
+
+    @classmethod
+    def from_smtp(cls, code: int, text: str, default_detail: str = "0.0") -> Reply:
+        text = " ".join(text.split())[:500]  # one line, bounded: remote text is untrusted
+        match = _STATUS.match(text)
+        if match and match.group(1) == str(code)[0]:
+            return cls(code, ".".join(match.groups()), text[match.end():].strip())
+        return cls(code, f"{str(code)[0]}.{default_detail}", text)
+
+    @property
+    def state(self) -> RecipientState:
+        if 200 <= self.code < 300:
+            return RecipientState.DELIVERED
+        return RecipientState.BOUNCED if self.code >= 500 else RecipientState.DEFERRED
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}".rstrip()
+
+
+@dataclass(frozen=True)
+class TlsRequirement:
+    """What TLS a destination needs. ``may``: STARTTLS if offered, any certificate, else plaintext;
+    ``encrypt``: TLS required, any certificate; ``verify``: TLS with a certificate that chains to a
+    trusted root and names the MX host (or one of `match_names`)."""
+
+    level: Literal["may", "encrypt", "verify"] = "may"
+    match_names: tuple[str, ...] = ()
+
+
+class TlsPolicy(Protocol):
+    async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement: ...
+
+
+class OpportunisticTls:
+    """STARTTLS whenever offered, never required: Postfix's ``smtp_tls_security_level = may``."""
+
+    async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement:
+        return TlsRequirement("may")
+
+
+@dataclass(frozen=True)
+class TlsSession:
+    version: str | None = None  # None: the connection is not encrypted
+    cipher: str | None = None
+    verified: bool = False
+
+    def __str__(self) -> str:
+        if self.version is None:
+            return "none"
+        return f"{self.version}/{self.cipher}/{'verified' if self.verified else 'unverified'}"
+
+
+class ConnectionFailed(Exception):
+    """No destination host could be used; `reply` is the last reason, for every recipient."""
+
+    def __init__(self, reply: Reply, relay: str = "none") -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.relay = relay
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    command: float
+    data: float
+
+
+class SmtpConnection:
+    """An open, greeted (and maybe TLS-protected) SMTP connection to one MX host."""
+
+    def __init__(self, client: aiosmtplib.SMTP, destination: Destination, address: str,
+                 tls: TlsSession, timeouts: Timeouts) -> None:
+        self._client = client
+        self.destination = destination
+        self.address = address
+        self.tls = tls
+        self._timeouts = timeouts
+        self.messages = 0  # transactions completed on this connection
+        self.last_used = time.monotonic()
+        self.broken = False  # a network error or timeout: do not reuse
+        self.reached_data = False  # the last deliver() sent DATA (a retry could duplicate)
+
+    @property
+    def passes_dsn(self) -> bool:
+        """The host takes RFC 3461 DSN parameters, so success reports become its job."""
+        return "dsn" in self._client.esmtp_extensions
+
+    @property
+    def relay(self) -> str:
+        """``host[ip]:port`` as Postfix logs it."""
+        return f"{self.destination.host}[{self.address}]:{self.destination.port}"
+
+    async def deliver(self, envelope: Envelope, recipients: Sequence[tuple[int, Recipient]],
+                      content: bytes) -> dict[int, Reply]:
+        """One message to `recipients` (index, recipient); a reply for each index."""
+        replies: dict[int, Reply] = {}
+        refusal = self._refuse_unsupported(envelope, content)
+        if refusal is not None:
+            return {index: refusal for index, _ in recipients}
+        self.reached_data = False
+        if not content.endswith(b"\n"):
+            content += b"\r\n"  # the end-of-data dot must start a line of its own
+        pending = list(recipients)
+        try:
+            while pending:
+                # Each round accepts at least one recipient (see _transaction), so this ends.
+                batch, pending = pending[:RCPTS_PER_TRANSACTION], pending[RCPTS_PER_TRANSACTION:]
+                done, put_off = await self._transaction(envelope, batch, content)
+                replies.update(done)
+                pending = put_off + pending
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self.broken = True
+            lost = _network_reply(exc, f"while talking to {self.relay}")
+            for index, _ in recipients:
+                replies.setdefault(index, lost)
+        self.last_used = time.monotonic()
+        return replies
+
+    def _refuse_unsupported(self, envelope: Envelope, content: bytes) -> Reply | None:
+        extensions = self._client.esmtp_extensions
+        if envelope.smtputf8 and "smtputf8" not in extensions:
+            return Reply(550, "5.6.7", f"{self.relay} does not support SMTPUTF8, which the message needs")
+        limit = extensions.get("size", "")
+        if limit.isdigit() and 0 < int(limit) < len(content):
+            return Reply(552, "5.3.4", f"message size exceeds the limit of {self.relay} ({limit} bytes)")
+        return None
+
+    async def _transaction(self, envelope: Envelope, batch: list[tuple[int, Recipient]],
+                           content: bytes) -> tuple[dict[int, Reply], list[tuple[int, Recipient]]]:
+        """MAIL, RCPT for `batch`, DATA. Returns the replies and the recipients a 452 put off."""
+        extensions = self._client.esmtp_extensions
+        encoding = "utf-8" if envelope.smtputf8 else "ascii"
+        mail = await self._client.execute_command(
+            b"MAIL", b"FROM:<" + envelope.sender.encode(encoding) + b">",
+            *_mail_options(envelope, len(content), extensions))
+        if mail.code != 250:
+            await self.reset()
+            reply = Reply.from_smtp(mail.code, mail.message, "5.0" if mail.code >= 500 else "3.0")
+            return {index: reply for index, _ in batch}, []
+        replies: dict[int, Reply] = {}
+        accepted: list[int] = []
+        put_off: list[tuple[int, Recipient]] = []
+        for position, (index, recipient) in enumerate(batch):
+            answer = await self._client.execute_command(
+                b"RCPT", b"TO:<" + recipient.address.encode(encoding) + b">",
+                *_rcpt_options(recipient, extensions))
+            if answer.code in (250, 251):
+                accepted.append(index)
+            elif answer.code == 452 and accepted:
+                put_off = batch[position:]  # too many recipients: the rest go in a new transaction
+                break
+            else:
+                replies[index] = Reply.from_smtp(answer.code, answer.message, "1.0")
+        if not accepted:
+            await self.reset()
+            return replies, put_off
+        self.reached_data = True
+        try:
+            final = await self._client.data(content, timeout=self._timeouts.data)
+            reply = Reply.from_smtp(final.code, final.message)
+        except aiosmtplib.SMTPDataError as refused:
+            reply = Reply.from_smtp(refused.code, refused.message)
+            await self.reset()  # a refusal of DATA itself leaves the transaction open
+        self.messages += 1
+        for index in accepted:
+            replies[index] = reply
+        return replies, put_off
+
+    async def reset(self) -> None:
+        """RSET: abandon the transaction so the connection can carry the next message."""
+        answer = await self._client.execute_command(b"RSET")
+        if answer.code != 250:
+            self.broken = True
+
+    async def close(self) -> None:
+        """QUIT politely, briefly; a peer that does not answer is simply disconnected."""
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            if not self.broken and self._client.is_connected:
+                await self._client.quit(timeout=2.0)
+        self._client.close()
+
+
+class Connector:
+    """Opens connections to a destination, honouring its TLS requirement."""
+
+    def __init__(self, ehlo_name: str, timeouts: Timeouts, *, ca_file: str | None = None) -> None:
+        self._ehlo_name = ehlo_name
+        self._timeouts = timeouts
+        self._verifying = ssl.create_default_context()
+        self._verifying.minimum_version = ssl.TLSVersion.TLSv1_2
+        if ca_file is not None:
+            self._verifying.load_verify_locations(cafile=ca_file)
+        self._any_certificate = ssl.create_default_context()
+        self._any_certificate.check_hostname = False
+        self._any_certificate.verify_mode = ssl.CERT_NONE
+
+    async def open(self, destinations: Sequence[Destination], requirement: TlsRequirement) -> SmtpConnection:
+        """A connection to the first host that takes one; raises ConnectionFailed with the last
+        reason when none does."""
+        last = ConnectionFailed(Reply(451, "4.4.1", "no destination host to try"))
+        for destination in destinations:
+            for address in destination.addresses:
+                try:
+                    return await self._open_one(destination, address, requirement)
+                except ConnectionFailed as failure:
+                    last = failure
+        raise last
+
+    async def _open_one(self, destination: Destination, address: str,
+                        requirement: TlsRequirement) -> SmtpConnection:
+        relay = f"{destination.host}[{address}]:{destination.port}"
+        client = await self._greet(destination, address, relay)
+        if "starttls" not in client.esmtp_extensions:
+            if requirement.level != "may":
+                client.close()
+                raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS"), relay)
+            return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
+        try:
+            tls = await self._starttls(client, destination, requirement, verify=True)
+            return SmtpConnection(client, destination, address, tls, self._timeouts)
+        except ssl.SSLCertVerificationError as exc:
+            client.close()
+            if requirement.level == "verify":
+                raise ConnectionFailed(Reply(450, "4.7.5", f"certificate of {relay} not verified: "
+                                             f"{exc.verify_message}"), relay) from None
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            return await self._without_tls(destination, address, requirement, relay, exc)
+        # The certificate did not verify; for "may" and "encrypt" an unverified TLS session is
+        # still better than none, so connect again and accept any certificate.
+        client = await self._greet(destination, address, relay)
+        try:
+            tls = await self._starttls(client, destination, requirement, verify=False)
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            return await self._without_tls(destination, address, requirement, relay, exc)
+        return SmtpConnection(client, destination, address, tls, self._timeouts)
+
+    async def _without_tls(self, destination: Destination, address: str, requirement: TlsRequirement,
+                           relay: str, failure: BaseException) -> SmtpConnection:
+        """The TLS handshake failed: plaintext when the level allows it (Postfix does the same at
+        level "may"), else a ConnectionFailed so the next host or method is tried."""
+        if requirement.level != "may":
+            raise ConnectionFailed(_network_reply(failure, f"in TLS handshake with {relay}"), relay)
+        client = await self._greet(destination, address, relay)
+        return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
+
+    async def _greet(self, destination: Destination, address: str, relay: str) -> aiosmtplib.SMTP:
+        """Connect, read the greeting, EHLO. A 4xx/5xx greeting or EHLO is a ConnectionFailed."""
+        client = aiosmtplib.SMTP(hostname=address, port=destination.port, start_tls=False,
+                                 local_hostname=self._ehlo_name, timeout=self._timeouts.command)
+        try:
+            await client.connect(timeout=self._timeouts.connect)
+            client.timeout = self._timeouts.command
+            await client.ehlo()
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise ConnectionFailed(Reply.from_smtp(exc.code if exc.code < 500 else 450, exc.message, "4.1"),
+                                   relay) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise ConnectionFailed(_network_reply(exc, f"connecting to {relay}"), relay) from None
+        return client
+
+    async def _starttls(self, client: aiosmtplib.SMTP, destination: Destination,
+                        requirement: TlsRequirement, *, verify: bool) -> TlsSession:
+        context = self._verifying if verify else self._any_certificate
+        names = requirement.match_names or (destination.host,)
+        await client.starttls(tls_context=context, server_hostname=names[0])
+        await client.ehlo()
+        ssl_object = client.get_transport_info("ssl_object")
+        version = ssl_object.version() if ssl_object is not None else None
+        cipher = ssl_object.cipher()[0] if ssl_object is not None else None
+        return TlsSession(version, cipher, verified=verify)
+
+
+def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str]) -> list[bytes]:
+    options = []
+    if "size" in extensions:
+        options.append(b"SIZE=%d" % size)
+    if envelope.body == "8BITMIME" and "8bitmime" in extensions:
+        options.append(b"BODY=8BITMIME")
+    if envelope.smtputf8:
+        options.append(b"SMTPUTF8")
+    if "dsn" in extensions:
+        if envelope.ret:
+            options.append(b"RET=" + envelope.ret.encode("ascii"))
+        if envelope.envid:
+            options.append(b"ENVID=" + envelope.envid.encode("ascii"))
+    return options
+
+
+def _rcpt_options(recipient: Recipient, extensions: dict[str, str]) -> list[bytes]:
+    if "dsn" not in extensions:
+        return []
+    options = []
+    if recipient.notify:
+        options.append(b"NOTIFY=" + ",".join(recipient.notify).encode("ascii"))
+    if recipient.orcpt:
+        options.append(b"ORCPT=" + recipient.orcpt.encode("ascii"))
+    return options
+
+
+def _network_reply(exc: BaseException, where: str) -> Reply:
+    """A network-level failure as a temporary reply (RFC 3463 4.4.x: routing and network)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return Reply.from_smtp(exc.code, exc.message)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiosmtplib.SMTPTimeoutError)):
+        return Reply(451, "4.4.2", f"timed out {where}")
+    if isinstance(exc, ssl.SSLError):
+        return Reply(451, "4.7.5", f"TLS failed {where}: {exc.reason or type(exc).__name__}")
+    if isinstance(exc, ConnectionRefusedError):
+        return Reply(451, "4.4.1", f"connection refused {where}")
+    detail = getattr(exc, "strerror", None) or type(exc).__name__
+    return Reply(451, "4.4.2", f"lost connection {where}: {detail}")

@@ -1,0 +1,69 @@
+"""The delivery side of the gateway, built from config: resolver, SMTP connector, connection
+cache, delivery agent and the scheduler that drives them.
+
+`start` requeues what a crash left in ``active/`` (so it must run before any delivery and while
+no other delivery process runs), then starts the scheduler. `stop` lets deliveries in flight
+finish within the drain timeout and QUITs idle connections. With ``delivery.paused`` nothing is
+delivered: messages are accepted and wait in the queue (like Postfix's ``defer_transports``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway import eventlog
+from gateway.config import Config
+from gateway.delivery.agent import DeliveryAgent
+from gateway.delivery.client import Connector, OpportunisticTls, Timeouts, TlsPolicy
+from gateway.delivery.connections import ConnectionCache
+from gateway.delivery.mx import MxResolver
+from gateway.spool import Spool
+from gateway.spool.scheduler import Scheduler
+
+log = logging.getLogger("mailward.delivery")
+
+
+class DeliveryService:
+    def __init__(self, config: Config, spool: Spool, *, tls_policy: TlsPolicy | None = None) -> None:
+        delivery = config.delivery
+        self.paused = delivery.paused
+        self.connections = ConnectionCache(
+            total=delivery.max_connections, per_destination=delivery.max_connections_per_destination,
+            max_messages=delivery.max_messages_per_connection, idle_time=delivery.connection_idle_time)
+        self.tls_policy = tls_policy or OpportunisticTls()
+        self.agent = self._agent(config, spool)
+        # Through a lambda, so that a reload's new agent serves the next deliveries.
+        self.scheduler = Scheduler(spool, lambda queue_id: self.agent.deliver(queue_id),
+                                   max_active=delivery.max_active)
+
+    def _agent(self, config: Config, spool: Spool) -> DeliveryAgent:
+        delivery = config.delivery
+        resolver = MxResolver(delivery.nameservers, delivery.smtp_port, delivery.routes,
+                              timeout=min(delivery.connect_timeout, 30.0))
+        connector = Connector(config.hostname, Timeouts(delivery.connect_timeout, delivery.command_timeout,
+                                                        delivery.data_timeout),
+                              ca_file=str(delivery.ca_file) if delivery.ca_file else None)
+        return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
+                             connections=self.connections, tls_policy=self.tls_policy,
+                             on_queued=lambda queue_id: self.scheduler.notify([queue_id]))
+
+    def notify(self, queue_id: str) -> None:
+        self.scheduler.notify([queue_id])
+
+    async def start(self) -> None:
+        if self.paused:
+            eventlog.event(log, "delivery_paused", logging.WARNING,
+                           note="delivery.paused is set: messages are queued, not delivered")
+            return
+        await self.scheduler.start()
+
+    def reconfigure(self, config: Config, spool: Spool) -> None:
+        """SIGHUP: new timeouts, routes, resolver and retry settings for the next deliveries.
+        Connection limits and pausing take effect after a restart."""
+        self.agent = self._agent(config, spool)
+        self.scheduler.max_active = config.delivery.max_active
+
+    async def stop(self, timeout: float) -> None:
+        if not self.paused:
+            await self.scheduler.stop(timeout)
+        await self.connections.close()
