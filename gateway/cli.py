@@ -22,6 +22,7 @@ from gateway.config import Config, find_config_file, load_config
 from gateway.errors import ConfigError, MailwardError
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
+from gateway.spool.wakeup import WakeSender
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -217,7 +218,16 @@ def cmd_queue_retry(config: Config, args: argparse.Namespace) -> int:
         spool.move(queue_id, QueueState.INCOMING, only_from=(QueueState.DEFERRED,))
         return "requeued for immediate delivery"
 
-    return _apply(ids, retry, args.json)
+    return _apply_and_wake(spool, ids, retry, args.json)
+
+
+def _apply_and_wake(spool: Spool, ids: list[str], change: Callable[[str], str], as_json: bool) -> int:
+    """`_apply`, then tell a running scheduler that these messages are ready now."""
+    status = _apply(ids, change, as_json)
+    sender = WakeSender(spool.directory)
+    sender.wake(ids)
+    sender.close()
+    return status
 
 
 def cmd_queue_change(config: Config, args: argparse.Namespace) -> int:
@@ -234,6 +244,8 @@ def cmd_queue_change(config: Config, args: argparse.Namespace) -> int:
         previous = spool.remove(queue_id)
         return f"deleted (was {previous.value})"
 
+    if args.action == "release":
+        return _apply_and_wake(spool, args.queue_ids, change, args.json)
     return _apply(args.queue_ids, change, args.json)
 
 

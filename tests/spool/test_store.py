@@ -170,3 +170,24 @@ def test_keygen_refuses_to_overwrite_without_rotate(tmp_path: Path) -> None:
     SpoolKeyring.create(tmp_path / "k", rotate=False)
     with pytest.raises(KeyFileError, match="--rotate"):
         SpoolKeyring.create(tmp_path / "k", rotate=False)
+
+
+async def test_message_active_at_three_crashes_in_a_row_is_quarantined(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    for expected in (QueueState.INCOMING, QueueState.INCOMING, QueueState.CORRUPT):
+        assert spool.claim(message.queue_id, QueueState.INCOMING)
+        spool.recover_active()
+        assert spool.locate(message.queue_id) is expected
+
+
+async def test_a_completed_attempt_resets_the_crash_count(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    for _ in range(2):
+        spool.claim(message.queue_id, QueueState.INCOMING)
+        spool.recover_active()
+    spool.record(message.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 1.0, 0, "4.0.0", "x")})
+    spool.claim(message.queue_id, QueueState.INCOMING)
+    spool.recover_active()
+    assert spool.locate(message.queue_id) is QueueState.INCOMING

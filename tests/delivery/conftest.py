@@ -1,0 +1,108 @@
+"""A small mail world on loopback for delivery tests: a DNS server on 127.0.0.53, receiving MX
+hosts on 127.0.0.x (all on one port, as ``delivery.smtp_port`` is one port), and the gateway.
+
+The sender's own domain, hospital.test, has an MX (127.0.0.19) so that DSNs can be delivered and
+read back like any other message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import ssl
+from collections.abc import AsyncIterator, Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from gateway.config import Config
+from tests.conftest import RunningGateway, free_port
+from tests.dnsserver import LoopbackDns, start_dns
+from tests.smtpsink import Sink, start_sink
+
+SENDER = "dr@hospital.test"
+SENDER_MX = "127.0.0.19"
+
+BASE_RECORDS: dict[tuple[str, str], list[str]] = {
+    ("hospital.test", "MX"): ["10 mx.hospital.test."],
+    ("mx.hospital.test", "A"): [SENDER_MX],
+}
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Poll `condition` while the event loop keeps running (the sinks live on it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def parse(content: bytes) -> EmailMessage:
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+class MailWorld:
+    def __init__(self, make_config: Callable[..., Config], start_gateway: Callable[[Config], Any],
+                 ca: trustme.CA, tmp_path: Path) -> None:
+        self._make_config = make_config
+        self._start_gateway = start_gateway
+        self.ca = ca
+        self.tmp_path = tmp_path
+        self.port = free_port("127.0.0.11")
+        self.servers: list[asyncio.AbstractServer | asyncio.BaseTransport] = []
+        self.dns_server: LoopbackDns | None = None
+        self.dns_port = 0
+        self.sender_sink: Sink | None = None
+
+    async def start_dns(self, records: dict[tuple[str, str], list[str]], **kwargs: Any) -> LoopbackDns:
+        self.dns_server, self.dns_port = await start_dns("127.0.0.53", {**BASE_RECORDS, **records}, **kwargs)
+        assert self.dns_server.transport is not None
+        self.servers.append(self.dns_server.transport)
+        self.sender_sink = await self.sink(SENDER_MX)
+        return self.dns_server
+
+    async def sink(self, host: str, *, tls_name: str | None = None) -> Sink:
+        context = None
+        if tls_name is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ca.issue_cert(tls_name).configure_cert(context)
+        sink, server = await start_sink(host, self.port, tls_context=context)
+        self.servers.append(server)
+        return sink
+
+    async def gateway(self, **delivery: Any) -> RunningGateway:
+        ca_file = self.tmp_path / "mx-ca.pem"
+        self.ca.cert_pem.write_to_path(str(ca_file))
+        settings = {"paused": False, "nameservers": [f"127.0.0.53:{self.dns_port}"],
+                    "smtp_port": self.port, "ca_file": str(ca_file), "retry_schedule": ["1s"],
+                    "connect_timeout": "2s", "command_timeout": "3s", "data_timeout": "3s",
+                    "connection_idle_time": "30s", **delivery}
+        gateway: RunningGateway = await self._start_gateway(self._make_config(delivery=settings))
+        return gateway
+
+    def dsns(self) -> list[EmailMessage]:
+        assert self.sender_sink is not None
+        return [parse(m.content) for m in self.sender_sink.messages if m.sender == ""]
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+@pytest.fixture
+async def world(make_config: Callable[..., Config], start_gateway: Callable[[Config], Any],
+                ca: trustme.CA, tmp_path: Path) -> AsyncIterator[MailWorld]:
+    mail_world = MailWorld(make_config, start_gateway, ca, tmp_path)
+    yield mail_world
+    await mail_world.close()
