@@ -1,6 +1,13 @@
 """Benchmarks: Mailward and the reference (a throwaway Postfix) side by side in one run.
 
     scripts/bench ingest [--messages N] [--sessions S] [--size BYTES] [--latency-messages M]
+    scripts/bench relay [--messages N] [--sessions S] [--size BYTES]
+
+relay: `smtp-source` sends N messages over S sessions into the relay under test, which delivers
+them to Postfix's `smtp-sink` on another loopback address (127.0.0.20); the figure is end to end,
+from the first connection until the sink has counted all N messages. Mailward routes the
+recipient domain to the sink with `delivery.routes`, Postfix with `relayhost`; both fsync every
+message before the 250. The peak RSS of the gateway (all its processes) is reported.
 
 ingest: Postfix's `smtp-source` sends N messages of SIZE bytes over S concurrent sessions to each
 target in turn; the figure is messages per second from first connect until smtp-source has every
@@ -22,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,8 +85,13 @@ def wait_count(directory: Path, expected: int, timeout: float = 60) -> int:
     return count
 
 
+# Never beyond loopback: with no route, delivery would ask this (dead) resolver and defer.
+NO_DNS = 'nameservers: ["127.0.0.1:9"]'
+
+
 @contextmanager
-def mailward_gateway(workdir: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}"
+                     ) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
     port = free_port()
     config = workdir / "mailward.yaml"
     config.write_text(
@@ -86,6 +99,7 @@ def mailward_gateway(workdir: Path) -> Iterator[tuple[int, Path, subprocess.Pope
         f"listeners: [{{address: 127.0.0.1, port: {port}, starttls: optional, auth: off}}]\n"
         f"relay: {{networks: [127.0.0.0/8]}}\n"
         f"limits: {{max_connections_per_ip: 1000, max_connections: 1000}}\n"
+        f"delivery: {delivery}\n"
         f"metrics: {{listen: null}}\n"
         f"log_level: warning\n")
     with open(workdir / "gateway.log", "ab") as log:
@@ -101,6 +115,16 @@ def mailward_gateway(workdir: Path) -> Iterator[tuple[int, Path, subprocess.Pope
         except subprocess.TimeoutExpired:
             proc.kill()
 
+
+POSTFIX_RELAY = """\
+relayhost = [{sink_host}]:{sink_port}
+smtp_tls_security_level = may
+"""
+POSTFIX_HOLD = """\
+# Accepted mail is put on hold by cleanup, so it stays queued (as in Mailward's spool here) and
+# qmgr has nothing to deliver; qmgr must still run, or cleanup stalls on its missing trigger.
+smtpd_end_of_data_restrictions = check_client_access static:HOLD
+"""
 
 POSTFIX_MAIN = """\
 queue_directory = {queue}
@@ -122,9 +146,6 @@ maillog_file_prefixes = {queue}
 default_process_limit = 200
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
-# Accepted mail is put on hold by cleanup, so it stays queued (as in Mailward's spool here) and
-# qmgr has nothing to deliver; qmgr must still run, or cleanup stalls on its missing trigger.
-smtpd_end_of_data_restrictions = check_client_access static:HOLD
 """
 
 # Only what accepting mail needs: smtpd, cleanup, trivial-rewrite, qmgr and their helpers.
@@ -140,18 +161,33 @@ anvil     unix  - - n - 1 anvil
 qmgr      unix  n - n 300 1 qmgr
 postlog   unix-dgram n - n - 1 postlogd
 """
+POSTFIX_MASTER_RELAY = """\
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+error     unix  - - n - - error
+retry     unix  - - n - - error
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+"""
 
 
 @contextmanager
-def postfix_instance(workdir: Path) -> Iterator[tuple[int, Path, None]]:
+def postfix_instance(workdir: Path, sink: tuple[str, int] | None = None) -> Iterator[tuple[int, Path, None]]:
+    """Accepting only (mail put on hold), or with `sink` relaying everything to it."""
     port = free_port()
     workdir.chmod(0o755)  # Postfix's daemons run as the postfix user and must reach their queue
     etc, queue, data = workdir / "etc", workdir / "queue", workdir / "data"
     for directory in (etc, queue, data):
         directory.mkdir(parents=True)
     shutil.chown(data, "postfix")
-    (etc / "main.cf").write_text(POSTFIX_MAIN.format(queue=queue, data=data))
-    (etc / "master.cf").write_text(POSTFIX_MASTER.format(port=port))
+    main = POSTFIX_MAIN.format(queue=queue, data=data)
+    master = POSTFIX_MASTER.format(port=port)
+    if sink is None:
+        main += POSTFIX_HOLD
+    else:
+        main += POSTFIX_RELAY.format(sink_host=sink[0], sink_port=sink[1])
+        master += POSTFIX_MASTER_RELAY
+    (etc / "main.cf").write_text(main)
+    (etc / "master.cf").write_text(master)
     env = {**os.environ, "MAIL_CONFIG": str(etc)}
     started = subprocess.run(["postfix", "-c", str(etc), "start"], env=env, capture_output=True,
                              text=True)
@@ -259,6 +295,85 @@ def bench_ingest(args: argparse.Namespace) -> None:
           f"p99 latency {ours.p99_ms / reference.p99_ms:.2f}x")
 
 
+SINK_HOST = "127.0.0.20"
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on SINK_HOST, with its running message counter read from stdout."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-c", "-u", "nobody",
+                                      f"{SINK_HOST}:{self.port}", "1024"], stdout=subprocess.PIPE)
+        self.count = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        buffered = b""
+        while chunk := self.proc.stdout.read1(65536):
+            buffered += chunk
+            *updates, buffered = buffered.split(b"\r")
+            if updates:
+                self.count = int(updates[-1].rpartition(b"mesg=")[2])
+
+    def wait_for(self, expected: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.count >= expected
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def peak_rss_tree_mb(pid: int) -> float:
+    """Peak RSS of a process plus its children (a gateway may run several processes)."""
+    total = peak_rss_mb(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        total += sum(peak_rss_mb(int(child)) for child in children.read_text().split())
+    return total
+
+
+def bench_relay(args: argparse.Namespace) -> None:
+    base = ROOT / "bench-out"
+    base.mkdir(exist_ok=True)
+    results = []
+    for name in ("mailward", "postfix"):
+        sink = SmtpSink()
+        try:
+            with tempfile.TemporaryDirectory(dir=base, prefix=f"relay-{name}-") as tmp:
+                if name == "mailward":
+                    delivery = (f'{{{NO_DNS}, routes: {{"example.org": "{SINK_HOST}:{sink.port}"}}, '
+                                f"max_connections_per_destination: {args.sessions}}}")
+                    target = mailward_gateway(Path(tmp), delivery)
+                else:
+                    target = postfix_instance(Path(tmp), (SINK_HOST, sink.port))
+                with target as (port, _, proc):
+                    rss_probe = proc
+                    started = time.monotonic()
+                    run_smtp_source(port, args.messages, args.sessions, args.size)
+                    if not sink.wait_for(args.messages, timeout=600):
+                        raise SystemExit(f"{name}: the sink got only {sink.count} of {args.messages}")
+                    result = Result(name, args.messages, time.monotonic() - started)
+                    if rss_probe is not None:
+                        result.peak_rss_mb = peak_rss_tree_mb(rss_probe.pid)
+                    results.append(result)
+        finally:
+            sink.close()
+    print(f"\nrelay: {args.messages} messages of {args.size} bytes, {args.sessions} sessions, "
+          f"smtp-source -> relay -> smtp-sink on {SINK_HOST}, end to end, fsync on both")
+    print(f"{'':<10}{'msg/s':>10}{'seconds':>10}{'peak RSS MB':>13}")
+    for r in results:
+        rss = f"{r.peak_rss_mb:13.0f}" if r.peak_rss_mb else f"{'-':>13}"
+        print(f"{r.name:<10}{r.rate:10.0f}{r.seconds:10.2f}{rss}")
+    ours, reference = results
+    print(f"ratio mailward/postfix: end-to-end throughput {ours.rate / reference.rate:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -267,9 +382,15 @@ def main() -> None:
     ingest.add_argument("--sessions", type=int, default=20)
     ingest.add_argument("--size", type=int, default=5120)
     ingest.add_argument("--latency-messages", type=int, default=2000)
+    relay = sub.add_parser("relay", help="end to end through the relay to smtp-sink vs Postfix")
+    relay.add_argument("--messages", type=int, default=20000)
+    relay.add_argument("--sessions", type=int, default=20)
+    relay.add_argument("--size", type=int, default=5120)
     args = parser.parse_args()
     if args.what == "ingest":
         bench_ingest(args)
+    else:
+        bench_relay(args)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ def decode_xtext(text: str) -> str:
     return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
+# The usual <dot-atom@domain> form, parsed without aiosmtpd's general (and per call much
+# slower) RFC 5322 parser; quoted local parts, UTF-8 and the like still go through it.
+_SIMPLE_PATH = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
+
+
 def is_mailbox(address: str) -> bool:
     """local@domain with both parts present: we relay to the internet, so no unqualified names."""
     local, at, domain = address.rpartition("@")
@@ -238,6 +243,13 @@ class GatewaySMTP(SMTP):
     # -- mail transaction -------------------------------------------------------------------
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _SIMPLE_PATH.fullmatch(arg)
+        if match is None or (self.local_part_limit
+                             and len(match.group(1).rpartition("@")[0]) > self.local_part_limit):
+            return super()._getaddr(arg)
+        return match.group(1), match.group(2).lstrip()
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
             return

@@ -17,16 +17,16 @@ The key file holds one base64 key per line, newest first; the first line encrypt
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import hmac
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import KeyFileError, SpoolError
 from gateway.keyfiles import read_secret, write_secret
@@ -40,9 +40,18 @@ _HKDF_INFO = b"mailward spool file v1"
 MAX_RECORD = 1 << 31  # a record length above this is corruption, not data
 
 
+@functools.lru_cache(maxsize=16)
 def key_id(key: bytes) -> str:
     """A short public name for a master key (not a secret: a hash with a domain prefix)."""
     return hashlib.sha256(b"mailward spool key id\0" + key).hexdigest()[:12]
+
+
+def hkdf_sha256(master: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) for one 32-byte output block, written out with the standard
+    library's HMAC: the same bytes as cryptography's HKDF at a fraction of the per-file cost,
+    which matters when every message gets its own key."""
+    pseudo_random_key = hmac.digest(salt, master, "sha256")
+    return hmac.digest(pseudo_random_key, info + b"\x01", "sha256")
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,7 @@ class FileCipher:
     """The cipher of one spool file: created for writing, or opened from an existing header."""
 
     def __init__(self, master: bytes, master_id: str, file_id: str, salt: bytes) -> None:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=_HKDF_INFO)
-        self._aead = AESGCM(hkdf.derive(master))
+        self._aead = AESGCM(hkdf_sha256(master, salt, _HKDF_INFO))
         self._file_id = file_id.encode()
         self._header = MAGIC + bytes([VERSION, len(master_id)]) + master_id.encode() + salt
 

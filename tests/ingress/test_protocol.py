@@ -151,3 +151,17 @@ async def test_connection_dropped_mid_data_queues_nothing_for_that_transaction(
     await asyncio.wait_for(gw.gateway.tracker.wait_empty(), 10)
     assert len(gw.queued()) == 1
     assert b"FIRST" in gw.spool.content(gw.queued()[0])
+
+
+@pytest.mark.parametrize("arg", ["<a@b.example>", "<a.b+tag@b.example> SIZE=100 BODY=8BITMIME",
+                                 " <x_y@sub.b.example>", '<"x y"@b.example>', "<a@[127.0.0.1]>",
+                                 "<bad address@b.example>", "<a@b.example", "a@b.example"])
+def test_fast_address_parsing_agrees_with_aiosmtpd(arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from gateway.ingress.protocol import GatewaySMTP
+
+    ours = GatewaySMTP.__new__(GatewaySMTP)
+    general = SMTP.__new__(SMTP)
+    ours.local_part_limit = general.local_part_limit = 0
+    assert ours._getaddr(arg) == general._getaddr(arg)

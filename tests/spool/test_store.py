@@ -191,3 +191,14 @@ async def test_a_completed_attempt_resets_the_crash_count(spool: Spool) -> None:
     spool.claim(message.queue_id, QueueState.INCOMING)
     spool.recover_active()
     assert spool.locate(message.queue_id) is QueueState.INCOMING
+
+
+def test_spool_key_derivation_is_standard_hkdf() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from gateway.spool.cipher import hkdf_sha256
+
+    master, salt, info = b"m" * 32, b"s" * 16, b"mailward spool file v1"
+    reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(master)
+    assert hkdf_sha256(master, salt, info) == reference
