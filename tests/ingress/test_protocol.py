@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from gateway.config import Config
 from gateway.message import Recipient
 from tests.conftest import message, send
