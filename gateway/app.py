@@ -17,6 +17,7 @@ import signal
 import ssl
 import sys
 from dataclasses import dataclass
+from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
 from gateway import certs, eventlog, metrics
@@ -29,6 +30,8 @@ from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
 from gateway.message import QueuedMessage
 from gateway.spool import Spool, open_spool
+from gateway.spool.wakeup import BatchingWaker
+from gateway.workers import DeliveryProcess, die_with_parent
 
 log = logging.getLogger("mailward")
 
@@ -49,13 +52,23 @@ def _build(config: Config) -> _Loaded:
     return _Loaded(config, settings, certs.server_context(config))
 
 
+Role = Literal["all", "ingest", "delivery"]
+
+
 class Gateway:
-    def __init__(self, config: Config, *, on_accepted: AcceptedHook | None = None) -> None:
+    """One gateway process. Role "all" accepts and delivers in this process; "ingest" accepts and
+    runs a `DeliveryProcess` beside it; "delivery" is that process (no listeners)."""
+
+    def __init__(self, config: Config, *, on_accepted: AcceptedHook | None = None,
+                 role: Role = "all") -> None:
         self._loaded = _build(config)
         self._on_accepted = on_accepted
+        self.role = role
         self.spool: Spool | None = None
         self.handler: IngressHandler | None = None
         self.delivery: DeliveryService | None = None
+        self._delivery_process: DeliveryProcess | None = None
+        self._waker: BatchingWaker | None = None
         self.tracker = ConnectionTracker(config.limits.max_connections,
                                          config.limits.max_connections_per_ip)
         self._servers: list[asyncio.Server] = []
@@ -73,13 +86,23 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        self.spool = open_spool(config.spool, create_key=True)
-        report = self.spool.recover()
-        eventlog.event(log, "spool_recovered", unfinished_writes=report.unfinished_writes,
-                       requeued=report.requeued, quarantined=report.quarantined,
-                       orphan_journals=report.orphan_journals)
-        self.delivery = DeliveryService(config, self.spool)
-        await self.delivery.start()
+        self.spool = open_spool(config.spool, create_key=self.role != "delivery")
+        if self.role != "delivery":
+            # Before listening: nobody else writes incoming/ yet.
+            eventlog.event(log, "spool_recovered", unfinished_writes=self.spool.recover_writes())
+        if self.role != "ingest":
+            # Before delivering: nobody else touches active/ (the one delivery process is us).
+            requeued, quarantined, orphans = self.spool.recover_active()
+            eventlog.event(log, "spool_recovered", requeued=requeued, quarantined=quarantined,
+                           orphan_journals=orphans)
+            self.delivery = DeliveryService(config, self.spool)
+            await self.delivery.start()
+            if self.role == "delivery":
+                return
+        else:
+            self._waker = BatchingWaker(self.spool.directory)
+            self._delivery_process = DeliveryProcess(config)
+            await self._delivery_process.start()
         self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted)
         for listener in config.listeners:
             server = await asyncio.get_running_loop().create_server(
@@ -94,8 +117,10 @@ class Gateway:
                                                  config.metrics.listen.port, self.spool)
 
     def _accepted(self, message: QueuedMessage) -> None:
-        assert self.delivery is not None
-        self.delivery.notify(message.queue_id)
+        if self.delivery is not None:
+            self.delivery.notify(message.queue_id)
+        elif self._waker is not None:
+            self._waker.add(message.queue_id)
         if self._on_accepted is not None:
             self._on_accepted(message)
 
@@ -125,8 +150,10 @@ class Gateway:
         self._loaded = loaded
         assert self.handler is not None
         self.handler.settings = loaded.settings
-        assert self.delivery is not None and self.spool is not None
-        self.delivery.reconfigure(loaded.config, self.spool)
+        if self.delivery is not None and self.spool is not None:
+            self.delivery.reconfigure(loaded.config, self.spool)
+        if self._delivery_process is not None:
+            self._delivery_process.reload()  # it reads the same file and decides for itself
         self.tracker.max_total = loaded.config.limits.max_connections
         self.tracker.max_per_ip = loaded.config.limits.max_connections_per_ip
         eventlog.event(log, "reloaded", config=source or "embedded-defaults")
@@ -168,6 +195,10 @@ class Gateway:
             await server.wait_closed()
         if self.delivery is not None:
             await self.delivery.stop(self.config.limits.drain_timeout)
+        if self._delivery_process is not None:
+            await self._delivery_process.stop(self.config.limits.drain_timeout)
+        if self._waker is not None:
+            self._waker.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -183,12 +214,20 @@ def _keep_listeners(new: Config, running: Config) -> Config:
     return replaced
 
 
-async def run(config: Config) -> int:
-    """`mailward run`: serve in the foreground until SIGTERM."""
-    if config.source is None:
+def uses_delivery_process(config: Config) -> bool:
+    return config.delivery.separate_process and not config.delivery.paused
+
+
+async def run(config: Config, role: Role | None = None) -> int:
+    """`mailward run`: serve in the foreground until SIGTERM (`role` "delivery" is the child)."""
+    if role == "delivery":
+        die_with_parent()
+    elif config.source is None:
         print("mailward: no config file found; running on embedded development defaults "
               "(127.0.0.1:2525, relay for 127.0.0.0/8, state under ./var)", file=sys.stderr)
-    gateway = Gateway(config)
+    if role is None:
+        role = "ingest" if uses_delivery_process(config) else "all"
+    gateway = Gateway(config, role=role)
     await gateway.start()
     await gateway.serve_until_stopped()
     return 0

@@ -12,7 +12,10 @@ import asyncio
 import datetime
 import getpass
 import json
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser("run", help="serve in the foreground")
+    run.add_argument("--role", choices=["delivery"], help=argparse.SUPPRESS)  # the child process
     run.set_defaults(handler=cmd_run)
     check = commands.add_parser("check-config", help="validate config and policies")
     check.set_defaults(handler=cmd_check_config)
@@ -105,10 +109,21 @@ def _parser() -> argparse.ArgumentParser:
 # -- run / check ------------------------------------------------------------------------------
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    metrics_dir = None
+    if args.role is None and config.metrics.listen is not None and \
+            config.delivery.separate_process and not config.delivery.paused:
+        # Both processes count into files here and /metrics adds them up (prometheus_client's
+        # multiprocess mode); it must be set before prometheus_client is first imported.
+        metrics_dir = tempfile.mkdtemp(prefix="mailward-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from gateway import app
 
     eventlog.setup(config.log_level)
-    return asyncio.run(app.run(config))
+    try:
+        return asyncio.run(app.run(config, args.role))
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:

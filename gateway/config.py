@@ -136,6 +136,7 @@ class DeliveryConfig:
     connection_idle_time: Duration = Duration(5)  # an idle connection is kept this long for reuse
     max_active: int = 1000  # messages being delivered at once (the rest wait in the queue)
     paused: bool = False  # queue everything, deliver nothing (maintenance)
+    separate_process: bool = True  # `mailward run` delivers from a second process (a second core)
     pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
     shaping: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
 

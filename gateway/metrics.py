@@ -7,11 +7,12 @@ Postfix's qshape), so they are right even while the CLI moves messages.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -55,7 +56,14 @@ REGISTRY.register(QUEUE)
 
 
 def serve(host: str, port: int, spool: Spool) -> WSGIServer:
-    """Start the /metrics endpoint in a background thread; returns the server (to shut down)."""
+    """Start the /metrics endpoint in a background thread; returns the server (to shut down).
+    With a delivery process beside this one, the counters of both processes are added up from
+    PROMETHEUS_MULTIPROC_DIR (see `cli.cmd_run`)."""
     QUEUE.spool = spool
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(QUEUE)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

@@ -49,6 +49,40 @@ class WakeSender:
         self._sock.close()
 
 
+class BatchingWaker:
+    """The ingress side: ids accepted in one pass of the event loop go out in one datagram, and a
+    wake-up the scheduler could not take (its socket buffer was full) becomes a rescan request,
+    retried until it is heard, so no message waits for the periodic rescan."""
+
+    RETRY_DELAY = 0.05
+
+    def __init__(self, spool_dir: Path) -> None:
+        self._sender = WakeSender(spool_dir)
+        self._pending: list[str] = []
+        self._rescan_needed = False
+        self._scheduled = False
+
+    def add(self, queue_id: str) -> None:
+        self._pending.append(queue_id)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        ids, self._pending = self._pending, []
+        if self._rescan_needed:
+            self._rescan_needed = not self._sender.wake()
+        elif ids and not self._sender.wake(ids):
+            self._rescan_needed = True
+        if self._rescan_needed:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.RETRY_DELAY, self._flush)
+
+    def close(self) -> None:
+        self._sender.close()
+
+
 class WakeListener(asyncio.DatagramProtocol):
     """The scheduler's end: calls `on_ids(ids)` per datagram (an empty list means "rescan")."""
 

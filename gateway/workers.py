@@ -1,0 +1,99 @@
+"""The delivery process: `mailward run` accepts mail in its own process and delivers from a second
+one, so that a two-core machine uses both cores (SMTP ingest and delivery are each about half the
+work per message).
+
+The two share only the spool, which was built for that: a state change is a rename, the ingress
+writes new files into ``incoming/`` and tells the scheduler through the wake-up socket, and only
+the delivery process touches ``active/`` (it requeues what a crash left there when it starts).
+
+The parent supervises: a delivery process that exits unexpectedly is restarted after a backoff
+(1 s doubling to 60 s); SIGHUP is passed on (each process reloads the same config file); on
+SIGTERM both drain. The child asks the kernel to kill it if the parent dies (PR_SET_PDEATHSIG),
+so a ``kill -9`` of the gateway never leaves a delivery process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+
+from gateway import eventlog
+from gateway.config import Config
+
+log = logging.getLogger("mailward")
+
+PARENT_ENV = "MAILWARD_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+MIN_BACKOFF, MAX_BACKOFF = 1.0, 60.0
+
+
+class DeliveryProcess:
+    def __init__(self, config: Config) -> None:
+        self._argv = [sys.executable, "-m", "gateway",
+                      *(["-c", str(config.source)] if config.source is not None else []),
+                      "run", "--role", "delivery"]
+        self._proc: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _spawn(self) -> None:
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        self._proc = await asyncio.create_subprocess_exec(*self._argv, env=env,
+                                                          stdin=asyncio.subprocess.DEVNULL)
+        eventlog.event(log, "delivery_process_started", pid=self._proc.pid)
+
+    async def _supervise(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            assert self._proc is not None
+            started = time.monotonic()
+            code = await self._proc.wait()
+            if self._stopping:
+                return
+            eventlog.event(log, "delivery_process_exited", logging.ERROR, pid=self._proc.pid, code=code,
+                           restart_in=f"{backoff:.0f}s")
+            if time.monotonic() - started > MAX_BACKOFF:
+                backoff = MIN_BACKOFF
+            await asyncio.sleep(backoff)  # a restart backoff, not synchronisation
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            await self._spawn()
+
+    def reload(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM (the child drains its deliveries), then SIGKILL if it outlives `timeout`."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout + 5)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+
+
+def die_with_parent() -> None:
+    """In the delivery process: be killed when the parent dies, and exit now if it already has."""
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent and os.getppid() != parent:
+        raise SystemExit("mailward: the gateway process is gone; delivery process not started")
