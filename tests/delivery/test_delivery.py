@@ -34,7 +34,7 @@ async def test_message_goes_to_the_most_preferred_mx(world: MailWorld) -> None:
     await eventually(lambda: first.messages)
     assert first.deliveries() == [("pat@clinic.test", "PREF")]
     assert second.messages == []
-    await eventually(lambda: not gateway.spool.ids(QueueState.ACTIVE) and not gateway.queued())
+    await eventually(lambda: not any(gateway.spool.counts().values()))
 
 
 async def test_second_mx_is_used_when_the_first_refuses_connections(world: MailWorld) -> None:
@@ -126,7 +126,7 @@ async def test_one_refused_recipient_of_three_gets_one_dsn_and_the_others_one_co
     assert recipients[0]["Remote-MTA"] == "dns; mx1.clinic.test"
     assert "550 5.1.1 No such user here" in recipients[0]["Diagnostic-Code"]
     assert blocks[0]["Reporting-MTA"] == "dns; mailward.test"
-    await eventually(lambda: not gateway.queued() and not gateway.queued(QueueState.DEFERRED))
+    await eventually(lambda: not any(gateway.spool.counts().values()))
 
 
 async def test_dsn_returns_the_headers_and_never_the_body(world: MailWorld) -> None:
@@ -181,7 +181,7 @@ async def test_bounce_of_a_null_sender_message_is_dropped_without_dsn(
     with caplog.at_level(logging.INFO, logger="mailward.delivery"):
         await submit(world, gateway, ["gone@clinic.test"], "NULLSENDER", sender="")
         await eventually(lambda: any("status=bounced" in r.getMessage() for r in caplog.records))
-    await eventually(lambda: not gateway.queued() and not gateway.spool.ids(QueueState.ACTIVE))
+    await eventually(lambda: not any(gateway.spool.counts().values()))
     assert world.dsns() == []
 
 
@@ -221,7 +221,7 @@ async def test_message_past_max_queue_age_bounces_with_a_dsn(world: MailWorld) -
     fields = status.get_payload()[1]
     assert fields["Action"] == "failed" and fields["Status"] == "4.2.0"
     assert "451 4.2.0 Mailbox busy" in fields["Diagnostic-Code"]
-    await eventually(lambda: not gateway.queued(QueueState.DEFERRED) and not gateway.queued())
+    await eventually(lambda: not any(gateway.spool.counts().values()))
 
 
 async def test_delay_warning_is_sent_once_while_retries_go_on(world: MailWorld) -> None:
