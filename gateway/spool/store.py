@@ -80,7 +80,7 @@ def is_queue_id(text: str) -> bool:
 class Spool:
     """File-based queue; safe to share between the gateway and the CLI (see module docstring)."""
 
-    def __init__(self, directory: Path, keyring: SpoolKeyring, *, io_threads: int = 16) -> None:
+    def __init__(self, directory: Path, keyring: SpoolKeyring, *, io_threads: int = 8) -> None:
         self.directory = directory
         self.keyring = keyring
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
