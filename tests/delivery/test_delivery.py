@@ -250,3 +250,22 @@ async def test_one_connection_carries_several_messages(world: MailWorld) -> None
         await submit(world, gateway, ["pat@clinic.test"], f"REUSE{n}")
         await eventually(lambda n=n: len(sink.messages) == n + 1)
     assert sink.connections == 1
+
+
+async def test_notify_success_gets_a_relayed_report_when_the_next_hop_cannot_report(
+        world: MailWorld) -> None:
+    await world.start_dns(TWO_MX)
+    sink = await world.sink("127.0.0.11")  # does not advertise DSN
+    gateway = await world.gateway()
+    client = gateway.client()
+    await client.connect()
+    await client.ehlo()
+    await client.mail(SENDER)
+    await client.rcpt("pat@clinic.test", options=["NOTIFY=SUCCESS,FAILURE"])
+    await client.data(message("SUCCESS"))
+    await client.quit()
+    report = (await eventually(world.dsns))[0]
+    assert sink.deliveries() == [("pat@clinic.test", "SUCCESS")]
+    status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")
+    fields = status.get_payload()[1]
+    assert fields["Action"] == "relayed" and fields["Status"] == "2.0.0"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import collections
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 
 import aiosmtplib
 
 from gateway import cli
 from gateway.spool import QueueState
-from tests.conftest import GatewayProcess, message, open_test_spool, send
+from tests.conftest import GatewayProcess, free_port, message, open_test_spool, send
 from tests.delivery.conftest import SENDER, MailWorld, eventually
 from tests.delivery.test_delivery import TWO_MX, submit
 
@@ -65,3 +66,27 @@ async def test_kill_during_delivery_loses_nothing_and_repeats_only_what_was_in_f
     spool = open_test_spool(gw.config_file)
     await eventually(lambda: not any(spool.counts().values()), timeout=10)
     spool.close()
+
+
+async def test_metrics_add_up_the_delivery_process_counters(
+        world: MailWorld, gateway_process: Callable[..., GatewayProcess]) -> None:
+    await world.start_dns(TWO_MX)
+    sink = await world.sink("127.0.0.11")
+    metrics_port = free_port()
+    gw = gateway_process(metrics={"listen": f"127.0.0.1:{metrics_port}"}, delivery={
+        "paused": False, "nameservers": [f"127.0.0.53:{world.dns_port}"], "smtp_port": world.port})
+    gw.start()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, start_tls=False, timeout=10)
+    code, text = await send(client, SENDER, ["pat@clinic.test"], message("METRICS"))
+    assert code == 250, text
+    await client.quit()
+    await eventually(lambda: sink.messages)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+            return str(page.read().decode())
+
+    sent = 'mailward_deliveries_total{pool="default",protection="none",result="sent"} 1.0'
+    text = await eventually(lambda: sent in (page := scrape()) and page)
+    assert 'mailward_messages_received_total{listener="127.0.0.1:' in text
+    assert "mailward_queue_messages" in text
