@@ -109,6 +109,9 @@ def decode_xtext(text: str) -> str:
 _SIMPLE_PATH = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
 
 
+DATA_READ_LIMIT = 64 * 1024
+
+
 def is_mailbox(address: str) -> bool:
     """local@domain with both parts present: we relay to the internet, so no unqualified names."""
     local, at, domain = address.rpartition("@")
@@ -361,10 +364,16 @@ class GatewaySMTP(SMTP):
         # The command timeout covers one command; the whole DATA transfer gets its own.
         self._reset_timeout(self._data_timeout)
         self._in_data = True
+        # aiosmtpd reads the message line by line through a StreamReader whose limit is the
+        # command line length (1001), so the transport is paused and resumed for every few
+        # kilobytes received. A larger limit while the message flows avoids that churn; lines
+        # over 1000 octets are still refused, by aiosmtpd's own length check on each line.
+        self._reader._limit = DATA_READ_LIMIT  # type: ignore[attr-defined]
         try:
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
+            self._reader._limit = self.line_length_limit  # type: ignore[attr-defined]
         if self._draining and not self._in_transaction():
             await self._close_for_shutdown()  # the transaction is answered: now we may go
 

@@ -167,3 +167,19 @@ def test_fast_address_parsing_agrees_with_aiosmtpd(arg: str) -> None:
     general = SMTP.__new__(SMTP)
     ours.local_part_limit = general.local_part_limit = 0
     assert ours._getaddr(arg) == general._getaddr(arg)
+
+
+async def test_message_with_a_line_over_1000_octets_is_refused_and_the_session_goes_on(
+        make_config: Callable[..., Config], start_gateway: Any) -> None:
+    gw = await start_gateway(make_config())
+    reader, writer = await session(gw)
+    for line_length in (998, 5000, 100_000):  # within RFC 5321, over it, over the read buffer
+        writer.write(b"MAIL FROM:<dr@example.com>\r\nRCPT TO:<p@example.org>\r\nDATA\r\n")
+        for _ in range(3):
+            await read_reply(reader)
+        writer.write(b"Subject: long\r\n\r\n" + b"y" * line_length + b"\r\n.\r\n")
+        reply = await read_reply(reader)
+        assert reply.startswith(b"250" if line_length == 998 else b"500"), reply
+    assert len(gw.queued()) == 1
+    await queue_one(reader, writer, "AFTER")
+    writer.close()
