@@ -1,0 +1,141 @@
+"""PHI detectors: a pattern finds candidates, a validator (check digit, structure) and, where the
+shape alone is too common, context words nearby decide what counts.
+
+A `Finding` is a detector name and a location in the scanned text; the matched characters are
+never copied out of it, so what leaves this module (logs, metrics, audit, `policy test`) can only
+be counts and positions. Built-in detectors and the custom ones from policy YAML are the same
+`PatternDetector` class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.stages.dlp import checksums
+
+Validator = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class Finding:
+    detector: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class PatternDetector:
+    """Candidates from `pattern` (group `group` is the value), kept when `validator` accepts the
+    value (separators removed unless `keep_separators`) and, if `context` is set, when one of
+    those words occurs within `window` characters: always, or only for matches for which
+    `context_only_if` is true."""
+
+    name: str
+    pattern: re.Pattern[str]
+    validator: Validator | None = None
+    context: tuple[str, ...] = ()
+    window: int = 60
+    group: int = 0
+    context_only_if: Callable[[re.Match[str]], bool] | None = None  # None: context always needed
+    keep_separators: bool = False
+    _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.context:
+            words = "|".join(re.escape(word) for word in sorted(self.context, key=len, reverse=True))
+            object.__setattr__(self, "_context_re", re.compile(rf"(?<![a-z0-9])(?:{words})(?![a-z0-9])"))
+
+    def find(self, text: str, lowered: str | None = None) -> list[Finding]:
+        """Findings in `text`; pass `lowered` (text.lower()) when scanning with many detectors."""
+        found = []
+        for match in self.pattern.finditer(text):
+            start, end = match.span(self.group)
+            value = match.group(self.group)
+            if not self.keep_separators:
+                value = _SEPARATORS.sub("", value)
+            if self.validator is not None and not self.validator(value):
+                continue
+            needs_context = self._context_re is not None and (
+                self.context_only_if is None or self.context_only_if(match))
+            if needs_context and not self._has_context(lowered if lowered is not None else text.lower(),
+                                                       start, end):
+                continue
+            found.append(Finding(self.name, start, end))
+        return found
+
+    def _has_context(self, lowered: str, start: int, end: int) -> bool:
+        assert self._context_re is not None
+        return self._context_re.search(lowered, max(0, start - self.window),
+                                       min(len(lowered), end + self.window)) is not None
+
+
+_SEPARATORS = re.compile(r"[\s.\-/]")
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DATE = (rf"(?:\d{{1,2}}[/\-.]\d{{1,2}}[/\-.](?:\d{{4}}|\d{{2}})|\d{{4}}-\d{{2}}-\d{{2}}"
+         rf"|(?:{_MONTHS})[a-z]*\.?\s+\d{{1,2}},?\s+\d{{4}}|\d{{1,2}}\s+(?:{_MONTHS})[a-z]*\.?\s+\d{{4}})")
+
+
+def _valid_date(value: str) -> bool:
+    numbers = [int(n) for n in re.findall(r"\d+", value)]
+    if len(numbers) == 3 and not re.search(r"[a-z]", value, re.IGNORECASE):
+        year_first = numbers[0] > 31
+        month, day = (numbers[1], numbers[2]) if year_first else (numbers[0], numbers[1])
+        if not year_first and month > 12:  # day/month order
+            month, day = day, month
+        return 1 <= month <= 12 and 1 <= day <= 31
+    return True
+
+
+def _bare(match: re.Match[str]) -> bool:
+    """An SSN written without separators needs context; 123-45-6789 does not."""
+    return not match.group("sep")
+
+
+BUILT_IN: tuple[PatternDetector, ...] = (
+    PatternDetector(
+        "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
+        checksums.ssn, ("ssn", "ss#", "ss #", "social security", "soc sec", "social sec", "ssa"),
+        context_only_if=_bare),
+    PatternDetector(
+        "npi", re.compile(r"(?<![\d\-])[12]\d{9}(?![\d\-])"), checksums.npi,
+        ("npi", "national provider", "provider id", "provider number", "prescriber")),
+    PatternDetector(
+        "dea", re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z9]\d{7}(?![A-Za-z0-9])"), checksums.dea,
+        ("dea", "registration", "prescriber", "controlled substance")),
+    PatternDetector(
+        "medicare_mbi",
+        re.compile(r"(?<![A-Za-z0-9])[1-9][A-Za-z][A-Za-z0-9]\d-?[A-Za-z][A-Za-z0-9]\d-?[A-Za-z]{2}\d{2}"
+                   r"(?![A-Za-z0-9])"), checksums.mbi),
+    PatternDetector(
+        "payment_card", re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), checksums.payment_card),
+    PatternDetector(
+        "aba_routing", re.compile(r"(?<![\d\-])\d{9}(?![\d\-])"), checksums.aba_routing,
+        ("routing", "aba", "rtn", "transit", "wire", "ach"), window=40),
+    PatternDetector(
+        "bank_account",
+        re.compile(r"(?i)\b(?:account|acct)\.?(?:\s*(?:number|no\.?|#))?\s*[:#]?\s*(\d{4,17})\b"),
+        group=1),
+    PatternDetector(
+        "icd10",
+        re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])"), None,
+        ("diagnosis", "diagnoses", "diagnosed", "dx", "icd", "icd-10", "icd10", "assessment",
+         "condition", "problem list", "impression"), window=80),
+    PatternDetector(
+        "mrn",
+        re.compile(r"(?i)\b(?:mrn|medical record(?:\s+(?:number|no\.?|#))?|patient id|chart"
+                   r"(?:\s+(?:number|no\.?|#)))\s*[:#]?\s*([A-Z0-9][A-Z0-9\-]{4,14})\b"),
+        lambda value: sum(c.isdigit() for c in value) >= 4, group=1),
+    PatternDetector(
+        "dob",
+        re.compile(rf"(?i)\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)"
+                   rf"\s*[:\-]?\s*({_DATE})"),
+        _valid_date, group=1, keep_separators=True),
+)
+
+
+def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[Finding]:
+    """Every finding of every detector in `text`."""
+    lowered = text.lower()
+    return [finding for detector in detectors for finding in detector.find(text, lowered)]

@@ -1,0 +1,55 @@
+"""Detectors on text: validated identifiers found, look-alikes left alone, values never returned."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.stages.dlp.detectors import BUILT_IN, Finding, scan
+
+
+def names(text: str) -> list[str]:
+    return sorted(f.detector for f in scan(text))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Patient SSN 123-45-6789 on file", ["ssn"]),
+    ("ssn: 123456789", ["ssn"]),
+    ("SS# 123 45 6789", ["ssn"]),
+    ("Referring NPI 1234567893.", ["npi"]),
+    ("Prescriber DEA AB1234563", ["dea"]),
+    ("Medicare ID 1EG4-TE5-MK73", ["medicare_mbi"]),
+    ("Card 4111 1111 1111 1111 exp 12/29", ["payment_card"]),
+    ("Routing number 021000021, account no. 123456789012", ["aba_routing", "bank_account"]),
+    ("Diagnosis: E11.9 type 2 diabetes", ["icd10"]),
+    ("MRN: A1234567", ["mrn"]),
+    ("DOB 03/14/1962", ["dob"]),
+    ("Date of birth: March 14, 1962", ["dob"]),
+])
+def test_each_detector_finds_its_identifier(text: str, expected: list[str]) -> None:
+    assert names(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "Order 123456789 shipped",  # nine digits, no SSN context
+    "Call 212-555-0147 or 2125550147",  # phone numbers
+    "SSN 000-12-3456 and 666-12-3456 and 912-34-5678",  # never-issued areas
+    "Invoice 1234567890 total",  # NPI-shaped without a valid check digit or context
+    "Card 4111 1111 1111 1112",  # Luhn fails
+    "Tracking AB1234567",  # DEA-shaped, wrong checksum, no context
+    "Room E11 on floor 9",  # ICD-shaped outside clinical text
+    "Version 2.5.1 released 2024-03-01",
+    "DOB 13/45/1962",  # not a date
+])
+def test_look_alikes_are_not_findings(text: str) -> None:
+    assert names(text) == []
+
+
+def test_findings_are_locations_not_values() -> None:
+    text = "SSN 123-45-6789"
+    (finding,) = scan(text)
+    assert finding == Finding("ssn", 4, 15)
+    assert not hasattr(finding, "value")
+
+
+def test_every_built_in_detector_has_a_unique_name() -> None:
+    assert len({d.name for d in BUILT_IN}) == len(BUILT_IN)
