@@ -135,8 +135,8 @@ class DeliveryAgent:
             metrics.DELIVERY_DURATION.observe(now - message.received_at)
             return
         await self.spool.offload(self.spool.record, message.queue_id, statuses)
-        attempts_made = max(statuses[i].attempts for i in remaining if i in statuses) \
-            if any(i in statuses for i in remaining) else 1
+        # Every pending recipient was tried in this attempt, so each remaining one has a status.
+        attempts_made = max(statuses[i].attempts for i in remaining)
         due = retry.next_attempt(now, attempts_made, self.config.retry_schedule)
         # Never wait past the expiry time: the attempt then is the one that bounces.
         due = min(due, message.received_at + self.config.max_queue_age + 1)

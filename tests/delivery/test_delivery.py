@@ -63,31 +63,32 @@ async def test_domain_without_mx_is_delivered_to_its_address_record(world: MailW
     await eventually(lambda: sink.messages)
 
 
-async def test_starttls_is_used_and_the_verified_certificate_is_logged(
-        world: MailWorld, caplog: pytest.LogCaptureFixture) -> None:
+async def deliver_over_tls(world: MailWorld, caplog: pytest.LogCaptureFixture, certificate_name: str,
+                           marker: str) -> tuple[str | None, str]:
+    """Deliver one message to an MX with a certificate for `certificate_name`; returns the TLS
+    version the sink saw and the gateway's delivery log line."""
     await world.start_dns(TWO_MX)
-    sink = await world.sink("127.0.0.11", tls_name="mx1.clinic.test")
+    sink = await world.sink("127.0.0.11", tls_name=certificate_name)
     gateway = await world.gateway()
     with caplog.at_level(logging.INFO, logger="mailward.delivery"):
-        await submit(world, gateway, ["pat@clinic.test"], "TLS")
+        await submit(world, gateway, ["pat@clinic.test"], marker)
         await eventually(lambda: sink.messages)
         line = await eventually(lambda: next((r.getMessage() for r in caplog.records
                                               if "event=delivery " in r.getMessage()), None))
-    assert sink.messages[0].tls_version in ("TLSv1.2", "TLSv1.3")
+    return sink.messages[0].tls_version, line
+
+
+async def test_starttls_is_used_and_the_verified_certificate_is_logged(
+        world: MailWorld, caplog: pytest.LogCaptureFixture) -> None:
+    version, line = await deliver_over_tls(world, caplog, "mx1.clinic.test", "TLS")
+    assert version in ("TLSv1.2", "TLSv1.3")
     assert "status=sent" in line and "/verified" in line and "relay=mx1.clinic.test[127.0.0.11]" in line
 
 
 async def test_certificate_for_another_name_still_encrypts_but_is_logged_unverified(
         world: MailWorld, caplog: pytest.LogCaptureFixture) -> None:
-    await world.start_dns(TWO_MX)
-    sink = await world.sink("127.0.0.11", tls_name="someone-else.test")
-    gateway = await world.gateway()
-    with caplog.at_level(logging.INFO, logger="mailward.delivery"):
-        await submit(world, gateway, ["pat@clinic.test"], "UNVERIFIED")
-        await eventually(lambda: sink.messages)
-        line = await eventually(lambda: next((r.getMessage() for r in caplog.records
-                                              if "event=delivery " in r.getMessage()), None))
-    assert sink.messages[0].tls_version is not None
+    version, line = await deliver_over_tls(world, caplog, "someone-else.test", "UNVERIFIED")
+    assert version is not None
     assert "/unverified" in line
 
 
