@@ -7,9 +7,24 @@ the spool persists them; the dict form never holds message content.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+_XTEXT = re.compile(r"\+([0-9A-F]{2})")
+
+
+def decode_xtext(text: str) -> str:
+    """RFC 3461 xtext: "+HH" stands for the byte HH. The envelope keeps ENVID and ORCPT decoded."""
+    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def encode_xtext(text: str) -> str:
+    """The inverse, for passing ENVID and ORCPT on: "+", "=", controls, space and non-ASCII
+    become "+HH" (non-ASCII as its UTF-8 bytes)."""
+    return "".join(char if "!" <= char <= "~" and char not in "+=" else
+                   "".join(f"+{byte:02X}" for byte in char.encode("utf-8")) for char in text)
 
 
 class RecipientState(StrEnum):
@@ -29,7 +44,7 @@ class RecipientState(StrEnum):
 @dataclass(frozen=True)
 class Recipient:
     address: str
-    orcpt: str | None = None  # RFC 3461 original recipient, as "type;address"
+    orcpt: str | None = None  # RFC 3461 original recipient, "type;address", xtext-decoded
     notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY: NEVER, or any of SUCCESS, FAILURE, DELAY
 
 
@@ -40,7 +55,7 @@ class Envelope:
     body: str = "7BIT"  # 7BIT or 8BITMIME
     smtputf8: bool = False
     ret: str | None = None  # RFC 3461 RET: FULL or HDRS
-    envid: str | None = None  # RFC 3461 ENVID
+    envid: str | None = None  # RFC 3461 ENVID, xtext-decoded
     requiretls: bool = False  # RFC 8689 REQUIRETLS
 
     @property

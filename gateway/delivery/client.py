@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from gateway.delivery.mx import Destination
-from gateway.message import Envelope, Recipient, RecipientState
+from gateway.message import Envelope, Recipient, RecipientState, encode_xtext
 
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
@@ -330,7 +330,7 @@ def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str]) -> 
         if envelope.ret:
             options.append(b"RET=" + envelope.ret.encode("ascii"))
         if envelope.envid:
-            options.append(b"ENVID=" + envelope.envid.encode("ascii"))
+            options.append(b"ENVID=" + encode_xtext(envelope.envid).encode("ascii"))
     return options
 
 
@@ -341,7 +341,7 @@ def _rcpt_options(recipient: Recipient, extensions: dict[str, str]) -> list[byte
     if recipient.notify:
         options.append(b"NOTIFY=" + ",".join(recipient.notify).encode("ascii"))
     if recipient.orcpt:
-        options.append(b"ORCPT=" + recipient.orcpt.encode("ascii"))
+        options.append(b"ORCPT=" + encode_xtext(recipient.orcpt).encode("ascii"))
     return options
 
 

@@ -102,7 +102,7 @@ def build(*, hostname: str, message: QueuedMessage, headers: bytes,
         "",
         f"Reporting-MTA: dns; {hostname}",
         f"X-Mailward-Queue-ID: {message.queue_id}",
-        *([f"Original-Envelope-Id: {xtext_decode(message.envelope.envid)}"]
+        *([f"Original-Envelope-Id: {message.envelope.envid}"]
           if message.envelope.envid else []),
         f"Arrival-Date: {formatdate(message.received_at)}",
     ]
@@ -138,7 +138,7 @@ def _recipient_fields(entry: DsnRecipient) -> list[str]:
     fields = []
     if entry.recipient.orcpt:
         kind, _, address = entry.recipient.orcpt.partition(";")
-        fields.append(f"Original-Recipient: {kind}; {xtext_decode(address)}")
+        fields.append(f"Original-Recipient: {kind}; {address}")
     fields += [f"Final-Recipient: rfc822; {entry.recipient.address}",
                f"Action: {entry.action}",
                f"Status: {entry.status}"]
@@ -151,8 +151,3 @@ def _recipient_fields(entry: DsnRecipient) -> list[str]:
     if entry.will_retry_until is not None:
         fields.append(f"Will-Retry-Until: {formatdate(entry.will_retry_until)}")
     return fields
-
-
-def xtext_decode(text: str) -> str:
-    """RFC 3461 xtext: ``+XX`` is the byte with hex value XX."""
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)

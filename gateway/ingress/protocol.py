@@ -27,14 +27,13 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from gateway import eventlog
 from gateway.config import ListenerConfig
 from gateway.ingress import replies
-from gateway.message import Recipient
+from gateway.message import Recipient, decode_xtext
 
 if TYPE_CHECKING:
     from gateway.ingress.handler import IngressHandler
 
 log = logging.getLogger("mailward.smtpd")
 
-_XTEXT = re.compile(r"\+([0-9A-F]{2})")
 _NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
 MAX_XTEXT = 500  # RFC 3461 ENVID is at most 100 characters; ORCPT an address; generous bound
 
@@ -97,11 +96,6 @@ class ConnectionTracker:
                 del self.per_ip[ip]
             if not self.open:
                 self._empty.set()
-
-
-def decode_xtext(text: str) -> str:
-    """RFC 3461 xtext: "+HH" stands for the byte HH."""
-    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
 # The usual <dot-atom@domain> form, parsed without aiosmtpd's general (and per call much

@@ -38,7 +38,7 @@ def test_null_sender_never_gets_a_report() -> None:
 
 
 def test_report_parses_back_as_multipart_report() -> None:
-    recipient = Recipient("p@clinic.test", orcpt="rfc822;p+2Bx@clinic.test")
+    recipient = Recipient("p@clinic.test", orcpt="rfc822;p+x@clinic.test")
     content = dsn.build(hostname="mailward.test", message=queued("dr@hospital.test", recipient),
                         headers=b"Subject: hello\r\n", now=1_700_000_100.0,
                         entries=[dsn.DsnRecipient(recipient, "failed", "5.1.1", "550 5.1.1 unknown",
@@ -51,3 +51,14 @@ def test_report_parses_back_as_multipart_report() -> None:
     fields = report.get_payload()[1].get_payload()[1]
     assert fields["Original-Recipient"] == "rfc822; p+x@clinic.test"
     assert fields["Diagnostic-Code"] == "smtp; 550 5.1.1 unknown"
+
+
+def test_xtext_round_trips_what_the_envelope_keeps_decoded() -> None:
+    from gateway.message import decode_xtext, encode_xtext
+
+    for text in ("case-42", "a+b=c d", "rfc822;p+x@clinic.test"):
+        encoded = encode_xtext(text)
+        assert all("!" <= c <= "~" for c in encoded) and "=" not in encoded
+        assert decode_xtext(encoded) == text
+    assert encode_xtext("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert encode_xtext("ü") == "+C3+BC"
