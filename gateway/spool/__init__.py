@@ -7,9 +7,9 @@ from pathlib import Path
 from gateway.config import SpoolConfig
 from gateway.errors import KeyFileError
 from gateway.spool.cipher import SpoolKeyring
-from gateway.spool.store import QueueState, RecoveryReport, Spool, is_queue_id, new_queue_id
+from gateway.spool.store import QueueState, Spool, is_queue_id, new_queue_id
 
-__all__ = ["QueueState", "RecoveryReport", "Spool", "SpoolKeyring", "is_queue_id", "new_queue_id",
+__all__ = ["QueueState", "Spool", "SpoolKeyring", "is_queue_id", "new_queue_id",
            "open_spool"]
 
 

@@ -133,11 +133,11 @@ class Scheduler:
         except asyncio.CancelledError:
             # Shutting down mid-delivery: back to incoming/ (no crash counted); what was sent in
             # the meantime is in the journal, or is redelivered as "in flight".
-            await self.spool.offload(self._requeue, queue_id)
+            await self.spool.offload(self._move_from_active, queue_id, QueueState.INCOMING)
             raise
         except SpoolError as exc:
             eventlog.event(log, "unreadable_message", logging.ERROR, queue_id=queue_id, error=str(exc))
-            await self.spool.offload(self._quarantine, queue_id)
+            await self.spool.offload(self._move_from_active, queue_id, QueueState.CORRUPT)
         except Exception as exc:  # fail closed: keep the message, retry later, say why
             eventlog.event(log, "delivery_failed", logging.ERROR, queue_id=queue_id,
                            error=f"{type(exc).__name__}: {exc}")
@@ -155,13 +155,9 @@ class Scheduler:
             return  # finished, or not deferred
         heapq.heappush(self._deferred, (due, queue_id))
 
-    def _requeue(self, queue_id: str) -> None:
-        if self.spool.path(QueueState.ACTIVE, queue_id).exists():
-            self.spool.move(queue_id, QueueState.INCOMING, only_from=(QueueState.ACTIVE,))
-
-    def _quarantine(self, queue_id: str) -> None:
-        if self.spool.path(QueueState.ACTIVE, queue_id).exists():
-            self.spool.move(queue_id, QueueState.CORRUPT, only_from=(QueueState.ACTIVE,))
+    def _move_from_active(self, queue_id: str, to: QueueState) -> None:
+        if self.spool.path(QueueState.ACTIVE, queue_id).exists():  # the delivery may have settled it
+            self.spool.move(queue_id, to, only_from=(QueueState.ACTIVE,))
 
     def _defer_after_failure(self, queue_id: str) -> None:
         if self.spool.path(QueueState.ACTIVE, queue_id).exists():

@@ -33,7 +33,6 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -58,14 +57,6 @@ class QueueState(StrEnum):
     DEFERRED = "deferred"
     HOLD = "hold"
     CORRUPT = "corrupt"
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    unfinished_writes: int  # files in tmp/: never acknowledged, removed
-    requeued: int  # active/ -> incoming/: were being processed at the crash
-    quarantined: int  # active/ -> corrupt/: active at CRASH_LIMIT crashes in a row
-    orphan_journals: int  # journals whose message was already finished
 
 
 def new_queue_id() -> str:
@@ -308,12 +299,6 @@ class Spool:
         return state
 
     # -- start-up ------------------------------------------------------------------------------
-
-    def recover(self) -> RecoveryReport:
-        """Run once at start, before serving and delivering: finish what a crash left half done."""
-        unfinished = self.recover_writes()
-        requeued, quarantined, orphans = self.recover_active()
-        return RecoveryReport(unfinished, requeued, quarantined, orphans)
 
     def recover_writes(self) -> int:
         """Remove writes that were never acknowledged. Only while no ingress is writing."""
