@@ -1,0 +1,330 @@
+"""Every piece of text a message carries, for the detectors: subject, text and HTML bodies in any
+transfer encoding and charset, nested messages, archives and office documents.
+
+Everything here reads untrusted input, so every step is bounded: nesting depth, number of parts
+and archive members, bytes inflated from archives (a zip bomb stops at the limit, it is not
+inflated), characters of text kept, and a deadline. Hitting a bound is not an error: it is
+recorded in `limits_hit` (and the fact ``scan_incomplete``) so that policy can act on it. Broken
+input (bad base64, a corrupt zip or PDF) is likewise a fact (``unreadable_attachment``), never an
+exception out of `extract`.
+
+The text is normalised before detection: zero-width characters and soft hyphens are removed,
+Unicode dashes and spaces become their ASCII forms, so they cannot hide a number.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+
+from gateway.stages.dlp import documents
+
+# Facts a policy rule can test (`when: {facts: [...]}`).
+ENCRYPTED_ATTACHMENT = "encrypted_attachment"  # S/MIME, PGP, password-protected zip/PDF/Office
+UNREADABLE_ATTACHMENT = "unreadable_attachment"  # a format we read, but this one is corrupt
+UNSCANNED_ATTACHMENT = "unscanned_attachment"  # images, audio, executables: no text to read
+SCAN_INCOMPLETE = "scan_incomplete"  # a limit or the deadline stopped the scan early
+FACTS = (ENCRYPTED_ATTACHMENT, UNREADABLE_ATTACHMENT, UNSCANNED_ATTACHMENT, SCAN_INCOMPLETE)
+
+_HEADERS_SCANNED = ("subject", "comments", "keywords", "thread-topic")
+_ENCRYPTED_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime", "application/pgp-encrypted",
+                    "multipart/encrypted")
+_UNSCANNED_PREFIXES = ("image/", "audio/", "video/", "font/", "model/")
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .doc/.xls/.ppt (and encrypted OOXML)
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    max_depth: int = 5  # nested messages and archives
+    max_parts: int = 1000  # MIME parts plus archive members, in all
+    max_inflated: int = 100 * 1024 * 1024  # bytes decompressed from archives, in all
+    max_ratio: int = 200  # a member claiming more than this compression ratio is a bomb
+    max_text: int = 64 * 1024 * 1024  # characters of text kept for the detectors
+    max_pdf_pages: int = 2000
+
+
+@dataclass(frozen=True)
+class Text:
+    source: str  # "subject", "header", "body", "attachment" or "filename"
+    text: str
+
+
+@dataclass
+class Extracted:
+    texts: list[Text] = field(default_factory=list)
+    facts: set[str] = field(default_factory=set)
+    limits_hit: set[str] = field(default_factory=set)  # depth, parts, inflated, ratio, text, time
+    attachments: int = 0
+    attachment_types: set[str] = field(default_factory=set)  # lower-case file extensions
+
+    def hit(self, limit: str) -> None:
+        self.limits_hit.add(limit)
+        self.facts.add(SCAN_INCOMPLETE)
+
+
+class _Stop(Exception):
+    """The deadline passed or the text budget is spent: stop walking."""
+
+
+class _Walker:
+    def __init__(self, limits: ExtractLimits, deadline: float) -> None:
+        self.limits = limits
+        self.deadline = deadline
+        self.result = Extracted()
+        self.parts = 0
+        self.inflated = 0
+        self.text_size = 0
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            self.result.hit("time")
+            raise _Stop
+
+    def add(self, source: str, text: str) -> None:
+        if not text:
+            return
+        room = self.limits.max_text - self.text_size
+        if len(text) > room:
+            text = text[:room]
+            self.result.hit("text")
+        self.text_size += len(text)
+        self.result.texts.append(Text(source, documents.normalise(text)))
+        if self.text_size >= self.limits.max_text:
+            raise _Stop
+
+    def count_part(self) -> bool:
+        self.parts += 1
+        if self.parts > self.limits.max_parts:
+            self.result.hit("parts")
+            return False
+        return True
+
+    # -- MIME ---------------------------------------------------------------------------------
+
+    def message(self, msg: Message, depth: int) -> None:
+        for name in _HEADERS_SCANNED:
+            for value in msg.get_all(name, ()):
+                self.add("subject" if name == "subject" else "header", str(value))
+        self.entity(msg, depth)
+
+    def entity(self, part: Message, depth: int) -> None:
+        self.check()
+        if not self.count_part():
+            return
+        content_type = part.get_content_type()
+        if content_type in _ENCRYPTED_TYPES:
+            self.result.facts.add(ENCRYPTED_ATTACHMENT)
+            return
+        if part.is_multipart():
+            for child in part.get_payload():
+                self.entity(child, depth)
+            return
+        if content_type == "message/rfc822" or content_type == "message/global":
+            self._nested_message(part, depth)
+            return
+        filename = _filename(part)
+        disposition = part.get_content_disposition()
+        is_attachment = filename is not None or disposition == "attachment"
+        if filename:
+            self.add("filename", filename)
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:  # email's decoders are lenient, but be sure a bad part is only a fact
+            payload = None
+        if not isinstance(payload, bytes):
+            if is_attachment:
+                self.result.facts.add(UNREADABLE_ATTACHMENT)
+            return
+        if is_attachment:
+            self.result.attachments += 1
+            if filename and "." in filename:
+                self.result.attachment_types.add(filename.rsplit(".", 1)[1].lower()[:16])
+        if content_type.startswith("text/") and not (is_attachment and _looks_binary(payload)):
+            text = _decode(payload, part.get_content_charset())
+            self.add("attachment" if is_attachment else "body",
+                     documents.html_to_text(text) if content_type == "text/html" else text)
+            return
+        self.file(payload, filename or "", content_type, depth)
+
+    def _nested_message(self, part: Message, depth: int) -> None:
+        if depth >= self.limits.max_depth:
+            self.result.hit("depth")
+            return
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if isinstance(inner, Message):
+            self.message(inner, depth + 1)
+        else:  # some producers base64 the attached message; parse the decoded bytes
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                self.message(parse(raw), depth + 1)
+
+    # -- attachments by content ------------------------------------------------------------------
+
+    def file(self, data: bytes, name: str, content_type: str, depth: int) -> None:
+        """One attachment or archive member: recognise it by its bytes first, then by name/type."""
+        self.check()
+        lower = name.lower()
+        if data.startswith(b"PK\x03\x04") or data.startswith(b"PK\x05\x06"):
+            self._zip(data, depth)
+        elif data.startswith(b"%PDF") or lower.endswith(".pdf"):
+            self._pdf(data)
+        elif data.startswith(b"\x1f\x8b"):
+            self._gzip(data, name, depth)
+        elif data.startswith(_OLE_MAGIC):
+            self._ole(data)
+        elif lower.endswith((".eml", ".msg")) or content_type == "message/rfc822":
+            if depth >= self.limits.max_depth:
+                self.result.hit("depth")
+            else:
+                self.message(parse(data), depth + 1)
+        elif lower.endswith((".p7m", ".pgp", ".gpg", ".asc")) and not _looks_text(data):
+            self.result.facts.add(ENCRYPTED_ATTACHMENT)
+        elif content_type.startswith(_UNSCANNED_PREFIXES) or _looks_binary(data):
+            self.result.facts.add(UNSCANNED_ATTACHMENT)
+        else:  # text/csv, application/json, .txt sent as octet-stream ...
+            text = _decode(data, None)
+            self.add("attachment", documents.html_to_text(text) if lower.endswith((".htm", ".html"))
+                     else text)
+
+    def _zip(self, data: bytes, depth: int) -> None:
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+            members = archive.infolist()
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            self.result.facts.add(UNREADABLE_ATTACHMENT)
+            return
+        with archive:
+            office = documents.office_kind(archive)
+            if office is not None:
+                self._office(archive, office)
+                return
+            if depth >= self.limits.max_depth:
+                self.result.hit("depth")
+                return
+            for member in members:
+                if member.is_dir():
+                    continue
+                if not self.count_part():
+                    return
+                self.add("filename", member.filename)
+                if member.flag_bits & 0x1:
+                    self.result.facts.add(ENCRYPTED_ATTACHMENT)
+                    continue
+                content = self._inflate(archive, member)
+                if content is not None:
+                    self.file(content, member.filename, "", depth + 1)
+
+    def _inflate(self, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes | None:
+        """A member's bytes, or None if it would break the inflation budget or ratio. The sizes
+        in the zip are claims, so the read itself is bounded too."""
+        if member.compress_size and member.file_size / member.compress_size > self.limits.max_ratio:
+            self.result.hit("ratio")
+            return None
+        room = self.limits.max_inflated - self.inflated
+        if member.file_size > room:
+            self.result.hit("inflated")
+            return None
+        try:
+            with archive.open(member) as stream:
+                content = stream.read(room + 1)
+        except (zipfile.BadZipFile, NotImplementedError, ValueError, OSError, EOFError, zlib.error):
+            self.result.facts.add(UNREADABLE_ATTACHMENT)
+            return None
+        if len(content) > room:
+            self.result.hit("inflated")
+            return None
+        self.inflated += len(content)
+        return content
+
+    def _office(self, archive: zipfile.ZipFile, kind: str) -> None:
+        def read(member: zipfile.ZipInfo) -> bytes | None:
+            self.check()
+            return self._inflate(archive, member) if self.count_part() else None
+
+        for text in documents.office_text(archive, kind, read):
+            self.add("attachment", text)
+
+    def _gzip(self, data: bytes, name: str, depth: int) -> None:
+        if depth >= self.limits.max_depth:
+            self.result.hit("depth")
+            return
+        room = self.limits.max_inflated - self.inflated
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            content = inflater.decompress(data, room + 1)
+        except zlib.error:
+            self.result.facts.add(UNREADABLE_ATTACHMENT)
+            return
+        if len(content) > room or len(content) > self.limits.max_ratio * max(len(data), 1):
+            self.result.hit("inflated")
+            return
+        self.inflated += len(content)
+        inner = name[:-3] if name.lower().endswith(".gz") else ""
+        self.file(content, inner, "", depth + 1)
+
+    def _pdf(self, data: bytes) -> None:
+        outcome = documents.pdf_text(data, self.limits.max_pdf_pages, self.deadline)
+        if outcome.encrypted:
+            self.result.facts.add(ENCRYPTED_ATTACHMENT)
+        if outcome.unreadable:
+            self.result.facts.add(UNREADABLE_ATTACHMENT)
+        if outcome.truncated:
+            self.result.hit("time" if time.monotonic() > self.deadline else "pages")
+        for page in outcome.pages:
+            self.add("attachment", page)
+
+    def _ole(self, data: bytes) -> None:
+        if b"E\x00n\x00c\x00r\x00y\x00p\x00t\x00e\x00d\x00P\x00a\x00c\x00k\x00a\x00g\x00e" in data:
+            self.result.facts.add(ENCRYPTED_ATTACHMENT)  # a password-protected OOXML file
+            return
+        self.add("attachment", documents.binary_strings(data))
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """The message as `email` sees it; the default policy decodes RFC 2047/2231 words in headers."""
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | None = None) -> Extracted:
+    """All the text of `raw` (a whole RFC 5322 message) with the facts found on the way."""
+    walker = _Walker(limits or ExtractLimits(),
+                     deadline if deadline is not None else time.monotonic() + 3600)
+    try:
+        walker.message(parse(raw), 0)
+    except _Stop:
+        pass
+    except RecursionError:  # absurdly deep multipart nesting
+        walker.result.hit("depth")
+    return walker.result
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # a malformed RFC 2231 parameter is the sender's problem, not ours
+        return None
+    return str(name)[:255] if name else None
+
+
+def _decode(payload: bytes, charset: str | None) -> str:
+    try:
+        return payload.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset name: UTF-8 reads ASCII digits all the same
+        return payload.decode("utf-8", errors="replace")
+
+
+def _looks_binary(data: bytes) -> bool:
+    sample = data[:4096]
+    return b"\x00" in sample or sum(b < 9 or 13 < b < 32 for b in sample) > len(sample) // 10
+
+
+def _looks_text(data: bytes) -> bool:
+    return not _looks_binary(data)
+

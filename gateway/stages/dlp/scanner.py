@@ -1,0 +1,105 @@
+"""One scan of one message: extract its text, run every detector, summarise.
+
+`scan_message` is a pure function of the message bytes and a `ScanRequest`, so it runs the same in
+a scan worker process, in `mailward policy test`, and in tests. What it returns, `ScanSummary`,
+holds counts, facts and locations only: the matched characters never leave this function.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from dataclasses import dataclass, field
+
+from gateway.stages.dlp import checksums
+from gateway.stages.dlp.detectors import BUILT_IN, PatternDetector
+from gateway.stages.dlp.extract import ExtractLimits, extract
+from gateway.stages.dlp.policy import CustomDetector
+
+MAX_LOCATIONS = 1000  # per scan; counts stay exact beyond it
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    detectors: tuple[CustomDetector, ...] = ()
+    subject_tags: tuple[str, ...] = ()  # lower-case
+    limits: ExtractLimits = ExtractLimits()
+    budget: float = 30.0  # seconds for extraction and detection together
+
+
+@dataclass(frozen=True)
+class Location:
+    detector: str
+    source: str  # subject, header, body, attachment, filename
+    part: int  # the n-th text extracted from the message
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    counts: dict[str, int] = field(default_factory=dict)  # detector -> findings (only those found)
+    locations: tuple[Location, ...] = ()
+    facts: frozenset[str] = frozenset()
+    limits_hit: frozenset[str] = frozenset()
+    subject_tags: frozenset[str] = frozenset()
+    attachments: int = 0
+    attachment_types: frozenset[str] = frozenset()
+    seconds: float = 0.0
+
+
+def scan_message(raw: bytes, request: ScanRequest) -> ScanSummary:
+    started = time.monotonic()
+    deadline = started + request.budget
+    extracted = extract(raw, request.limits, deadline)
+    detectors, minimums = build_detectors(request.detectors)
+    counts: dict[str, int] = {}
+    locations: list[Location] = []
+    limits_hit = set(extracted.limits_hit)
+    facts = set(extracted.facts)
+    subject = ""
+    for part, text in enumerate(extracted.texts):
+        if text.source == "subject" and not subject:
+            subject = text.text.lower()
+        if time.monotonic() > deadline:
+            limits_hit.add("time")
+            facts.add("scan_incomplete")
+            break
+        lowered = text.text.lower()
+        for detector in detectors:
+            for finding in detector.find(text.text, lowered):
+                counts[finding.detector] = counts.get(finding.detector, 0) + 1
+                if len(locations) < MAX_LOCATIONS:
+                    locations.append(Location(finding.detector, text.source, part, finding.start,
+                                              finding.end))
+    for name, minimum in minimums.items():  # a custom detector's min_count: fewer is none
+        if counts.get(name, 0) < minimum:
+            counts.pop(name, None)
+            locations = [location for location in locations if location.detector != name]
+    return ScanSummary(
+        counts=counts, locations=tuple(locations), facts=frozenset(facts),
+        limits_hit=frozenset(limits_hit),
+        subject_tags=frozenset(tag for tag in request.subject_tags if tag in subject),
+        attachments=extracted.attachments, attachment_types=frozenset(extracted.attachment_types),
+        seconds=time.monotonic() - started)
+
+
+@functools.lru_cache(maxsize=8)
+def build_detectors(custom: tuple[CustomDetector, ...]) -> tuple[tuple[PatternDetector, ...], dict[str, int]]:
+    """The built-in detectors plus the custom ones, compiled once per policy version."""
+    built = [_build(spec) for spec in custom]
+    return (*BUILT_IN, *built), {spec.name: spec.min_count for spec in custom if spec.min_count > 1}
+
+
+def _build(spec: CustomDetector) -> PatternDetector:
+    flags = re.IGNORECASE if spec.ignore_case else 0
+    if spec.pattern is not None:
+        pattern = re.compile(spec.pattern, flags)
+    else:  # whole words or phrases; any run of white space between the words of a phrase
+        words = "|".join(r"\s+".join(re.escape(w) for w in keyword.split())
+                         for keyword in sorted(spec.keywords, key=len, reverse=True))
+        pattern = re.compile(rf"(?<!\w)(?:{words})(?!\w)", flags)
+    validator = getattr(checksums, spec.validator) if spec.validator is not None else None
+    return PatternDetector(spec.name, pattern, validator, tuple(w.lower() for w in spec.context),
+                           window=spec.window, keep_separators=validator is None)
