@@ -29,8 +29,12 @@ from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
 from gateway.message import QueuedMessage
+from gateway.pipeline import Pipeline
 from gateway.spool import Spool, open_spool
 from gateway.spool.wakeup import BatchingWaker
+from gateway.stages.dlp.policy import Policies
+from gateway.stages.dlp.scanpool import ScanPool
+from gateway.stages.dlp.stage import DlpStage, dlp_settings
 from gateway.workers import DeliveryProcess, die_with_parent
 
 log = logging.getLogger("mailward")
@@ -43,13 +47,16 @@ class _Loaded:
     config: Config
     settings: IngressSettings
     tls_context: ssl.SSLContext
+    policies: Policies
 
 
-def _build(config: Config) -> _Loaded:
+def _build(config: Config, scan_pool: ScanPool) -> _Loaded:
+    dlp = DlpStage(dlp_settings(config), scan_pool)
     settings = IngressSettings(hostname=config.hostname, limits=config.limits,
                                relay=RelayPolicy.from_config(config.relay),
-                               users=UserStore(config.relay.users_file))
-    return _Loaded(config, settings, certs.server_context(config))
+                               users=UserStore(config.relay.users_file),
+                               pipeline=Pipeline((dlp,)))
+    return _Loaded(config, settings, certs.server_context(config), dlp.settings.policies)
 
 
 Role = Literal["all", "ingest", "delivery"]
@@ -61,7 +68,9 @@ class Gateway:
 
     def __init__(self, config: Config, *, on_accepted: AcceptedHook | None = None,
                  role: Role = "all") -> None:
-        self._loaded = _build(config)
+        # Scan workers outlive reloads (a reload swaps the policies they are sent with).
+        self.scan_pool = ScanPool(config.dlp.workers if role != "delivery" else 0)
+        self._loaded = _build(config, self.scan_pool)
         self._on_accepted = on_accepted
         self.role = role
         self.spool: Spool | None = None
@@ -103,6 +112,9 @@ class Gateway:
             self._waker = BatchingWaker(self.spool.directory)
             self._delivery_process = DeliveryProcess(config)
             await self._delivery_process.start()
+        if self._loaded.policies.files:
+            await self.scan_pool.start()
+        self._report_policies(self._loaded)
         self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted)
         for listener in config.listeners:
             server = await asyncio.get_running_loop().create_server(
@@ -138,16 +150,16 @@ class Gateway:
         """Re-read the config file; apply it whole, or keep the running one and say why."""
         source = self.config.source
         try:
-            loaded = _build(load_config(source) if source is not None else self.config)
+            loaded = _build(load_config(source) if source is not None else self.config, self.scan_pool)
         except MailwardError as exc:
             eventlog.event(log, "reload_refused", logging.ERROR, error=str(exc).replace("\n", "; "))
             return False
         if loaded.config.listeners != self.config.listeners:
             eventlog.event(log, "reload_listeners_unchanged", logging.WARNING,
                            note="listener changes take effect after a restart")
-            loaded = _Loaded(_keep_listeners(loaded.config, self.config),
-                             loaded.settings, loaded.tls_context)
+            loaded = dataclasses.replace(loaded, config=_keep_listeners(loaded.config, self.config))
         self._loaded = loaded
+        self._report_policies(loaded)
         assert self.handler is not None
         self.handler.settings = loaded.settings
         if self.delivery is not None and self.spool is not None:
@@ -158,6 +170,18 @@ class Gateway:
         self.tracker.max_per_ip = loaded.config.limits.max_connections_per_ip
         eventlog.event(log, "reloaded", config=source or "embedded-defaults")
         return True
+
+    @staticmethod
+    def _report_policies(loaded: _Loaded) -> None:
+        config = loaded.config
+        rules = sum(len(f.rules) for f in loaded.policies.files)
+        if not config.dlp.enabled:
+            eventlog.event(log, "dlp_disabled", logging.WARNING, note="messages are not scanned")
+        elif not rules:
+            eventlog.event(log, "no_policies", logging.WARNING, dir=config.policies_dir,
+                           note="no DLP rules: messages are delivered without policy")
+        else:
+            eventlog.event(log, "policies_loaded", files=len(loaded.policies.files), rules=rules)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -199,6 +223,7 @@ class Gateway:
             await self._delivery_process.stop(self.config.limits.drain_timeout)
         if self._waker is not None:
             self._waker.close()
+        self.scan_pool.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -152,6 +152,32 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class DlpConfig:
+    """Scanning before the 250: the budget, the scan workers and the extraction bounds."""
+
+    enabled: bool = True
+    time_budget: Duration = Duration(30)  # then the policy's on_error decides (default hold)
+    workers: int = 2  # scan processes; 0 scans in the gateway process (small sites, tests)
+    max_depth: int = 5  # nested messages and archives
+    max_parts: int = 1000  # MIME parts and archive members
+    max_inflated: ByteSize = ByteSize(100 * 1024 * 1024)  # decompressed from archives, per message
+    max_ratio: int = 200  # a zip member claiming a higher compression ratio is not inflated
+    max_text: ByteSize = ByteSize(64 * 1024 * 1024)  # characters of text scanned per message
+    max_pdf_pages: int = 2000
+    notify_from: str | None = None  # sender of compliance notifications; default postmaster@hostname
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = [(key, "must be at least 1") for key in
+                 ("max_depth", "max_parts", "max_inflated", "max_ratio", "max_text", "max_pdf_pages")
+                 if getattr(self, key) < 1]
+        if self.workers < 0:
+            found.append(("workers", "must be 0 or more"))
+        if self.time_budget <= 0:
+            found.append(("time_budget", "must be more than 0s"))
+        return found
+
+
+@dataclass(frozen=True)
 class DkimKeyConfig:
     selector: str
     key_file: Path
@@ -206,6 +232,7 @@ class Config:
     domains: Mapping[str, DomainConfig] = field(default_factory=_empty_mapping)
     keys: KeysConfig = KeysConfig()
     policies_dir: Path = Path("policies")
+    dlp: DlpConfig = DlpConfig()
     audit: AuditConfig = AuditConfig()
     portal: PortalConfig = PortalConfig()
     metrics: MetricsConfig = MetricsConfig()

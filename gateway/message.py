@@ -90,6 +90,19 @@ class RecipientStatus:
 
 
 @dataclass(frozen=True)
+class PolicyDecision:
+    """What DLP policy decided before the 250, kept with the message for delivery and audit:
+    rule names and recipient indexes only, never what was found."""
+
+    action: str = "allow"  # allow, tag, notify, encrypt or hold (block and tempfail never queue)
+    rules: tuple[str, ...] = ()  # the rules applied
+    protect: tuple[int, ...] = ()  # recipients that must get protected delivery
+
+    def protects(self, index: int) -> bool:
+        return index in self.protect
+
+
+@dataclass(frozen=True)
 class QueuedMessage:
     """A message's metadata as stored in the spool (the content is stored and read apart)."""
 
@@ -99,6 +112,7 @@ class QueuedMessage:
     client: ClientInfo
     size: int
     message_id: str | None = None  # the Message-ID header, for search; not PHI
+    policy: PolicyDecision = PolicyDecision()
     statuses: tuple[RecipientStatus, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +133,7 @@ class QueuedMessage:
             client=ClientInfo(**data["client"]),
             size=data["size"],
             message_id=data.get("message_id"),
+            policy=_policy_from_dict(data.get("policy", {})),
         )
 
     def with_statuses(self, statuses: tuple[RecipientStatus, ...]) -> QueuedMessage:
@@ -127,3 +142,8 @@ class QueuedMessage:
     def pending_recipients(self) -> list[int]:
         """Indexes of recipients that still need delivery."""
         return [i for i, status in enumerate(self.statuses) if not status.state.final]
+
+
+def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:
+    return PolicyDecision(action=data.get("action", "allow"), rules=tuple(data.get("rules", ())),
+                          protect=tuple(data.get("protect", ())))

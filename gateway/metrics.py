@@ -36,6 +36,19 @@ DELIVERY_DURATION = Histogram(
     "message was final.", registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000))
 
+DLP_MATCHES = Counter(
+    "mailward_dlp_matches_total", "Messages whose content matched a DLP rule, by rule name.",
+    ["rule"], registry=REGISTRY)
+DLP_ACTIONS = Counter(
+    "mailward_dlp_actions_total", "DLP decisions, by the action taken on the message.",
+    ["action"], registry=REGISTRY)
+DLP_SCAN_ERRORS = Counter(
+    "mailward_dlp_scan_errors_total", "Scans that did not finish (timeout, scan_failed); the "
+    "policy's on_error decided.", ["reason"], registry=REGISTRY)
+DLP_SCAN_DURATION = Histogram(
+    "mailward_dlp_scan_seconds", "Time to extract and scan one message.", registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
 
 class QueueCollector(Collector):
     """Queue sizes by state, read from the spool the gateway has open."""

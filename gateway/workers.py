@@ -89,11 +89,13 @@ class DeliveryProcess:
             await self._proc.wait()
 
 
-def die_with_parent() -> None:
-    """In the delivery process: be killed when the parent dies, and exit now if it already has."""
-    parent = int(os.environ.get(PARENT_ENV, "0"))
+def die_with_parent(parent: int | None = None) -> None:
+    """In a child process (delivery, DLP scan workers): be killed when the parent dies, and exit
+    now if it already has. `parent` defaults to the pid the delivery process is given."""
+    if parent is None:
+        parent = int(os.environ.get(PARENT_ENV, "0"))
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if parent and os.getppid() != parent:
-        raise SystemExit("mailward: the gateway process is gone; delivery process not started")
+        raise SystemExit("mailward: the gateway process is gone; child process not started")

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from gateway import eventlog, metrics
 from gateway.config import DeliveryConfig
 from gateway.delivery import dsn, retry
-from gateway.delivery.client import ConnectionFailed, Connector, Reply, TlsPolicy, TlsSession
+from gateway.delivery.client import (
+    ConnectionFailed,
+    Connector,
+    Reply,
+    TlsPolicy,
+    TlsRequirement,
+    TlsSession,
+)
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver, Permanent, ResolutionError
 from gateway.message import (
@@ -71,22 +78,27 @@ class DeliveryAgent:
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
         message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
-        by_domain: dict[str, list[int]] = {}
+        # Recipients that policy says must be protected travel apart from the others: their
+        # connection needs a verified certificate, whatever the domain's own TLS policy allows.
+        by_domain: dict[tuple[str, bool], list[int]] = {}
         for index in message.pending_recipients():
             domain = message.envelope.recipients[index].address.rpartition("@")[2].lower()
-            by_domain.setdefault(domain, []).append(index)
-        groups = await asyncio.gather(*(self._deliver_domain(domain, message, content, indexes)
-                                        for domain, indexes in by_domain.items()))
+            by_domain.setdefault((domain, message.policy.protects(index)), []).append(index)
+        groups = await asyncio.gather(*(
+            self._deliver_domain(domain, message, content, indexes, protect=protect)
+            for (domain, protect), indexes in by_domain.items()))
         await self._settle(message, content, [attempt for group in groups for attempt in group])
 
     async def _deliver_domain(self, domain: str, message: QueuedMessage, content: bytes,
-                              indexes: list[int]) -> list[Attempt]:
+                              indexes: list[int], *, protect: bool = False) -> list[Attempt]:
         try:
             destinations = await self.resolver.destinations(domain)
         except ResolutionError as exc:
             code = 550 if isinstance(exc, Permanent) else 451
             return [Attempt(i, Reply(code, exc.status, exc.reason)) for i in indexes]
         requirement = await self.tls_policy.requirement(domain, destinations)
+        if protect and requirement.level != "verify":
+            requirement = TlsRequirement("verify", requirement.match_names)
         key: Hashable = (domain, requirement)
         recipients = [(i, message.envelope.recipients[i]) for i in indexes]
 

@@ -1,8 +1,10 @@
-"""Ingress policy: relay control, limits and the hand-off to the spool.
+"""Ingress policy: relay control, limits, the policy pipeline and the hand-off to the spool.
 
-The protocol (`ingress.protocol`) parses; this handler decides. The reply to DATA is 250 only once
-`Spool.store` has returned, i.e. the message is encrypted, written and fsync'd; any failure there
-is a 451, so the client keeps the message and retries. Nothing is acknowledged that is not on disk.
+The protocol (`ingress.protocol`) parses; this handler decides. At the end of DATA the message
+goes through the pipeline (DLP first), whose outcome is the reply: a block is a 5xx, a temporary
+failure a 4xx, a hold is queued in ``hold/``. The reply is 250 only once `Spool.store` has
+returned, i.e. the message is encrypted, written and fsync'd; any failure there is a 451, so the
+client keeps the message and retries. Nothing is acknowledged that is not on disk.
 
 `settings` is swapped whole on reload (SIGHUP); a session reads it at each step, so a reload takes
 effect for the next command without dropping connections.
@@ -10,6 +12,7 @@ effect for the next command without dropping connections.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -21,13 +24,15 @@ from aiosmtpd.smtp import TLSSetupException
 from gateway import eventlog, metrics
 from gateway.certs import peer_names
 from gateway.config import LimitsConfig
+from gateway.errors import Hold, Outcome
 from gateway.ingress import replies
 from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
-from gateway.spool import Spool, new_queue_id
+from gateway.pipeline import Pipeline, PipelineItem
+from gateway.spool import QueueState, Spool, new_queue_id
 
 log = logging.getLogger("mailward.smtpd")
 
@@ -46,6 +51,7 @@ class IngressSettings:
     limits: LimitsConfig
     relay: RelayPolicy
     users: UserStore
+    pipeline: Pipeline = Pipeline(())
 
 
 class IngressHandler:
@@ -129,34 +135,61 @@ class IngressHandler:
             tls_version=session.tls_version, tls_cipher=session.tls_cipher,
             cert_subject=session.cert_name)
         assert envelope.original_content is not None and envelope.mail_from is not None
-        content = received_header(client, settings.hostname, queue_id, envelope.rcpt_tos,
-                                  smtputf8=envelope.smtp_utf8) + envelope.original_content
-        message = QueuedMessage(
+        item = PipelineItem(QueuedMessage(
             queue_id=queue_id, received_at=time.time(),
             envelope=Envelope(sender=envelope.mail_from, recipients=tuple(envelope.recipients),
                               body=envelope.body_type, smtputf8=envelope.smtp_utf8,
                               ret=envelope.ret, envid=envelope.envid),
-            client=client, size=len(content), message_id=_message_id(envelope.original_content))
+            client=client, size=len(envelope.original_content),
+            message_id=_message_id(envelope.original_content)), envelope.original_content)
+        state = QueueState.INCOMING
         try:
-            await self.spool.store(message, content)
+            await settings.pipeline.run(item)
+        except Hold:
+            state = QueueState.HOLD
+        except Outcome as outcome:  # Reject or TempFail: the client gets the reply, we keep nothing
+            await self._queue_generated(item)
+            self._reject(server, "policy", queue_id=queue_id, reply=outcome.code)
+            return outcome.reply
+        content = received_header(client, settings.hostname, queue_id, envelope.rcpt_tos,
+                                  smtputf8=envelope.smtp_utf8) + item.content
+        message = dataclasses.replace(item.message, size=len(content))
+        try:
+            await self.spool.store(message, content, state)
         except Exception as exc:
             log.error("event=queue_write_failed queue_id=%s error=%s", queue_id, exc)
             return replies.QUEUE_WRITE_ERROR
-        eventlog.event(log, "queued", queue_id=queue_id, client=client.address,
-                       listener=client.listener, relay=client.relay_reason,
+        eventlog.event(log, "queued" if state is QueueState.INCOMING else "held", queue_id=queue_id,
+                       client=client.address, listener=client.listener, relay=client.relay_reason,
                        sender=f"<{message.envelope.sender}>", nrcpt=len(envelope.recipients),
                        size=message.size, tls=client.tls_version or "none",
                        user=client.auth_user)
         metrics.MESSAGES_RECEIVED.labels(client.listener, client.relay_reason).inc()
-        if self.on_accepted is not None:
+        if self.on_accepted is not None and state is QueueState.INCOMING:
             self.on_accepted(message)
+        await self._queue_generated(item)
         return replies.QUEUED.format(queue_id=queue_id)
 
+    async def _queue_generated(self, item: PipelineItem) -> None:
+        """Queue what the stages generated (compliance notifications). A failure here is logged
+        and does not change the answer about the message itself."""
+        for message, content in item.generated:
+            try:
+                await self.spool.store(message, content)
+            except Exception as exc:
+                log.error("event=queue_write_failed queue_id=%s error=%s", message.queue_id, exc)
+                continue
+            eventlog.event(log, "queued", queue_id=message.queue_id, client="local",
+                           listener=message.client.listener, about=item.message.queue_id,
+                           nrcpt=len(message.envelope.recipients), size=message.size)
+            if self.on_accepted is not None:
+                self.on_accepted(message)
+
     @staticmethod
-    def _reject(server: GatewaySMTP, reason: str) -> None:
+    def _reject(server: GatewaySMTP, reason: str, **fields: object) -> None:
         metrics.SMTP_REJECTIONS.labels(server.listener.label, reason).inc()
         eventlog.event(log, "rejected", logging.INFO, client=server.client_ip,
-                       listener=server.listener.label, reason=reason)
+                       listener=server.listener.label, reason=reason, **fields)
 
 
 def _message_id(content: bytes) -> str | None:

@@ -93,28 +93,34 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def store(self, message: QueuedMessage, content: bytes) -> None:
-        """Persist a new message in ``incoming/``; durable when this returns."""
+    async def store(self, message: QueuedMessage, content: bytes,
+                    state: QueueState = QueueState.INCOMING) -> None:
+        """Persist a new message in ``incoming/`` (or straight into ``hold/``, for a message
+        policy holds for review); durable when this returns."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, self._write_incoming, message, content)
-        await self._incoming_sync.sync()
+        await loop.run_in_executor(self._io, self._write_new, message, content, state)
+        if state is QueueState.INCOMING:
+            await self._incoming_sync.sync()
+        else:
+            await loop.run_in_executor(self._io, fsync_dir, self.directory / state.value)
 
     def store_sync(self, message: QueuedMessage, content: bytes) -> None:
         """Blocking `store`, for callers outside the event loop (CLI, recovery tools)."""
-        self._write_incoming(message, content)
+        self._write_new(message, content, QueueState.INCOMING)
         fsync_dir(self.directory / QueueState.INCOMING.value)
 
-    def _write_incoming(self, message: QueuedMessage, content: bytes) -> None:
+    def _write_new(self, message: QueuedMessage, content: bytes, state: QueueState) -> None:
         cipher = FileCipher.create(self.keyring, message.queue_id)
         meta = json.dumps(message.to_dict(), separators=(",", ":")).encode()
         blob = b"".join((cipher.header, cipher.seal(_KIND_META, meta),
                          cipher.seal(_KIND_CONTENT, content)))
-        # Written under a dot-name in incoming/ itself: the creation and the rename then touch one
-        # directory, so one (coalesced) directory fsync makes both durable. Scans skip dot-names.
-        tmp = self.directory / QueueState.INCOMING.value / f".{message.queue_id}.tmp"
+        # Written under a dot-name in the target directory itself: the creation and the rename
+        # then touch one directory, so one (coalesced) directory fsync makes both durable. Scans
+        # skip dot-names.
+        tmp = self.directory / state.value / f".{message.queue_id}.tmp"
         try:
             write_new(tmp, blob)
-            os.rename(tmp, self.path(QueueState.INCOMING, message.queue_id))
+            os.rename(tmp, self.path(state, message.queue_id))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot write queue file: {exc.strerror}") from exc
@@ -303,7 +309,8 @@ class Spool:
     def recover_writes(self) -> int:
         """Remove writes that were never acknowledged. Only while no ingress is writing."""
         unfinished = 0
-        for directory in (self.directory / "tmp", self.directory / QueueState.INCOMING.value):
+        for directory in (self.directory / "tmp", self.directory / QueueState.INCOMING.value,
+                          self.directory / QueueState.HOLD.value):
             for name in os.listdir(directory):
                 if directory.name == "tmp" or (name.startswith(".") and name.endswith(".tmp")):
                     (directory / name).unlink(missing_ok=True)

@@ -123,7 +123,8 @@ class _Walker:
             return
         if part.is_multipart():
             for child in part.get_payload():
-                self.entity(child, depth)
+                if isinstance(child, Message):
+                    self.entity(child, depth)
             return
         if content_type == "message/rfc822" or content_type == "message/global":
             self._nested_message(part, depth)
@@ -289,7 +290,7 @@ class _Walker:
 
 def parse(raw: bytes) -> EmailMessage:
     """The message as `email` sees it; the default policy decodes RFC 2047/2231 words in headers."""
-    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | None = None) -> Extracted:

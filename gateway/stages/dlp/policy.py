@@ -226,7 +226,7 @@ def load_policies(directory: Path) -> Policies:
 
 def _custom_names(nodes: Iterable[yaml.Node | None]) -> frozenset[str]:
     """Names under `detectors:` in the composed files, read before the files are loaded."""
-    names = set()
+    names: set[str] = set()
     for node in nodes:
         if not isinstance(node, yaml.MappingNode):
             continue

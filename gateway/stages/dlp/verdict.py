@@ -32,8 +32,8 @@ def decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Verd
     for policy in policies.files:
         candidates = [(i, rule) for i, rule in enumerate(policy.rules) if _holds(rule, summary, envelope)]
         for index, recipient in enumerate(envelope.recipients):
-            eligible = [(i, rule) for i, rule in candidates
-                        if not rule.when.recipients or matches_address(recipient.address, rule.when.recipients)]
+            eligible = [(i, rule) for i, rule in candidates if not rule.when.recipients
+                        or matches_address(recipient.address, rule.when.recipients)]
             matched.update((rule.name, None) for _, rule in eligible)
             if not eligible:
                 continue

@@ -1,0 +1,144 @@
+"""Scan workers: DLP runs in separate processes so that a large or hostile message never holds
+up the event loop (and its GIL) that serves every other SMTP session, and so that scans use the
+other cores.
+
+Each worker is a spawned process serving one scan at a time over a pipe: the message bytes go
+as one buffer (no pickling of the content), the request and the summary as small pickles. The
+scanner keeps to its own deadline; if a worker still has not answered `grace` seconds after it,
+or dies, it is killed and replaced, and the caller gets `ScanFailed` (the policy's on_error
+decides). Workers die with the gateway (PR_SET_PDEATHSIG).
+
+With ``workers: 0`` scans run in a thread of the gateway process instead: no isolation, for
+small sites and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.context import SpawnProcess
+
+from gateway.stages.dlp.scanner import ScanRequest, ScanSummary, scan_message
+
+
+class ScanFailed(Exception):
+    """The scan did not produce a summary: `reason` is "timeout" or "scan_failed"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _serve(connection: multiprocessing.connection.Connection, parent: int) -> None:
+    """The worker's main loop: one message in, one summary (or the error's type name) out."""
+    from gateway.workers import die_with_parent
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the gateway, which stops us
+    while True:
+        try:
+            raw = connection.recv_bytes()
+            request = connection.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            result: ScanSummary | str = scan_message(raw, request)
+        except Exception as exc:  # a scanner bug must not take the worker down with it
+            result = type(exc).__name__
+        connection.send(result)
+
+
+class _Worker:
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process: SpawnProcess = context.Process(
+            target=_serve, args=(child, os.getpid()), name="mailward-dlp", daemon=True)
+        self.process.start()
+        child.close()
+
+    def scan(self, raw: bytes, request: ScanRequest, timeout: float) -> ScanSummary:
+        """Blocking; runs in a pool thread. Raises ScanFailed."""
+        try:
+            self.connection.send_bytes(raw)
+            self.connection.send(request)
+            if not self.connection.poll(timeout):
+                raise ScanFailed("timeout")
+            result = self.connection.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            raise ScanFailed("scan_failed") from None
+        if isinstance(result, str):
+            raise ScanFailed("scan_failed")
+        assert isinstance(result, ScanSummary)
+        return result
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+        self.connection.close()
+
+
+class ScanPool:
+    def __init__(self, workers: int, *, grace: float = 5.0) -> None:
+        self.size = workers
+        self.grace = grace
+        self._threads = ThreadPoolExecutor(max_workers=max(workers, 2), thread_name_prefix="dlp-scan")
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: list[_Worker] = []
+        self._starting: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        """Spawn the workers (once; `scan` calls this too, for policies that appear on reload)."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            loop = asyncio.get_running_loop()
+            while len(self._workers) < self.size:
+                worker = await loop.run_in_executor(self._threads, _Worker)
+                self._workers.append(worker)
+                self._idle.put_nowait(worker)
+
+    async def scan(self, raw: bytes, request: ScanRequest) -> ScanSummary:
+        """The summary, or ScanFailed. If the caller is cancelled (the client went away), the
+        scan still runs to its end, so a worker is never handed out while it is busy."""
+        task = asyncio.ensure_future(self._scan(raw, request))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+        return await asyncio.shield(task)
+
+    async def _scan(self, raw: bytes, request: ScanRequest) -> ScanSummary:
+        loop = asyncio.get_running_loop()
+        timeout = request.budget + self.grace
+        if self.size == 0:
+            try:
+                return await asyncio.wait_for(
+                    loop.run_in_executor(self._threads, scan_message, raw, request), timeout)
+            except TimeoutError:
+                raise ScanFailed("timeout") from None
+            except Exception as exc:
+                raise ScanFailed("scan_failed") from exc
+        if len(self._workers) < self.size:
+            await self.start()
+        worker = await self._idle.get()
+        try:
+            return await loop.run_in_executor(self._threads, worker.scan, raw, request, timeout)
+        except ScanFailed:
+            worker = await loop.run_in_executor(self._threads, self._replace, worker)
+            raise
+        finally:
+            self._idle.put_nowait(worker)
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.kill()
+        fresh = _Worker()
+        self._workers[self._workers.index(worker)] = fresh
+        return fresh
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.kill()
+        self._workers.clear()
+        self._threads.shutdown(wait=False, cancel_futures=True)
