@@ -6,6 +6,7 @@ Pure functions of their inputs, so `mailward policy test` and the gateway decide
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gateway.message import Envelope
@@ -27,6 +28,17 @@ class Verdict:
 
 
 def decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Verdict:
+    """The rules' decision; if the scan ran out of time, `on_error`'s where that is stronger
+    (what was found before the deadline still counts: enough SSNs to block still block)."""
+    verdict = _decide(policies, summary, envelope)
+    if "time" in summary.limits_hit:
+        fallback = on_error(policies, envelope, "timeout")
+        if STRENGTH[fallback.action] > STRENGTH[verdict.action]:
+            return dataclasses.replace(fallback, matched=verdict.matched)
+    return verdict
+
+
+def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Verdict:
     matched: dict[str, None] = {}
     per_recipient: list[list[tuple[PolicyFile, Rule]]] = [[] for _ in envelope.recipients]
     for policy in policies.files:

@@ -1,0 +1,172 @@
+"""Content extraction: every place a message can carry text, and the bounds that keep hostile
+input (zip bombs, deep nesting, corrupt files) harmless."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+
+from gateway.stages.dlp.detectors import scan
+from gateway.stages.dlp.documents import html_to_text, normalise
+from gateway.stages.dlp.extract import ExtractLimits, extract
+from tests.stages.dlp import builders as b
+
+SSN = "219-45-6789"  # structurally valid, synthetic
+
+
+def found(raw: bytes, limits: ExtractLimits | None = None) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for text in extract(raw, limits).texts:
+        for finding in scan(text.text):
+            counts[finding.detector] = counts.get(finding.detector, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("cte", ["base64", "quoted-printable", "8bit"])
+def test_body_is_decoded_from_any_transfer_encoding(cte: str) -> None:
+    assert found(b.message(f"Patient SSN {SSN}", cte=cte)) == {"ssn": 1}
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "iso-8859-1", "shift_jis"])
+def test_body_is_decoded_from_its_charset(charset: str) -> None:
+    assert found(b.message(f"Patient SSN {SSN}", charset=charset, cte="base64")) == {"ssn": 1}
+
+
+def test_unknown_charset_still_reads_ascii_digits() -> None:
+    raw = (b"Subject: x\r\nContent-Type: text/plain; charset=x-no-such-charset\r\n\r\n"
+           b"SSN " + SSN.encode() + b"\r\n")
+    assert found(raw) == {"ssn": 1}
+
+
+def test_encoded_word_subject_is_decoded() -> None:
+    word = base64.b64encode(f"Re: SSN {SSN}".encode()).decode()
+    raw = f"Subject: =?utf-8?b?{word}?=\r\n\r\nhello\r\n".encode()
+    texts = extract(raw).texts
+    assert texts[0].source == "subject" and SSN in texts[0].text
+
+
+def test_html_tags_between_digits_do_not_hide_a_number() -> None:
+    html = "<p>SSN <b>219</b><span>-45-</span><i>67</i>89</p>"
+    assert found(b.message("see html", html=html)) == {"ssn": 1}
+
+
+def test_html_entities_are_decoded() -> None:
+    html = "<p>SSN &#50;19&#x2d;45&ndash;6789</p>"
+    assert found(b.message("see html", html=html)) == {"ssn": 1}
+
+
+def test_html_table_cells_stay_apart() -> None:
+    text = html_to_text("<table><tr><td>219</td><td>45</td></tr></table>")
+    assert text.split() == ["219", "45"]
+
+
+def test_script_and_style_text_is_not_content() -> None:
+    assert html_to_text("<style>p {x: 1}</style><script>var a</script>ok") == "ok"
+
+
+def test_zero_width_and_unicode_dashes_are_normalised() -> None:
+    assert normalise("219\u200b\u201145\u20136789\u00a0x") == "219-45-6789 x"
+
+
+@pytest.mark.parametrize("kind", ["docx", "docx-split", "xlsx", "pptx", "odt", "pdf"])
+def test_office_and_pdf_attachments_are_read(kind: str) -> None:
+    documents = {
+        "docx": lambda: b.docx(["Intake form", f"SSN {SSN}"]),
+        "docx-split": lambda: b.docx([f"SSN {SSN}"], split_runs=True),
+        "xlsx": lambda: b.xlsx([["Name", "SSN"], ["Jane Roe", SSN]]),
+        "pptx": lambda: b.pptx(["Case review", f"SSN {SSN}"]),
+        "odt": lambda: b.odt([f"SSN {SSN}"]),
+        "pdf": lambda: b.pdf(["Referral", f"SSN {SSN}"]),
+    }
+    name = f"file.{kind.split('-')[0]}"
+    raw = b.message("see attached", attachments=[(name, documents[kind](), "application/octet-stream")])
+    assert found(raw) == {"ssn": 1}
+
+
+def test_spreadsheet_numbers_keep_their_column_header_as_context() -> None:
+    raw = b.message("x", attachments=[("l.xlsx", b.xlsx([["Member", "SSN"], ["Jane", "219456789"]]),
+                                       "application/octet-stream")])
+    assert found(raw) == {"ssn": 1}
+
+
+def test_nested_message_and_archives_are_walked() -> None:
+    inner = b.message(f"forwarded: SSN {SSN}")
+    nested_zip = b.archive({"a/notes.txt": f"SSN {SSN}",
+                            "deeper.zip": b.archive({"chart.docx": b.docx([f"SSN {SSN}"])})})
+    raw = b.message("fyi", attachments=[("fwd.eml", inner, "message/rfc822"),
+                                        ("records.zip", nested_zip, "application/zip")])
+    assert found(raw) == {"ssn": 3}
+
+
+def test_attachment_names_are_scanned() -> None:
+    raw = b.message("x", attachments=[(f"SSN {SSN}.txt", b"nothing", "text/plain")])
+    sources = [t.source for t in extract(raw).texts if SSN in t.text]
+    assert sources == ["filename"]
+
+
+def test_password_protected_files_are_an_encrypted_fact() -> None:
+    raw = b.message("x", attachments=[("a.pdf", b.encrypted_pdf([f"SSN {SSN}"]), "application/pdf"),
+                                      ("b.zip", b.encrypted_zip_entry("c.txt", b"SSN"), "application/zip")])
+    result = extract(raw)
+    assert "encrypted_attachment" in result.facts
+    assert found(raw) == {}
+
+
+def test_smime_and_pgp_messages_are_an_encrypted_fact() -> None:
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; "
+           b"smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3\r\n")
+    assert extract(raw).facts == {"encrypted_attachment"}
+
+
+def test_corrupt_documents_are_an_unreadable_fact() -> None:
+    broken_zip = b"PK\x03\x04" + b"\x00" * 40
+    raw = b.message("x", attachments=[("a.pdf", b"%PDF-1.4 garbage", "application/pdf"),
+                                      ("b.docx", broken_zip, "application/octet-stream")])
+    assert extract(raw).facts == {"unreadable_attachment"}
+
+
+def test_images_are_unscanned_not_unreadable() -> None:
+    raw = b.message("x", attachments=[("logo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "image/png")])
+    assert extract(raw).facts == {"unscanned_attachment"}
+
+
+def test_zip_bomb_is_not_inflated() -> None:
+    raw = b.message(f"SSN {SSN}", attachments=[("bomb.zip", b.zip_bomb(), "application/zip")])
+    result = extract(raw)
+    assert "scan_incomplete" in result.facts
+    assert result.limits_hit & {"ratio", "inflated"}
+    assert found(raw) == {"ssn": 1}  # what is readable is still scanned
+
+
+def test_inflation_budget_stops_many_honest_members() -> None:
+    members = {f"f{i}.txt": random.Random(i).randbytes(5000).hex() for i in range(20)}
+    raw = b.message("x", attachments=[("a.zip", b.archive(members), "application/zip")])
+    result = extract(raw, ExtractLimits(max_inflated=100_000))
+    assert "inflated" in result.limits_hit
+
+
+def test_nesting_deeper_than_the_limit_is_cut() -> None:
+    content = b.archive({"x.txt": f"SSN {SSN}"})
+    for _ in range(6):
+        content = b.archive({"inner.zip": content})
+    result = extract(b.message("x", attachments=[("a.zip", content, "application/zip")]))
+    assert "depth" in result.limits_hit
+
+
+def test_text_budget_truncates() -> None:
+    result = extract(b.message("x" * 5000), ExtractLimits(max_text=1000))
+    assert "text" in result.limits_hit and sum(len(t.text) for t in result.texts) <= 1000
+
+
+def test_deadline_stops_the_walk() -> None:
+    raw = b.message("x", attachments=[(f"f{i}.txt", b"hello", "text/plain") for i in range(5)])
+    assert "time" in extract(raw, deadline=0.0).limits_hit
+
+
+def test_broken_mime_does_not_raise() -> None:
+    raw = (b"Subject: x\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n--zz\r\n"
+           b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@not base64\r\n"
+           b"--zz\r\nContent-Type: application/pdf; name*=bogus''%ZZ\r\n\r\n\x00\x01")
+    extract(raw)  # no exception: malformed parts are facts at worst
