@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate config and policies")
     check.set_defaults(handler=cmd_check_config)
 
+    policy = commands.add_parser("policy", help="try the DLP policies").add_subparsers(
+        title="policy commands", metavar="ACTION", required=True)
+    p_test = policy.add_parser("test", help="what policy does with a message file (a dry run)")
+    p_test.add_argument("file", type=Path, metavar="FILE.eml")
+    p_test.add_argument("--from", dest="sender", metavar="ADDRESS",
+                        help="envelope sender (default: the From header)")
+    p_test.add_argument("--to", dest="recipients", action="append", metavar="ADDRESS",
+                        help="envelope recipient, repeatable (default: the To and Cc headers)")
+    p_test.add_argument("--json", action="store_true", help="print one JSON object")
+    p_test.set_defaults(handler=cmd_policy_test)
+
     queue = commands.add_parser("queue", help="inspect and steer the spool").add_subparsers(
         title="queue commands", metavar="ACTION", required=True)
     q_list = queue.add_parser("list", help="list queued messages")
@@ -128,11 +139,38 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from gateway import certs
+    from gateway.stages.dlp.stage import dlp_settings
 
     certs.server_context(config)  # certificate and key load, key file is private
     if config.spool.key_file.exists():
         SpoolKeyring.load(config.spool.key_file)
+    policies = dlp_settings(config).policies  # raises ConfigErrors: FILE:LINE per problem
     print(f"{config.source or 'embedded defaults'}: OK")
+    rules = sum(len(f.rules) for f in policies.files)
+    if rules:
+        print(f"{config.policies_dir}: OK ({len(policies.files)} policy files, {rules} rules)")
+    else:
+        print(f"{config.policies_dir}: warning: no DLP rules, messages will not be checked",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
+    from gateway.stages.dlp import report
+    from gateway.stages.dlp.scanner import scan_message
+    from gateway.stages.dlp.stage import dlp_settings
+    from gateway.stages.dlp.verdict import decide
+
+    try:
+        raw = args.file.read_bytes()
+    except OSError as exc:
+        raise MailwardError(f"{args.file}: {exc.strerror}") from None
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # .eml files often use bare LF
+    settings = dlp_settings(config)
+    envelope = report.envelope_for(raw, args.sender, args.recipients)
+    summary = scan_message(raw, settings.request)
+    result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope)
+    print(json.dumps(result, indent=1) if args.json else report.as_text(result))
     return EXIT_OK
 
 
@@ -156,6 +194,8 @@ def _message_json(state: QueueState, message: QueuedMessage) -> dict[str, Any]:
                        for r, s in zip(env.recipients, message.statuses, strict=True)],
         "client": {"address": message.client.address, "listener": message.client.listener,
                    "relay": message.client.relay_reason, "tls": message.client.tls_version},
+        "policy": {"action": message.policy.action, "rules": list(message.policy.rules),
+                   "protected_recipients": [env.recipients[i].address for i in message.policy.protect]},
     }
 
 
@@ -200,6 +240,9 @@ def cmd_queue_show(config: Config, args: argparse.Namespace) -> int:
         print(f"{key}: {item[key]}")
     print(f"client: {item['client']['address']} via {item['client']['listener']} "
           f"(relay: {item['client']['relay']}, tls: {item['client']['tls'] or 'none'})")
+    policy = item["policy"]
+    print(f"policy: {policy['action']} rules={','.join(policy['rules']) or '-'} "
+          f"protected={','.join(policy['protected_recipients']) or '-'}")
     for rcpt in item["recipients"]:
         print(f"recipient: <{rcpt['address']}> {rcpt['state']} attempts={rcpt['attempts']}"
               + (f" dsn={rcpt['dsn']} reply={rcpt['reply']!r}" if rcpt["reply"] else ""))

@@ -81,14 +81,16 @@ class MailWorld:
         self.servers.append(server)
         return sink
 
-    async def gateway(self, **delivery: Any) -> RunningGateway:
+    async def gateway(self, config: dict[str, Any] | None = None, **delivery: Any) -> RunningGateway:
+        """The gateway delivering into this world; `config` holds other sections to set."""
         ca_file = self.tmp_path / "mx-ca.pem"
         self.ca.cert_pem.write_to_path(str(ca_file))
         settings = {"paused": False, "nameservers": [f"127.0.0.53:{self.dns_port}"],
                     "smtp_port": self.port, "ca_file": str(ca_file), "retry_schedule": ["1s"],
                     "connect_timeout": "2s", "command_timeout": "3s", "data_timeout": "3s",
                     "connection_idle_time": "30s", **delivery}
-        gateway: RunningGateway = await self._start_gateway(self._make_config(delivery=settings))
+        gateway: RunningGateway = await self._start_gateway(
+            self._make_config(delivery=settings, **(config or {})))
         return gateway
 
     def dsns(self) -> list[EmailMessage]:

@@ -1,0 +1,83 @@
+"""`mailward policy test`: what policy would do with a message, as text or one JSON object.
+
+This is a tool for the admin, who holds the message file anyway; still it prints what the gateway
+would log: counts and places, rule names, actions. Never the matched values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from email.utils import getaddresses
+from typing import Any
+
+from gateway.message import Envelope, Recipient
+from gateway.stages.dlp.extract import parse
+from gateway.stages.dlp.scanner import ScanSummary
+from gateway.stages.dlp.verdict import Verdict
+
+PROTECTION = {
+    True: "required: verified TLS or end-to-end encryption, negotiated at delivery",
+    False: "not required by policy (TLS when the receiver offers it)",
+}
+
+
+def envelope_for(raw: bytes, sender: str | None, recipients: list[str] | None) -> Envelope:
+    """The envelope to test with: the given addresses, else the message's From and To/Cc."""
+    headers = parse(raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0] + b"\r\n\r\n")
+    if sender is None:
+        found = getaddresses([str(v) for v in headers.get_all("from", [])])
+        sender = found[0][1] if found else ""
+    if not recipients:
+        values = [str(v) for name in ("to", "cc") for v in headers.get_all(name, [])]
+        recipients = [address for _, address in getaddresses(values) if address] or ["recipient@invalid"]
+    return Envelope(sender=sender, recipients=tuple(Recipient(address) for address in recipients))
+
+
+def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope) -> dict[str, Any]:
+    places: dict[str, Counter[str]] = {}
+    for location in summary.locations:
+        places.setdefault(location.detector, Counter())[location.source] += 1
+    return {
+        "action": verdict.action,
+        "rules": {"matched": list(verdict.matched), "applied": list(verdict.applied)},
+        "detectors": {name: {"count": count, "where": dict(places.get(name, {}))}
+                      for name, count in sorted(summary.counts.items())},
+        "facts": sorted(summary.facts),
+        "limits_hit": sorted(summary.limits_hit),
+        "subject_tags": sorted(summary.subject_tags),
+        "attachments": summary.attachments,
+        "headers": [f"{name}: {value}" for name, value in verdict.headers],
+        "notify": list(verdict.notify),
+        "reply": f"550 5.7.1 {verdict.reply}" if verdict.action == "block" else None,
+        "error": verdict.error,
+        "sender": envelope.sender,
+        "recipients": [
+            {"address": recipient.address, "action": verdict.recipient_actions[i],
+             "protection": "required" if i in verdict.protect else "none"}
+            for i, recipient in enumerate(envelope.recipients)],
+        "scan_ms": round(summary.seconds * 1000, 1),
+    }
+
+
+def as_text(report: dict[str, Any]) -> str:
+    detectors = ", ".join(
+        f"{name}={entry['count']} ({', '.join(f'{k} {v}' for k, v in sorted(entry['where'].items()))})"
+        for name, entry in report["detectors"].items())
+    lines = [
+        f"action:      {report['action']}" + (f"  ({report['reply']})" if report["reply"] else ""),
+        f"rules:       applied: {', '.join(report['rules']['applied']) or '-'}; "
+        f"matched: {', '.join(report['rules']['matched']) or '-'}",
+        f"detectors:   {detectors or 'none'}",
+        f"facts:       {', '.join(report['facts']) or 'none'}",
+        f"limits hit:  {', '.join(report['limits_hit']) or 'none'}",
+        f"headers:     {'; '.join(report['headers']) or 'none'}",
+        f"notify:      {', '.join(report['notify']) or 'nobody'}",
+        f"sender:      <{report['sender']}>",
+        "recipients:",
+    ]
+    lines += [f"  {r['address']}: {r['action']}, protection "
+              f"{PROTECTION[r['protection'] == 'required']}" for r in report["recipients"]]
+    if report["error"]:
+        lines.append(f"scan error:  {report['error']} (the policy's on_error decided)")
+    lines.append(f"scan time:   {report['scan_ms']} ms, {report['attachments']} attachment(s)")
+    return "\n".join(lines)

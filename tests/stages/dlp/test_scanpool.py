@@ -1,0 +1,58 @@
+"""Scan worker processes: a worker that dies or hangs is replaced, and the scan fails closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.stages.dlp.scanner import ScanRequest
+from gateway.stages.dlp.scanpool import ScanFailed, ScanPool
+from tests.stages.dlp import builders as b
+
+PHI = b.message("SSN 219-45-6789")
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ScanPool]:
+    scan_pool = ScanPool(1, grace=0.5)
+    await scan_pool.start()
+    yield scan_pool
+    scan_pool.close()
+
+
+async def test_scan_runs_in_another_process(pool: ScanPool) -> None:
+    assert pool._workers[0].process.pid != os.getpid()
+    assert (await pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}
+
+
+async def test_dead_worker_fails_the_scan_and_is_replaced(pool: ScanPool) -> None:
+    dead = pool._workers[0].process
+    dead.kill()
+    dead.join()
+    with pytest.raises(ScanFailed) as caught:
+        await pool.scan(PHI, ScanRequest())
+    assert caught.value.reason == "scan_failed"
+    assert pool._workers[0].process is not dead
+    assert (await pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}
+
+
+async def test_hung_worker_times_out_and_is_replaced(pool: ScanPool) -> None:
+    stuck = pool._workers[0].process
+    assert stuck.pid is not None
+    os.kill(stuck.pid, signal.SIGSTOP)
+    with pytest.raises(ScanFailed) as caught:
+        await pool.scan(PHI, ScanRequest(budget=0.1))
+    assert caught.value.reason == "timeout"
+    assert not stuck.is_alive()
+    assert (await pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}
+
+
+async def test_in_process_mode_scans_without_workers() -> None:
+    scan_pool = ScanPool(0)
+    try:
+        assert (await scan_pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}
+    finally:
+        scan_pool.close()
