@@ -30,7 +30,8 @@ class PatternDetector:
     """Candidates from `pattern` (group `group` is the value), kept when `validator` accepts the
     value (separators removed unless `keep_separators`) and, if `context` is set, when one of
     those words occurs within `window` characters: always, or only for matches for which
-    `context_only_if` is true."""
+    `context_only_if` is true. A word of `exclude` right before a match (within
+    `exclude_window` characters) labels it as something else ("Order #123456789") and drops it."""
 
     name: str
     pattern: re.Pattern[str]
@@ -40,12 +41,14 @@ class PatternDetector:
     group: int = 0
     context_only_if: Callable[[re.Match[str]], bool] | None = None  # None: context always needed
     keep_separators: bool = False
+    exclude: tuple[str, ...] = ()
+    exclude_window: int = 16
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
+    _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.context:
-            words = "|".join(re.escape(word) for word in sorted(self.context, key=len, reverse=True))
-            object.__setattr__(self, "_context_re", re.compile(rf"(?<![a-z0-9])(?:{words})(?![a-z0-9])"))
+        object.__setattr__(self, "_context_re", _words(self.context))
+        object.__setattr__(self, "_exclude_re", _words(self.exclude))
 
     def find(self, text: str, lowered: str | None = None) -> list[Finding]:
         """Findings in `text`; pass `lowered` (text.lower()) when scanning with many detectors."""
@@ -59,9 +62,14 @@ class PatternDetector:
                 continue
             needs_context = self._context_re is not None and (
                 self.context_only_if is None or self.context_only_if(match))
-            if needs_context and not self._has_context(lowered if lowered is not None else text.lower(),
-                                                       start, end):
-                continue
+            if needs_context or self._exclude_re is not None:
+                if lowered is None:
+                    lowered = text.lower()
+                if needs_context and not self._has_context(lowered, start, end):
+                    continue
+                if self._exclude_re is not None and self._exclude_re.search(
+                        lowered, max(0, start - self.exclude_window), start):
+                    continue
             found.append(Finding(self.name, start, end))
         return found
 
@@ -69,6 +77,14 @@ class PatternDetector:
         assert self._context_re is not None
         return self._context_re.search(lowered, max(0, start - self.window),
                                        min(len(lowered), end + self.window)) is not None
+
+
+def _words(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Any of `words` (lower case) as whole words."""
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])")
 
 
 _SEPARATORS = re.compile(r"[\s.\-/]")
@@ -88,6 +104,12 @@ def _valid_date(value: str) -> bool:
     return True
 
 
+# Labels of numbers that are not SSNs; seen right before a 9-digit number they say what it is.
+_OTHER_NUMBERS = ("order", "order #", "order no", "invoice", "ref", "reference", "tracking", "transit", "aba",
+                  "routing", "confirmation", "ticket", "po", "phone", "tel", "fax", "zip", "account",
+                  "acct", "claim", "npi", "mrn", "member id", "policy")
+
+
 def _bare(match: re.Match[str]) -> bool:
     """An SSN written without separators needs context; 123-45-6789 does not."""
     return not match.group("sep")
@@ -96,8 +118,8 @@ def _bare(match: re.Match[str]) -> bool:
 BUILT_IN: tuple[PatternDetector, ...] = (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
-        checksums.ssn, ("ssn", "ss#", "ss #", "social security", "soc sec", "social sec", "ssa"),
-        context_only_if=_bare),
+        checksums.ssn, ("ssn", "ss#", "ss #", "s.s.n", "social security", "soc sec", "social sec", "ssa"),
+        context_only_if=_bare, exclude=_OTHER_NUMBERS),
     PatternDetector(
         "npi", re.compile(r"(?<![\d\-])[12]\d{9}(?![\d\-])"), checksums.npi,
         ("npi", "national provider", "provider id", "provider number", "prescriber")),

@@ -19,8 +19,9 @@ _CONTENT_TYPES = ('<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://sc
 def _zip(files: dict[str, bytes | str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
+        for name, content in files.items():  # fixed timestamps: the same input, the same bytes
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content,
+                             compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
 
 
@@ -138,11 +139,11 @@ def zip_bomb(layers: int = 3, width: int = 10, size: int = 50 * 1024 * 1024) -> 
 def message(body: str = "Hello", *, subject: str = "Hello", html: str | None = None,
             attachments: list[tuple[str, bytes, str]] = (),  # type: ignore[assignment]
             charset: str = "utf-8", cte: str | None = None, sender: str = "clinic@example.com",
-            to: str = "patient@example.org") -> bytes:
+            to: str = "patient@example.org", message_id: str | None = None) -> bytes:
     """An RFC 5322 message; `attachments` are (filename, bytes, maintype/subtype)."""
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
-    msg["Message-ID"] = make_msgid(domain="example.com")
+    msg["Message-ID"] = message_id or make_msgid(domain="example.com")
     msg.set_content(body, charset=charset, cte=cte)
     if html is not None:
         msg.add_alternative(html, subtype="html", charset=charset, cte=cte)
