@@ -2,6 +2,9 @@
 
     scripts/bench ingest [--messages N] [--sessions S] [--size BYTES] [--latency-messages M]
     scripts/bench relay [--messages N] [--sessions S] [--size BYTES]
+    scripts/bench dlp   (see scripts/bench_dlp.py)
+
+Mailward runs with the shipped DLP policies (policies/), as it would be deployed.
 
 relay: `smtp-source` sends N messages over S sessions into the relay under test, which delivers
 them to Postfix's `smtp-sink` on another loopback address (127.0.0.20); the figure is end to end,
@@ -90,8 +93,9 @@ NO_DNS = 'nameservers: ["127.0.0.1:9"]'
 
 
 @contextmanager
-def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}"
+def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}", extra: str = ""
                      ) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+    """The gateway with the shipped DLP policies (as deployed), plus `extra` config lines."""
     port = free_port()
     config = workdir / "mailward.yaml"
     config.write_text(
@@ -101,7 +105,8 @@ def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}
         f"limits: {{max_connections_per_ip: 1000, max_connections: 1000}}\n"
         f"delivery: {delivery}\n"
         f"metrics: {{listen: null}}\n"
-        f"log_level: warning\n")
+        f"log_level: warning\n"
+        + (extra or f"policies_dir: {ROOT / 'policies'}\n"))
     with open(workdir / "gateway.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
                                 stdout=subprocess.DEVNULL, stderr=log)
@@ -391,11 +396,16 @@ def main() -> None:
     relay.add_argument("--sessions", type=int, default=20)
     relay.add_argument("--size", type=int, default=5120)
     relay.add_argument("--rounds", type=int, default=1, help="alternate the two this many times")
+    sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")
     args = parser.parse_args()
     if args.what == "ingest":
         bench_ingest(args)
-    else:
+    elif args.what == "relay":
         bench_relay(args)
+    else:
+        import bench_dlp
+
+        bench_dlp.run(mailward_gateway, wait_count)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ be counts and positions. Built-in detectors and the custom ones from policy YAML
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class PatternDetector:
     keep_separators: bool = False
     exclude: tuple[str, ...] = ()
     exclude_window: int = 16
+    needs_digit: bool = False  # every match holds a digit: `scan` may look near digits only
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
 
@@ -115,7 +117,8 @@ def _bare(match: re.Match[str]) -> bool:
     return not match.group("sep")
 
 
-BUILT_IN: tuple[PatternDetector, ...] = (
+# Every built-in detector's matches hold a digit (so `scan` only looks near digits for them).
+BUILT_IN: tuple[PatternDetector, ...] = tuple(dataclasses.replace(d, needs_digit=True) for d in (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
         checksums.ssn, ("ssn", "ss#", "ss #", "s.s.n", "social security", "soc sec", "social sec", "ssa"),
@@ -154,10 +157,44 @@ BUILT_IN: tuple[PatternDetector, ...] = (
         re.compile(rf"(?i)\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)"
                    rf"\s*[:\-]?\s*({_DATE})"),
         _valid_date, group=1, keep_separators=True),
-)
+))
+
+
+# Digits with less than _GAP other characters between them: one cluster. Detectors whose matches
+# hold a digit run only on the clusters plus _MARGIN on each side (more than any context window
+# or label length), which skips the prose between numbers: most text is words, not numbers.
+_GAP, _MARGIN = 240, 160
+_CLUSTER = re.compile(rf"\d(?:\D{{0,{_GAP}}}\d)*")
 
 
 def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[Finding]:
-    """Every finding of every detector in `text`."""
-    lowered = text.lower()
-    return [finding for detector in detectors for finding in detector.find(text, lowered)]
+    """Every finding of every detector in `text`, ordered by detector."""
+    anywhere = [d for d in detectors if not d.needs_digit]
+    near_digits = [d for d in detectors if d.needs_digit]
+    found: list[Finding] = []
+    if anywhere:
+        lowered = text.lower()
+        for detector in anywhere:
+            found += detector.find(text, lowered)
+    if near_digits:
+        for start, end in _digit_windows(text):
+            window = text[start:end]
+            lowered = window.lower()
+            for detector in near_digits:
+                found += [Finding(f.detector, f.start + start, f.end + start)
+                          for f in detector.find(window, lowered)]
+    return found
+
+
+def _digit_windows(text: str) -> list[tuple[int, int]]:
+    """Disjoint slices of `text` that hold every digit with `_MARGIN` characters around it.
+    Where a slice starts or ends inside the text, the characters at its edge are not digits,
+    so no match that needs a digit is cut in two."""
+    windows: list[tuple[int, int]] = []
+    for cluster in _CLUSTER.finditer(text):
+        start, end = max(0, cluster.start() - _MARGIN), min(len(text), cluster.end() + _MARGIN)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+    return windows

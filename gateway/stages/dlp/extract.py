@@ -15,13 +15,15 @@ Unicode dashes and spaces become their ASCII forms, so they cannot hide a number
 from __future__ import annotations
 
 import email
+import email.errors
+import email.header
 import email.policy
 import io
 import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import Message
 
 from gateway.stages.dlp import documents
 
@@ -110,7 +112,7 @@ class _Walker:
     def message(self, msg: Message, depth: int) -> None:
         for name in _HEADERS_SCANNED:
             for value in msg.get_all(name, ()):
-                self.add("subject" if name == "subject" else "header", str(value))
+                self.add("subject" if name == "subject" else "header", _header_text(value))
         self.entity(msg, depth)
 
     def entity(self, part: Message, depth: int) -> None:
@@ -288,9 +290,21 @@ class _Walker:
         self.add("attachment", documents.binary_strings(data))
 
 
-def parse(raw: bytes) -> EmailMessage:
-    """The message as `email` sees it; the default policy decodes RFC 2047/2231 words in headers."""
-    return email.message_from_bytes(raw, policy=email.policy.default)
+def parse(raw: bytes) -> Message:
+    """The message as `email` sees it. The compat32 policy parses several times faster than the
+    default one (no header objects); the few headers we read are decoded by `_header_text`."""
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def _header_text(value: object) -> str:
+    """A header value with RFC 2047 encoded words decoded; malformed words stay as they are."""
+    text = str(value)
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (LookupError, ValueError, UnicodeError, email.errors.HeaderParseError):
+        return text
 
 
 def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | None = None) -> Extracted:
@@ -311,7 +325,7 @@ def _filename(part: Message) -> str | None:
         name = part.get_filename()
     except Exception:  # a malformed RFC 2231 parameter is the sender's problem, not ours
         return None
-    return str(name)[:255] if name else None
+    return _header_text(name)[:255] if name else None
 
 
 def _decode(payload: bytes, charset: str | None) -> str:

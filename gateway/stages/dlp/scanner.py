@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.stages.dlp import checksums
-from gateway.stages.dlp.detectors import BUILT_IN, PatternDetector
+from gateway.stages.dlp.detectors import BUILT_IN, PatternDetector, scan
 from gateway.stages.dlp.extract import ExtractLimits, extract
 from gateway.stages.dlp.policy import CustomDetector
 
@@ -66,13 +66,10 @@ def scan_message(raw: bytes, request: ScanRequest) -> ScanSummary:
             limits_hit.add("time")
             facts.add("scan_incomplete")
             break
-        lowered = text.text.lower()
-        for detector in detectors:
-            for finding in detector.find(text.text, lowered):
-                counts[finding.detector] = counts.get(finding.detector, 0) + 1
-                if len(locations) < MAX_LOCATIONS:
-                    locations.append(Location(finding.detector, text.source, part, finding.start,
-                                              finding.end))
+        for finding in scan(text.text, detectors):
+            counts[finding.detector] = counts.get(finding.detector, 0) + 1
+            if len(locations) < MAX_LOCATIONS:
+                locations.append(Location(finding.detector, text.source, part, finding.start, finding.end))
     for name, minimum in minimums.items():  # a custom detector's min_count: fewer is none
         if counts.get(name, 0) < minimum:
             counts.pop(name, None)
