@@ -44,7 +44,9 @@ class PatternDetector:
     keep_separators: bool = False
     exclude: tuple[str, ...] = ()
     exclude_window: int = 16
-    needs_digit: bool = False  # every match holds a digit: `scan` may look near digits only
+    # Every match holds a run of this many digits (single separators allowed between them), so
+    # `scan` may look near such runs only; 0: the detector runs over the whole text.
+    digit_run: int = 0
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
 
@@ -117,8 +119,11 @@ def _bare(match: re.Match[str]) -> bool:
     return not match.group("sep")
 
 
-# Every built-in detector's matches hold a digit (so `scan` only looks near digits for them).
-BUILT_IN: tuple[PatternDetector, ...] = tuple(dataclasses.replace(d, needs_digit=True) for d in (
+# The digit runs each built-in detector's matches hold (see `scan`); all of them hold a digit.
+_DIGIT_RUNS = {"ssn": 9, "npi": 10, "payment_card": 13, "aba_routing": 9, "dea": 7, "bank_account": 4,
+               "dob": 4}
+BUILT_IN: tuple[PatternDetector, ...] = tuple(
+    dataclasses.replace(d, digit_run=_DIGIT_RUNS.get(d.name, 1)) for d in (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
         checksums.ssn, ("ssn", "ss#", "ss #", "s.s.n", "social security", "soc sec", "social sec", "ssa"),
@@ -160,38 +165,40 @@ BUILT_IN: tuple[PatternDetector, ...] = tuple(dataclasses.replace(d, needs_digit
 ))
 
 
-# Digits with less than _GAP other characters between them: one cluster. Detectors whose matches
-# hold a digit run only on the clusters plus _MARGIN on each side (more than any context window
-# or label length), which skips the prose between numbers: most text is words, not numbers.
-_GAP, _MARGIN = 240, 160
-_CLUSTER = re.compile(rf"\d(?:\D{{0,{_GAP}}}\d)*")
+# Detectors whose matches hold a run of digits run only on slices of the text around such runs,
+# _MARGIN characters on each side (more than any context window or label length). Most text is
+# words, not numbers, and most numbers are short: the slices are a small part of it.
+_MARGIN = 160
+_RUNS: dict[int, re.Pattern[str]] = {}
 
 
 def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[Finding]:
-    """Every finding of every detector in `text`, ordered by detector."""
-    anywhere = [d for d in detectors if not d.needs_digit]
-    near_digits = [d for d in detectors if d.needs_digit]
+    """Every finding of every detector in `text`."""
     found: list[Finding] = []
-    if anywhere:
-        lowered = text.lower()
-        for detector in anywhere:
-            found += detector.find(text, lowered)
-    if near_digits:
-        for start, end in _digit_windows(text):
-            window = text[start:end]
+    by_run: dict[int, list[PatternDetector]] = {}
+    for detector in detectors:
+        by_run.setdefault(detector.digit_run, []).append(detector)
+    for run, group in sorted(by_run.items()):
+        for start, end in _windows(text, run):
+            window = text[start:end] if (start, end) != (0, len(text)) else text
             lowered = window.lower()
-            for detector in near_digits:
+            for detector in group:
                 found += [Finding(f.detector, f.start + start, f.end + start)
                           for f in detector.find(window, lowered)]
     return found
 
 
-def _digit_windows(text: str) -> list[tuple[int, int]]:
-    """Disjoint slices of `text` that hold every digit with `_MARGIN` characters around it.
-    Where a slice starts or ends inside the text, the characters at its edge are not digits,
-    so no match that needs a digit is cut in two."""
+def _windows(text: str, run: int) -> list[tuple[int, int]]:
+    """Disjoint slices of `text` that hold every run of `run` digits with `_MARGIN` characters
+    around it (the whole text for 0). A slice's edges are never inside such a run."""
+    if run == 0:
+        return [(0, len(text))]
+    pattern = _RUNS.get(run)
+    if pattern is None:  # runs closer than _MARGIN are one match: fewer, larger slices
+        digits = rf"\d(?:[ \-./]?\d){{{run - 1},}}" if run > 1 else r"\d"
+        pattern = _RUNS[run] = re.compile(rf"{digits}(?:.{{0,{_MARGIN}}}?{digits})*", re.DOTALL)
     windows: list[tuple[int, int]] = []
-    for cluster in _CLUSTER.finditer(text):
+    for cluster in pattern.finditer(text):
         start, end = max(0, cluster.start() - _MARGIN), min(len(text), cluster.end() + _MARGIN)
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], end)
