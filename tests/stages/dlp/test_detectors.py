@@ -53,3 +53,13 @@ def test_findings_are_locations_not_values() -> None:
 
 def test_every_built_in_detector_has_a_unique_name() -> None:
     assert len({d.name for d in BUILT_IN}) == len(BUILT_IN)
+
+
+def test_scan_finds_numbers_anywhere_in_long_text_with_their_context() -> None:
+    prose = "the visit went well and the plan continues " * 40  # far more than any window
+    text = ("SSN 219456789 " + prose + "card 4111 1111 1111 1111 " + prose + "DOB: 1/2/70 "
+            + prose + "diagnosis E11.9 " + prose + "routing 021000021")
+    found = sorted(f.detector for f in scan(text))
+    assert found == ["aba_routing", "dob", "icd10", "payment_card", "ssn"]
+    for finding in scan(text):
+        assert any(ch.isdigit() for ch in text[finding.start:finding.end])
