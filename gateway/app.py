@@ -69,7 +69,8 @@ class Gateway:
     def __init__(self, config: Config, *, on_accepted: AcceptedHook | None = None,
                  role: Role = "all") -> None:
         # Scan workers outlive reloads (a reload swaps the policies they are sent with).
-        self.scan_pool = ScanPool(config.dlp.workers if role != "delivery" else 0)
+        self.scan_pool = ScanPool(config.dlp.workers if role != "delivery" else 0,
+                                  inline_max=config.dlp.inline_max)
         self._loaded = _build(config, self.scan_pool)
         self._on_accepted = on_accepted
         self.role = role

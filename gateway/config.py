@@ -158,6 +158,7 @@ class DlpConfig:
     enabled: bool = True
     time_budget: Duration = Duration(30)  # then the policy's on_error decides (default hold)
     workers: int = 2  # scan processes; 0 scans in the gateway process (small sites, tests)
+    inline_max: ByteSize = ByteSize(64 * 1024)  # smaller messages are first scanned on the loop
     max_depth: int = 5  # nested messages and archives
     max_parts: int = 1000  # MIME parts and archive members
     max_inflated: ByteSize = ByteSize(100 * 1024 * 1024)  # decompressed from archives, per message

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 from collections.abc import AsyncIterator
 
@@ -17,7 +19,7 @@ PHI = b.message("SSN 219-45-6789")
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ScanPool]:
-    scan_pool = ScanPool(1, grace=0.5)
+    scan_pool = ScanPool(1, grace=0.5, inline_max=0)
     await scan_pool.start()
     yield scan_pool
     scan_pool.close()
@@ -48,6 +50,25 @@ async def test_hung_worker_times_out_and_is_replaced(pool: ScanPool) -> None:
     assert caught.value.reason == "timeout"
     assert not stuck.is_alive()
     assert (await pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}
+
+
+async def test_small_message_is_scanned_on_the_loop_without_a_worker() -> None:
+    scan_pool = ScanPool(1)  # never started: a worker scan would wait forever
+    try:
+        summary = await asyncio.wait_for(scan_pool.scan(PHI, ScanRequest()), 10)
+        assert summary.counts == {"ssn": 1}
+    finally:
+        scan_pool.close()
+
+
+async def test_small_message_that_hits_a_bound_goes_to_a_worker(pool: ScanPool) -> None:
+    pool.inline_max = 1024 * 1024
+    members = {f"f{i}.txt": f"SSN 219-45-{6700 + i} " + random.Random(i).randbytes(150_000).hex()
+               for i in range(2)}  # 600 KB of text: more than an on-loop scan may inflate
+    raw = b.message("see zip", attachments=[("a.zip", b.archive(members), "application/zip")])
+    assert len(raw) < pool.inline_max
+    summary = await pool.scan(raw, ScanRequest())
+    assert summary.counts["ssn"] == 2 and not summary.limits_hit
 
 
 async def test_in_process_mode_scans_without_workers() -> None:
