@@ -169,7 +169,7 @@ BUILT_IN: tuple[PatternDetector, ...] = tuple(
 # _MARGIN characters on each side (more than any context window or label length). Most text is
 # words, not numbers, and most numbers are short: the slices are a small part of it.
 _MARGIN = 160
-_RUNS: dict[int, re.Pattern[str]] = {}
+_DIGIT_RUN = re.compile(r"\d(?:[ \-./]?\d)*")
 
 
 def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[Finding]:
@@ -178,8 +178,9 @@ def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[F
     by_run: dict[int, list[PatternDetector]] = {}
     for detector in detectors:
         by_run.setdefault(detector.digit_run, []).append(detector)
+    runs = _digit_runs(text) if any(by_run) else []
     for run, group in sorted(by_run.items()):
-        for start, end in _windows(text, run):
+        for start, end in _windows(runs, run, len(text)):
             window = text[start:end] if (start, end) != (0, len(text)) else text
             lowered = window.lower()
             for detector in group:
@@ -188,18 +189,26 @@ def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[F
     return found
 
 
-def _windows(text: str, run: int) -> list[tuple[int, int]]:
-    """Disjoint slices of `text` that hold every run of `run` digits with `_MARGIN` characters
-    around it (the whole text for 0). A slice's edges are never inside such a run."""
+def _digit_runs(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, digits) of every maximal run of digits with single separators between."""
+    runs = []
+    for match in _DIGIT_RUN.finditer(text):
+        value = match.group()
+        separators = value.count(" ") + value.count("-") + value.count(".") + value.count("/")
+        runs.append((match.start(), match.end(), len(value) - separators))
+    return runs
+
+
+def _windows(runs: list[tuple[int, int, int]], run: int, size: int) -> list[tuple[int, int]]:
+    """Disjoint slices of the text that hold every run of at least `run` digits with `_MARGIN`
+    characters around it (the whole text for 0). A slice's edges are never inside a run."""
     if run == 0:
-        return [(0, len(text))]
-    pattern = _RUNS.get(run)
-    if pattern is None:  # runs closer than _MARGIN are one match: fewer, larger slices
-        digits = rf"\d(?:[ \-./]?\d){{{run - 1},}}" if run > 1 else r"\d"
-        pattern = _RUNS[run] = re.compile(rf"{digits}(?:.{{0,{_MARGIN}}}?{digits})*", re.DOTALL)
+        return [(0, size)]
     windows: list[tuple[int, int]] = []
-    for cluster in pattern.finditer(text):
-        start, end = max(0, cluster.start() - _MARGIN), min(len(text), cluster.end() + _MARGIN)
+    for run_start, run_end, digits in runs:
+        if digits < run:
+            continue
+        start, end = max(0, run_start - _MARGIN), min(size, run_end + _MARGIN)
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], end)
         else:
