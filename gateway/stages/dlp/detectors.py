@@ -47,12 +47,23 @@ class PatternDetector:
     # Every match holds a run of this many digits (single separators allowed between them), so
     # `scan` may look near such runs only; 0: the detector runs over the whole text.
     digit_run: int = 0
+    # Lower-case words one of which any match needs in its text (a label the pattern starts
+    # with); when none occurs, the detector is skipped. Context words that every match needs are
+    # added on their own.
+    required: tuple[str, ...] = ()
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        assert self.digit_run != 1, "digit runs start at two digits; use 0 (the whole text)"
         object.__setattr__(self, "_context_re", _words(self.context))
         object.__setattr__(self, "_exclude_re", _words(self.exclude))
+        if self.context and self.context_only_if is None and not self.required:
+            object.__setattr__(self, "required", self.context)
+
+    def can_match(self, lowered: str) -> bool:
+        """False when `lowered` (the whole text, lower case) lacks every word a match needs."""
+        return not self.required or any(map(lowered.__contains__, self.required))
 
     def find(self, text: str, lowered: str | None = None) -> list[Finding]:
         """Findings in `text`; pass `lowered` (text.lower()) when scanning with many detectors."""
@@ -119,11 +130,12 @@ def _bare(match: re.Match[str]) -> bool:
     return not match.group("sep")
 
 
-# The digit runs each built-in detector's matches hold (see `scan`); all of them hold a digit.
+# The digit runs each built-in detector's matches hold (see `scan`). icd10 and mrn, whose matches
+# may hold single digits, scan the whole text, but only when their words occur in it.
 _DIGIT_RUNS = {"ssn": 9, "npi": 10, "payment_card": 13, "aba_routing": 9, "dea": 7, "bank_account": 4,
-               "dob": 4}
+               "dob": 4, "medicare_mbi": 2}
 BUILT_IN: tuple[PatternDetector, ...] = tuple(
-    dataclasses.replace(d, digit_run=_DIGIT_RUNS.get(d.name, 1)) for d in (
+    dataclasses.replace(d, digit_run=_DIGIT_RUNS.get(d.name, 0)) for d in (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
         checksums.ssn, ("ssn", "ss#", "ss #", "s.s.n", "social security", "soc sec", "social sec", "ssa"),
@@ -146,7 +158,7 @@ BUILT_IN: tuple[PatternDetector, ...] = tuple(
     PatternDetector(
         "bank_account",
         re.compile(r"(?i)\b(?:account|acct)\.?(?:\s*(?:number|no\.?|#))?\s*[:#]?\s*(\d{4,17})\b"),
-        group=1),
+        group=1, required=("account", "acct")),
     PatternDetector(
         "icd10",
         re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])"), None,
@@ -156,12 +168,13 @@ BUILT_IN: tuple[PatternDetector, ...] = tuple(
         "mrn",
         re.compile(r"(?i)\b(?:mrn|medical record(?:\s+(?:number|no\.?|#))?|patient id|chart"
                    r"(?:\s+(?:number|no\.?|#)))\s*[:#]?\s*([A-Z0-9][A-Z0-9\-]{4,14})\b"),
-        lambda value: sum(c.isdigit() for c in value) >= 4, group=1),
+        lambda value: sum(c.isdigit() for c in value) >= 4, group=1,
+        required=("mrn", "medical record", "patient id", "chart")),
     PatternDetector(
         "dob",
         re.compile(rf"(?i)\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)"
                    rf"\s*[:\-]?\s*({_DATE})"),
-        _valid_date, group=1, keep_separators=True),
+        _valid_date, group=1, keep_separators=True, required=("dob", "d.o.b", "birth", "born")),
 ))
 
 
@@ -169,7 +182,7 @@ BUILT_IN: tuple[PatternDetector, ...] = tuple(
 # _MARGIN characters on each side (more than any context window or label length). Most text is
 # words, not numbers, and most numbers are short: the slices are a small part of it.
 _MARGIN = 160
-_DIGIT_RUN = re.compile(r"\d(?:[ \-./]?\d)*")
+_DIGIT_RUN = re.compile(r"\d(?:[ \-./]?\d)+")  # two digits or more: every `digit_run` is
 
 
 def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[Finding]:
@@ -179,23 +192,34 @@ def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[F
     for detector in detectors:
         by_run.setdefault(detector.digit_run, []).append(detector)
     runs = _digit_runs(text) if any(by_run) else []
+    longest = max((digits for _, _, digits in runs), default=0)
+    lowered_text: str | None = None
     for run, group in sorted(by_run.items()):
+        if run > longest:
+            continue  # no run of digits long enough for these detectors' matches
         for start, end in _windows(runs, run, len(text)):
-            window = text[start:end] if (start, end) != (0, len(text)) else text
-            lowered = window.lower()
+            if (start, end) == (0, len(text)):
+                window = text
+                lowered = lowered_text = lowered_text if lowered_text is not None else text.lower()
+            else:
+                window = text[start:end]
+                lowered = window.lower()
             for detector in group:
-                found += [Finding(f.detector, f.start + start, f.end + start)
-                          for f in detector.find(window, lowered)]
+                if detector.can_match(lowered):
+                    found += [Finding(f.detector, f.start + start, f.end + start)
+                              for f in detector.find(window, lowered)]
     return found
 
 
 def _digit_runs(text: str) -> list[tuple[int, int, int]]:
-    """(start, end, digits) of every maximal run of digits with single separators between."""
+    """(start, end, digits) of every maximal run of two or more digits with single separators
+    between them."""
     runs = []
     for match in _DIGIT_RUN.finditer(text):
+        start, end = match.span()
         value = match.group()
-        separators = value.count(" ") + value.count("-") + value.count(".") + value.count("/")
-        runs.append((match.start(), match.end(), len(value) - separators))
+        runs.append((start, end, end - start - value.count(" ") - value.count("-")
+                     - value.count(".") - value.count("/")))
     return runs
 
 

@@ -26,7 +26,8 @@ _NORMALISE = str.maketrans(
     {**{chr(c): None for c in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD)},
      **{chr(c): "-" for c in (*range(0x2010, 0x2016), 0x2212, 0xFE63, 0xFF0D)},
      **{chr(c): " " for c in (0x00A0, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)},
-     **{chr(0xFF10 + d): str(d) for d in range(10)}})
+     **{chr(0xFF10 + d): str(d) for d in range(10)},
+     "\u0130": "I"})  # the one character whose lower() is longer: offsets must not shift
 
 
 def normalise(text: str) -> str:
