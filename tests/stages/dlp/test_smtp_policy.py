@@ -3,16 +3,18 @@ spool on disk. A block is a 550 at the end of DATA; hold, tag and encrypt are qu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import cli
+from gateway import cli, metrics
 from gateway.config import Config
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, send
+from tests.delivery.conftest import eventually
 from tests.stages.dlp import builders as b
 
 SSN = "219-45-6789"
@@ -137,3 +139,49 @@ async def test_zip_bomb_is_scanned_within_the_budget(start_dlp: StartDlp) -> Non
                     attachments=[("bomb.zip", b.zip_bomb(), "application/zip")])
     code, text = await submit(gateway, raw)
     assert (code, text) == (550, "5.7.1 Message refused: it contains Social Security numbers")
+
+
+async def test_matches_are_counted_by_rule_name(start_dlp: StartDlp) -> None:
+    gateway = await start_dlp()
+    before = metrics.REGISTRY.get_sample_value("mailward_dlp_matches_total", {"rule": "encrypt-ssn"}) or 0
+    assert (await submit(gateway, b.message(f"SSN {SSN}")))[0] == 250
+    after = metrics.REGISTRY.get_sample_value("mailward_dlp_matches_total", {"rule": "encrypt-ssn"})
+    assert after == before + 1
+
+
+async def test_reload_applies_a_changed_policy_to_the_next_message(start_dlp: StartDlp,
+                                                                   tmp_path: Path) -> None:
+    gateway = await start_dlp()
+    assert (await submit(gateway, b.message(f"SSN {SSN}")))[0] == 250
+    (tmp_path / "policies" / "test.yaml").write_text(
+        "match: first\nrules: [{name: no-ssn, action: block, when: {detectors: {ssn: 1}}}]\n")
+    assert gateway.gateway.reload()
+    code, _ = await submit(gateway, b.message(f"SSN {SSN}"))
+    assert code == 550
+
+
+async def test_reload_with_a_broken_policy_keeps_the_running_one(start_dlp: StartDlp,
+                                                                 tmp_path: Path) -> None:
+    gateway = await start_dlp()
+    (tmp_path / "policies" / "test.yaml").write_text("match: first\nrules: [{name: x, action: nuke}]\n")
+    assert not gateway.gateway.reload()
+    code, text = await submit(gateway, b.message(f"SSN {SSN}", subject="[block] still"))
+    assert (code, text) == (550, "5.7.1 Message refused: it contains Social Security numbers")
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+async def test_other_sessions_are_served_while_a_large_message_is_scanned(start_dlp: StartDlp) -> None:
+    gateway = await start_dlp()
+    worker = gateway.gateway.scan_pool._workers[0].process
+    assert worker.pid is not None
+    idle = cpu_ticks(worker.pid)
+    rows = "".join(f"row {i}: 12 34 56 78 90 dose 5 mg qid 10 11 12\n" for i in range(150_000))
+    big = asyncio.ensure_future(submit(gateway, b.message(rows)))
+    await eventually(lambda: cpu_ticks(worker.pid) > idle + 20)  # the worker is busy scanning it
+    assert (await submit(gateway, b.message("Lunch on Friday?")))[0] == 250
+    assert not big.done()
+    assert (await big)[0] == 250
