@@ -33,6 +33,9 @@ class PipelineItem:
     message: QueuedMessage  # envelope, client, policy decision (replaced, it is frozen)
     content: bytes  # the bytes that will be queued; a stage that changes them writes new ones
     generated: list[tuple[QueuedMessage, bytes]] = field(default_factory=list)  # e.g. notifications
+    # Facts a stage leaves for the later ones, by stage name (DLP: its ScanSummary, for the audit
+    # record); counts and names only, like everything that leaves a stage.
+    notes: dict[str, object] = field(default_factory=dict)
 
     def add_headers(self, headers: Sequence[tuple[str, str]]) -> None:
         """Prepend header fields (after our Received line stays fine: order is not meaningful)."""
@@ -49,7 +52,8 @@ class Stage(Protocol):
 class Pipeline:
     def __init__(self, stages: Sequence[Stage]) -> None:
         order = [STAGE_ORDER.index(stage.name) for stage in stages]
-        assert order == sorted(order), "stages must follow STAGE_ORDER"
+        if order != sorted(order):
+            raise ValueError(f"stages must follow the order {', '.join(STAGE_ORDER)}")
         self.stages = tuple(stages)
 
     async def run(self, item: PipelineItem) -> None:

@@ -58,6 +58,7 @@ class DlpStage:
             metrics.DLP_SCAN_ERRORS.labels(failure.reason).inc()
             verdict = on_error(policies, message.envelope, failure.reason)
         self._account(message.queue_id, verdict, summary)
+        item.notes[self.name] = summary
         item.message = dataclasses.replace(message, policy=PolicyDecision(
             action=verdict.action, rules=verdict.applied, protect=verdict.protect))
         item.add_headers(verdict.headers)
