@@ -47,23 +47,26 @@ class PatternDetector:
     # Every match holds a run of this many digits (single separators allowed between them), so
     # `scan` may look near such runs only; 0: the detector runs over the whole text.
     digit_run: int = 0
-    # Lower-case words one of which any match needs in its text (a label the pattern starts
-    # with); when none occurs, the detector is skipped. Context words that every match needs are
-    # added on their own.
+    # Lower-case words one of which any match holds (a label the pattern starts with, a keyword);
+    # when none occurs in the text, the detector is skipped. Context words that every match needs
+    # are a second such condition, added on their own.
     required: tuple[str, ...] = ()
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
+    _gates: tuple[tuple[str, ...], ...] = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         assert self.digit_run != 1, "digit runs start at two digits; use 0 (the whole text)"
         object.__setattr__(self, "_context_re", _words(self.context))
         object.__setattr__(self, "_exclude_re", _words(self.exclude))
-        if self.context and self.context_only_if is None and not self.required:
-            object.__setattr__(self, "required", self.context)
+        gates = [self.required] if self.required else []
+        if self.context and self.context_only_if is None:
+            gates.append(self.context)
+        object.__setattr__(self, "_gates", tuple(gates))
 
     def can_match(self, lowered: str) -> bool:
-        """False when `lowered` (the whole text, lower case) lacks every word a match needs."""
-        return not self.required or any(map(lowered.__contains__, self.required))
+        """False when `lowered` (lower case) lacks all the words of a kind every match needs."""
+        return all(any(map(lowered.__contains__, words)) for words in self._gates)
 
     def find(self, text: str, lowered: str | None = None) -> list[Finding]:
         """Findings in `text`; pass `lowered` (text.lower()) when scanning with many detectors."""

@@ -102,8 +102,7 @@ _BREAKS = {
 }
 _TAG = re.compile(r"<[^>]*>")
 _SHARED_STRING = re.compile(r"<si>(.*?)</si>", re.S)
-_CELL = re.compile(r"<c\b([^>]*?)(?:/>|>(.*?)</c>)", re.S)
-_CELL_VALUE = re.compile(r"<v>(.*?)</v>", re.S)
+_SHEET_TOKEN = re.compile(r"<c\b([^>]*?)(?:/>|>(.*?)</c>)|</row>", re.S)
 _CELL_TYPE = re.compile(r"\bt=\"(\w+)\"")
 
 Reader = Callable[[zipfile.ZipInfo], "bytes | None"]
@@ -140,22 +139,35 @@ def office_text(archive: zipfile.ZipFile, kind: str, read: Reader) -> Iterator[s
 
 
 def _sheet_text(sheet: str, shared: list[str]) -> str:
-    """Rows as lines, cells separated by spaces: a header cell "SSN" stays near its column."""
+    """Rows as lines, cells separated by spaces: a header cell "SSN" stays near its column.
+    One pass over the sheet (a sheet can have a million cells)."""
     lines = []
-    for row in sheet.split("</row>"):
-        cells = []
-        for attributes, body in _CELL.findall(row):
-            kind = _CELL_TYPE.search(attributes)
-            value = _CELL_VALUE.search(body or "")
-            if kind is not None and kind.group(1) == "s" and value is not None:
-                index = value.group(1).strip()
-                cells.append(shared[int(index)] if index.isdigit() and int(index) < len(shared) else "")
-            elif kind is not None and kind.group(1) == "inlineStr":
-                cells.append(_xml_text(body))
-            elif value is not None:
-                cells.append(html.unescape(value.group(1)))
-        if cells:
-            lines.append(" ".join(cells))
+    cells: list[str] = []
+    for token in _SHEET_TOKEN.finditer(sheet):
+        attributes, body = token.group(1), token.group(2)
+        if attributes is None:  # </row>
+            if cells:
+                lines.append(" ".join(cells))
+                cells = []
+            continue
+        if not body:
+            continue
+        kind = _CELL_TYPE.search(attributes) if "t=" in attributes else None
+        if kind is not None and kind.group(1) == "inlineStr":
+            cells.append(_xml_text(body))
+            continue
+        start = body.find("<v>")
+        end = body.find("</v>", start)
+        if start < 0 or end < 0:
+            continue
+        value = body[start + 3:end]
+        if kind is not None and kind.group(1) == "s":
+            index = value.strip()
+            cells.append(shared[int(index)] if index.isdigit() and int(index) < len(shared) else "")
+        else:
+            cells.append(html.unescape(value) if "&" in value else value)
+    if cells:
+        lines.append(" ".join(cells))
     return "\n".join(lines)
 
 

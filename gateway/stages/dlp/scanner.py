@@ -98,5 +98,7 @@ def _build(spec: CustomDetector) -> PatternDetector:
                          for keyword in sorted(spec.keywords, key=len, reverse=True))
         pattern = re.compile(rf"(?<!\w)(?:{words})(?!\w)", flags)
     validator = getattr(checksums, spec.validator) if spec.validator is not None else None
+    # A keyword match holds the keyword's first word: without one in the text, skip the scan.
+    required = tuple(keyword.split()[0].lower() for keyword in spec.keywords if keyword.split())
     return PatternDetector(spec.name, pattern, validator, tuple(w.lower() for w in spec.context),
-                           window=spec.window, keep_separators=validator is None)
+                           window=spec.window, keep_separators=validator is None, required=required)
