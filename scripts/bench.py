@@ -337,9 +337,8 @@ class SmtpSink:
 def peak_rss_tree_mb(pid: int) -> float:
     """Peak RSS of a process plus its children (a gateway may run several processes)."""
     total = peak_rss_mb(pid)
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        total += sum(peak_rss_mb(int(child)) for child in children.read_text().split())
+    for task in Path(f"/proc/{pid}/task").iterdir():  # children of every thread (scan workers too)
+        total += sum(peak_rss_mb(int(child)) for child in (task / "children").read_text().split())
     return total
 
 

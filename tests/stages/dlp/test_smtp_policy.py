@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from gateway import cli, metrics
 from gateway.config import Config
 from gateway.spool import QueueState
-from tests.conftest import RunningGateway, send
+from tests.conftest import GatewayProcess, RunningGateway, send, wait_for
 from tests.delivery.conftest import eventually
 from tests.stages.dlp import builders as b
 
@@ -185,3 +186,29 @@ async def test_other_sessions_are_served_while_a_large_message_is_scanned(start_
     assert (await submit(gateway, b.message("Lunch on Friday?")))[0] == 250
     assert not big.done()
     assert (await big)[0] == 250
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of every thread of `pid` (workers are started from pool threads)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+async def test_mailward_run_scans_in_workers_that_die_with_it(
+        gateway_process: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(POLICY)
+    process = gateway_process(policies_dir=str(policies), dlp={"workers": 1})
+    process.start()
+    assert process.proc is not None
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=process.port, start_tls=False, timeout=30)
+    big = b.message("Notes follow.\n" * 20_000 + f"SSN {SSN}", subject="[block] big")  # > inline_max
+    code, _ = await send(client, "doctor@clinic.example", ["patient@example.org"], big)
+    assert code == 550
+    workers = children(process.proc.pid)
+    assert workers  # the scan worker
+    process.stop()  # SIGKILL: no chance to clean up
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and
+                             "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                             for pid in workers))
