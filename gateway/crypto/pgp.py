@@ -1,0 +1,128 @@
+"""PGP/MIME (RFC 3156) with pysequoia: recipient certificates from `keys.pgp_dir`.
+
+Files hold armored or binary certificates, several per file; a certificate serves every address
+in its user ids. Revoked and expired certificates, those on the revoked list (fingerprints, from
+config) and those without a usable encryption subkey (a trial encryption at load fails) are
+skipped with a log line. pysequoia's errors carry Rust backtraces; they never reach a log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pysequoia
+
+from gateway import eventlog
+from gateway.crypto import mime
+from gateway.errors import MailwardError
+
+log = logging.getLogger("mailward.keys")
+_SUFFIXES = (".asc", ".gpg", ".pgp", ".pub", ".key")
+
+
+class PgpError(MailwardError):
+    """pysequoia could not encrypt for this certificate."""
+
+
+@dataclass(frozen=True)
+class PgpCertificate:
+    certificate: pysequoia.Cert
+    addresses: frozenset[str]
+    fingerprint: str
+    expires: datetime.datetime | None
+    source: str
+
+    def valid_at(self, when: datetime.datetime) -> bool:
+        return self.expires is None or when < self.expires
+
+
+def addresses_of(certificate: pysequoia.Cert) -> frozenset[str]:
+    found = set()
+    for user_id in certificate.user_ids:
+        _, address = email.utils.parseaddr(str(user_id))
+        if "@" in address:
+            found.add(address.lower())
+    return frozenset(found)
+
+
+class PgpKeyring:
+    def __init__(self, directory: Path, revoked: frozenset[str] = frozenset()) -> None:
+        self.directory = directory
+        self._by_address: dict[str, list[PgpCertificate]] = {}
+        for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+            if path.suffix.lower() in _SUFFIXES and path.is_file():
+                self._load(path, revoked)
+
+    def _load(self, path: Path, revoked: frozenset[str]) -> None:
+        try:
+            certificates = pysequoia.Cert.split_bytes(path.read_bytes())
+        except (OSError, RuntimeError, ValueError) as exc:
+            eventlog.event(log, "key_unreadable", logging.WARNING, kind="pgp", file=path,
+                           error=type(exc).__name__)
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        for certificate in certificates:
+            fingerprint = str(certificate.fingerprint).lower()
+            reason = None
+            if fingerprint in revoked:
+                reason = "revoked by config"
+            elif certificate.is_revoked:
+                reason = "revoked"
+            elif certificate.expiration is not None and certificate.expiration <= now:
+                reason = "expired"
+            elif not _can_encrypt(certificate):
+                reason = "no usable encryption key"
+            if reason is not None:
+                eventlog.event(log, "key_skipped", logging.WARNING, kind="pgp", file=path,
+                               fingerprint=fingerprint, reason=reason)
+                continue
+            entry = PgpCertificate(certificate, addresses_of(certificate), fingerprint,
+                                   certificate.expiration, str(path))
+            for address in entry.addresses:
+                self._by_address.setdefault(address, []).append(entry)
+
+    def find(self, address: str, when: datetime.datetime | None = None) -> PgpCertificate | None:
+        now = when or datetime.datetime.now(datetime.UTC)
+        usable = [c for c in self._by_address.get(address.lower(), []) if c.valid_at(now)]
+        far_future = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+        return max(usable, key=lambda c: c.expires or far_future, default=None)
+
+    def __len__(self) -> int:
+        return len({c.fingerprint for entries in self._by_address.values() for c in entries})
+
+
+def _can_encrypt(certificate: pysequoia.Cert) -> bool:
+    try:
+        pysequoia.encrypt(b"", recipients=[certificate])
+    except RuntimeError:
+        return False
+    return True
+
+
+def encrypt(message: bytes, certificate: pysequoia.Cert, neutral_subject: str) -> bytes:
+    """The message as PGP/MIME (multipart/encrypted) for `certificate`."""
+    parts = mime.split(message)
+    try:
+        armored = pysequoia.encrypt(parts.inner, recipients=[certificate])
+    except RuntimeError:
+        raise PgpError("OpenPGP encryption failed for this certificate") from None
+    boundary = f"=_mailward_{secrets.token_hex(12)}"
+    body = (f"This is an OpenPGP/MIME encrypted message (RFC 3156).\r\n"
+            f"--{boundary}\r\n"
+            "Content-Type: application/pgp-encrypted\r\n"
+            "Content-Description: PGP/MIME version identification\r\n\r\n"
+            "Version: 1\r\n\r\n"
+            f"--{boundary}\r\n"
+            'Content-Type: application/octet-stream; name="encrypted.asc"\r\n'
+            "Content-Description: OpenPGP encrypted message\r\n"
+            'Content-Disposition: inline; filename="encrypted.asc"\r\n\r\n').encode()
+    body += armored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    body += f"\r\n--{boundary}--\r\n".encode()
+    headers = [f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; '
+               f'boundary="{boundary}"']
+    return mime.assemble(parts, headers, body, neutral_subject)

@@ -1,0 +1,130 @@
+"""S/MIME (RFC 8551): recipient certificates from `keys.smime_dir`, and EnvelopedData with
+AES-256-CBC through cryptography's PKCS7 support.
+
+A certificate is usable for an address when it names it (rfc822Name in the subject alternative
+names, or emailAddress in the subject), is within its validity period, has an RSA key of at least
+2048 bits, is not signed with SHA-1 or MD5, allows key encipherment and e-mail protection where it
+says what it is for, and is not on the revoked list (SHA-256 fingerprints, from config). Of several,
+the one valid longest is used. Files that cannot be read are reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway import eventlog
+from gateway.crypto import mime
+
+log = logging.getLogger("mailward.keys")
+_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+CONTENT_HEADERS = [
+    'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"',
+    "Content-Transfer-Encoding: base64",
+    'Content-Disposition: attachment; filename="smime.p7m"',
+]
+
+
+@dataclass(frozen=True)
+class SmimeCertificate:
+    certificate: x509.Certificate
+    addresses: frozenset[str]
+    fingerprint: str  # SHA-256, hex
+    source: str
+
+    def valid_at(self, when: datetime.datetime) -> bool:
+        return self.certificate.not_valid_before_utc <= when <= self.certificate.not_valid_after_utc
+
+
+def unusable_reason(certificate: x509.Certificate) -> str | None:
+    """Why a certificate must not be used for encryption, or None."""
+    key = certificate.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        return "not an RSA key"
+    if key.key_size < 2048:
+        return f"RSA key of {key.key_size} bits"
+    if isinstance(certificate.signature_hash_algorithm, _WEAK_HASHES):
+        return f"signed with {certificate.signature_hash_algorithm.name}"
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_encipherment:
+            return "key usage does not allow key encipherment"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        purposes = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.EMAIL_PROTECTION not in purposes and \
+                ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in purposes:
+            return "extended key usage does not include e-mail protection"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+def addresses_of(certificate: x509.Certificate) -> frozenset[str]:
+    found = {attribute.value for attribute in certificate.subject.get_attributes_for_oid(
+        NameOID.EMAIL_ADDRESS) if isinstance(attribute.value, str)}
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found.update(names.get_values_for_type(x509.RFC822Name))
+    except x509.ExtensionNotFound:
+        pass
+    return frozenset(address.strip().lower() for address in found)
+
+
+class SmimeKeyring:
+    """The certificates of a directory, by address. Built once per (re)load."""
+
+    def __init__(self, directory: Path, revoked: frozenset[str] = frozenset()) -> None:
+        self.directory = directory
+        self._by_address: dict[str, list[SmimeCertificate]] = {}
+        for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+            if path.suffix.lower() in (".pem", ".crt", ".cer", ".der") and path.is_file():
+                self._load(path, revoked)
+
+    def _load(self, path: Path, revoked: frozenset[str]) -> None:
+        try:
+            data = path.read_bytes()
+            certificates = (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
+                            else [x509.load_der_x509_certificate(data)])
+        except (OSError, ValueError) as exc:
+            eventlog.event(log, "key_unreadable", logging.WARNING, kind="smime", file=path,
+                           error=type(exc).__name__)
+            return
+        for certificate in certificates:
+            fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
+            reason = "revoked by config" if fingerprint in revoked else unusable_reason(certificate)
+            if reason is not None:
+                eventlog.event(log, "key_skipped", logging.WARNING, kind="smime", file=path,
+                               fingerprint=fingerprint, reason=reason)
+                continue
+            entry = SmimeCertificate(certificate, addresses_of(certificate), fingerprint, str(path))
+            for address in entry.addresses:
+                self._by_address.setdefault(address, []).append(entry)
+
+    def find(self, address: str, when: datetime.datetime | None = None) -> SmimeCertificate | None:
+        """The usable certificate for `address` that stays valid longest, or None."""
+        now = when or datetime.datetime.now(datetime.UTC)
+        usable = [c for c in self._by_address.get(address.lower(), []) if c.valid_at(now)]
+        return max(usable, key=lambda c: c.certificate.not_valid_after_utc, default=None)
+
+    def __len__(self) -> int:
+        return len({c.fingerprint for entries in self._by_address.values() for c in entries})
+
+
+def encrypt(message: bytes, certificate: x509.Certificate, neutral_subject: str) -> bytes:
+    """The message as S/MIME EnvelopedData for `certificate` (AES-256-CBC, RSA key transport)."""
+    parts = mime.split(message)
+    enveloped = (pkcs7.PKCS7EnvelopeBuilder().set_data(parts.inner).add_recipient(certificate)
+                 .set_content_encryption_algorithm(algorithms.AES256)
+                 .encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
+    return mime.assemble(parts, CONTENT_HEADERS, mime.base64_lines(enveloped), neutral_subject)
