@@ -200,6 +200,19 @@ class DomainConfig:
 class KeysConfig:
     pgp_dir: Path = Path("var/keys/pgp")
     smime_dir: Path = Path("var/keys/smime")
+    # Certificates never to use: SHA-256 fingerprints of S/MIME certificates, OpenPGP fingerprints.
+    revoked: tuple[str, ...] = ()
+    # The outer Subject of an end-to-end encrypted message (the real one travels inside).
+    neutral_subject: str = "Secure message"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if any(c in self.neutral_subject for c in "\r\n") or not self.neutral_subject.strip():
+            return [("neutral_subject", "one line of text")]
+        return []
+
+    @property
+    def revoked_fingerprints(self) -> frozenset[str]:
+        return frozenset(f.replace(":", "").replace(" ", "").lower() for f in self.revoked)
 
 
 @dataclass(frozen=True)

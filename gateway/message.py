@@ -97,6 +97,8 @@ class PolicyDecision:
     action: str = "allow"  # allow, tag, notify, encrypt or hold (block and tempfail never queue)
     rules: tuple[str, ...] = ()  # the rules applied
     protect: tuple[int, ...] = ()  # recipients that must get protected delivery
+    # How to protect them, strongest first: tls (verified), smime, pgp, portal.
+    methods: tuple[str, ...] = ("tls", "smime", "pgp", "portal")
 
     def protects(self, index: int) -> bool:
         return index in self.protect
@@ -145,5 +147,8 @@ class QueuedMessage:
 
 
 def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:
-    return PolicyDecision(action=data.get("action", "allow"), rules=tuple(data.get("rules", ())),
-                          protect=tuple(data.get("protect", ())))
+    decision = PolicyDecision(action=data.get("action", "allow"), rules=tuple(data.get("rules", ())),
+                              protect=tuple(data.get("protect", ())))
+    if "methods" in data:
+        decision = dataclasses.replace(decision, methods=tuple(data["methods"]))
+    return decision

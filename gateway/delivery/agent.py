@@ -16,24 +16,19 @@ the last reply said more).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 from gateway import eventlog, metrics
 from gateway.config import DeliveryConfig
 from gateway.delivery import dsn, retry
-from gateway.delivery.client import (
-    ConnectionFailed,
-    Connector,
-    Reply,
-    TlsPolicy,
-    TlsRequirement,
-    TlsSession,
-)
+from gateway.delivery.attempt import Attempt
+from gateway.delivery.client import ConnectionFailed, Connector, Reply, TlsPolicy, TlsRequirement
 from gateway.delivery.connections import ConnectionCache
-from gateway.delivery.mx import MxResolver, Permanent, ResolutionError
+from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
+from gateway.delivery.protection import Keyrings, deliver_protected
 from gateway.message import (
     ClientInfo,
     Envelope,
@@ -50,22 +45,10 @@ _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "defe
                 RecipientState.BOUNCED: "bounced"}
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What happened to one recipient in this attempt."""
-
-    index: int
-    reply: Reply
-    relay: str = "none"  # host[ip]:port, or "none" when no connection was made
-    remote_host: str | None = None
-    tls: TlsSession = TlsSession()
-    passes_dsn: bool = False  # the next hop took our DSN parameters
-
-
 class DeliveryAgent:
     def __init__(self, spool: Spool, hostname: str, config: DeliveryConfig, *, resolver: MxResolver,
                  connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
-                 on_queued: Callable[[str], None]) -> None:
+                 on_queued: Callable[[str], None], keyrings: Keyrings | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -74,12 +57,13 @@ class DeliveryAgent:
         self.connections = connections
         self.tls_policy = tls_policy
         self.on_queued = on_queued  # a new message (a DSN) is in incoming/
+        self.keyrings = keyrings or Keyrings.empty()
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
         message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
-        # Recipients that policy says must be protected travel apart from the others: their
-        # connection needs a verified certificate, whatever the domain's own TLS policy allows.
+        # Recipients that policy says must be protected travel apart from the others: they get
+        # the protection methods of the policy's order (see `protection`), never plaintext.
         by_domain: dict[tuple[str, bool], list[int]] = {}
         for index in message.pending_recipients():
             domain = message.envelope.recipients[index].address.rpartition("@")[2].lower()
@@ -97,11 +81,20 @@ class DeliveryAgent:
             code = 550 if isinstance(exc, Permanent) else 451
             return [Attempt(i, Reply(code, exc.status, exc.reason)) for i in indexes]
         requirement = await self.tls_policy.requirement(domain, destinations)
-        if protect and requirement.level != "verify":
-            requirement = TlsRequirement("verify", requirement.match_names)
+
+        async def send(to: list[int], body: bytes, needs: TlsRequirement, protection: str) -> list[Attempt]:
+            return await self._send(domain, destinations, message, body, to, needs, protection)
+
+        if protect:
+            return await deliver_protected(message, content, indexes, requirement, self.keyrings, send)
+        return await send(indexes, content, requirement, "")
+
+    async def _send(self, domain: str, destinations: Sequence[Destination], message: QueuedMessage,
+                    content: bytes, indexes: list[int], requirement: TlsRequirement,
+                    protection: str) -> list[Attempt]:
+        """One transaction (or a few, for many recipients) on a cached connection."""
         key: Hashable = (domain, requirement)
         recipients = [(i, message.envelope.recipients[i]) for i in indexes]
-
         for fresh_only in (False, True):
             try:
                 async with self.connections.connection(key, lambda: self.connector.open(
@@ -109,14 +102,16 @@ class DeliveryAgent:
                     reused = connection.messages > 0
                     replies = await connection.deliver(message.envelope, recipients, content)
             except ConnectionFailed as failure:
-                return [Attempt(i, failure.reply, failure.relay) for i in indexes]
+                return [Attempt(i, failure.reply, failure.relay, tls_failure=failure.tls_failure,
+                                protection=protection if not failure.tls_failure else "")
+                        for i in indexes]
             # A cached connection that the server had meanwhile closed fails before DATA; that is
             # not the recipient's problem, so try once more on a new connection.
             if reused and connection.broken and not connection.reached_data and not fresh_only:
                 continue
             break
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
-                        connection.passes_dsn) for i in indexes]
+                        connection.passes_dsn, protection=protection) for i in indexes]
 
     async def _settle(self, message: QueuedMessage, content: bytes, attempts: Sequence[Attempt]) -> None:
         now = time.time()
@@ -147,6 +142,13 @@ class DeliveryAgent:
             metrics.DELIVERY_DURATION.observe(now - message.received_at)
             return
         await self.spool.offload(self.spool.record, message.queue_id, statuses)
+        if any(attempt.hold for attempt in attempts):
+            await self.spool.offload(functools.partial(
+                self.spool.move, message.queue_id, QueueState.HOLD, only_from=(QueueState.ACTIVE,)))
+            eventlog.event(log, "held", logging.WARNING, queue_id=message.queue_id,
+                           reason="portal_unavailable", recipients=sum(a.hold for a in attempts),
+                           note="no verified TLS and no key: release after adding a key")
+            return
         # Every pending recipient was tried in this attempt, so each remaining one has a status.
         attempts_made = max(statuses[i].attempts for i in remaining)
         due = retry.next_attempt(now, attempts_made, self.config.retry_schedule)
@@ -197,7 +199,5 @@ class DeliveryAgent:
         eventlog.event(
             log, "delivery", queue_id=message.queue_id, to=f"<{recipient.address}>", relay=attempt.relay,
             delay=f"{now - message.received_at:.2f}", dsn=status, status=word,
-            tls=str(attempt.tls), reply=str(attempt.reply))
-        protection = "none" if attempt.tls.version is None else \
-            ("tls-verified" if attempt.tls.verified else "tls")
-        metrics.DELIVERIES.labels(result=word, protection=protection, pool="default").inc()
+            protection=attempt.protection_used, tls=str(attempt.tls), reply=str(attempt.reply))
+        metrics.DELIVERIES.labels(result=word, protection=attempt.protection_used, pool="default").inc()

@@ -94,12 +94,16 @@ class TlsSession:
 
 
 class ConnectionFailed(Exception):
-    """No destination host could be used; `reply` is the last reason, for every recipient."""
+    """No destination host could be used; `reply` is the last reason, for every recipient.
+    `tls_failure`: a host was reached but could not give the TLS the requirement asked for (no
+    STARTTLS, a certificate that does not verify, a failed handshake), so another protection
+    method may help where waiting would not."""
 
-    def __init__(self, reply: Reply, relay: str = "none") -> None:
+    def __init__(self, reply: Reply, relay: str = "none", *, tls_failure: bool = False) -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.relay = relay
+        self.tls_failure = tls_failure
 
 
 @dataclass(frozen=True)
@@ -242,13 +246,15 @@ class Connector:
         """A connection to the first host that takes one; raises ConnectionFailed with the last
         reason when none does."""
         last = ConnectionFailed(Reply(451, "4.4.1", "no destination host to try"))
+        tls_failure = None
         for destination in destinations:
             for address in destination.addresses:
                 try:
                     return await self._open_one(destination, address, requirement)
                 except ConnectionFailed as failure:
                     last = failure
-        raise last
+                    tls_failure = tls_failure or (failure if failure.tls_failure else None)
+        raise tls_failure or last  # a TLS failure says more than a host that was down
 
     async def _open_one(self, destination: Destination, address: str,
                         requirement: TlsRequirement) -> SmtpConnection:
@@ -257,7 +263,8 @@ class Connector:
         if "starttls" not in client.esmtp_extensions:
             if requirement.level != "may":
                 client.close()
-                raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS"), relay)
+                raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS"), relay,
+                                       tls_failure=True)
             return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
         try:
             tls = await self._starttls(client, destination, requirement, verify=True)
@@ -266,7 +273,7 @@ class Connector:
             client.close()
             if requirement.level == "verify":
                 raise ConnectionFailed(Reply(450, "4.7.5", f"certificate of {relay} not verified: "
-                                             f"{exc.verify_message}"), relay) from None
+                                             f"{exc.verify_message}"), relay, tls_failure=True) from None
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             return await self._without_tls(destination, address, requirement, relay, exc)
@@ -285,7 +292,8 @@ class Connector:
         """The TLS handshake failed: plaintext when the level allows it (Postfix does the same at
         level "may"), else a ConnectionFailed so the next host or method is tried."""
         if requirement.level != "may":
-            raise ConnectionFailed(_network_reply(failure, f"in TLS handshake with {relay}"), relay)
+            raise ConnectionFailed(_network_reply(failure, f"in TLS handshake with {relay}"), relay,
+                                   tls_failure=True)
         client = await self._greet(destination, address, relay)
         return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
 

@@ -17,6 +17,7 @@ from gateway.delivery.agent import DeliveryAgent
 from gateway.delivery.client import Connector, OpportunisticTls, Timeouts, TlsPolicy
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
+from gateway.delivery.protection import Keyrings
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
 
@@ -45,7 +46,8 @@ class DeliveryService:
                               ca_file=str(delivery.ca_file) if delivery.ca_file else None)
         return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
                              connections=self.connections, tls_policy=self.tls_policy,
-                             on_queued=lambda queue_id: self.scheduler.notify([queue_id]))
+                             on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
+                             keyrings=Keyrings.load(config.keys))
 
     def notify(self, queue_id: str) -> None:
         self.scheduler.notify([queue_id])

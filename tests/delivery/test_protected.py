@@ -1,42 +1,149 @@
-"""Recipients that DLP policy says must be protected are never sent in clear: until the
-encryption stage offers other methods, they need a verified TLS connection or they wait."""
+"""Protected delivery, end to end: recipients that policy says must be protected get verified TLS,
+else S/MIME or PGP when a key is on file, else the portal (held until it exists). Never plaintext.
+
+Receivers on loopback: one with a certificate for its MX name, one with a certificate for another
+name, one without STARTTLS. What they receive is decrypted with `openssl cms` and `gpg`.
+"""
 
 from __future__ import annotations
 
+import email
+import email.policy
 from pathlib import Path
+from typing import Any
 
 from gateway.spool import QueueState
-from tests.conftest import message, send
+from tests.conftest import RunningGateway, send
+from tests.crypto.keys import GnuPG, SmimeIdentity, openssl_decrypt, smime_identity
 from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.smtpsink import Sink
+from tests.stages.dlp import builders as b
 
 RECORDS = {
+    ("verified.test", "MX"): ["10 mx.verified.test."],
+    ("mx.verified.test", "A"): ["127.0.0.22"],
+    ("wrongname.test", "MX"): ["10 mx.wrongname.test."],
+    ("mx.wrongname.test", "A"): ["127.0.0.23"],
     ("plain.test", "MX"): ["10 mx.plain.test."],
     ("mx.plain.test", "A"): ["127.0.0.21"],
-    ("secure.test", "MX"): ["10 mx.secure.test."],
-    ("mx.secure.test", "A"): ["127.0.0.22"],
 }
-POLICY = "match: first\nrules:\n  - {name: phi, action: encrypt, when: {detectors: {ssn: 1}}}\n"
+SSN = "219-45-6789"
 
 
-async def test_protected_recipient_waits_for_verified_tls_and_the_other_is_delivered(
+def policy(order: str = "[tls, smime, pgp, portal]") -> str:
+    return ("match: first\nrules:\n  - name: phi\n    action: encrypt\n"
+            f"    protection: {order}\n    when: {{detectors: {{ssn: 1}}}}\n")
+
+
+class World:
+    def __init__(self, world: MailWorld, tmp_path: Path) -> None:
+        self.world, self.tmp_path = world, tmp_path
+        self.keys = tmp_path / "keys"
+        self.gnupg = GnuPG(tmp_path / "gnupg")
+        self.sinks: dict[str, Sink] = {}
+
+    async def start(self, order: str = "[tls, smime, pgp, portal]") -> RunningGateway:
+        await self.world.start_dns(RECORDS)
+        self.sinks["verified"] = await self.world.sink("127.0.0.22", tls_name="mx.verified.test")
+        self.sinks["wrongname"] = await self.world.sink("127.0.0.23", tls_name="someone-else.test")
+        self.sinks["plain"] = await self.world.sink("127.0.0.21")
+        policies = self.tmp_path / "policies"
+        policies.mkdir(exist_ok=True)
+        (policies / "p.yaml").write_text(policy(order))
+        config: dict[str, Any] = {"policies_dir": str(policies), "dlp": {"workers": 0},
+                                  "keys": {"smime_dir": str(self.keys / "smime"),
+                                           "pgp_dir": str(self.keys / "pgp"),
+                                           "neutral_subject": "Secure message from the clinic"}}
+        return await self.world.gateway(config)
+
+    def smime(self, address: str) -> SmimeIdentity:
+        return smime_identity(self.keys / "smime", address)
+
+    def pgp(self, address: str) -> None:
+        self.gnupg.make_key(address)
+        self.gnupg.export(address, self.keys / "pgp" / f"{address}.asc")
+
+
+async def submit(gateway: RunningGateway, recipients: list[str], body: str,
+                 subject: str = "Results for Jane Roe") -> None:
+    raw = b.message(body, subject=subject, sender=SENDER, to=", ".join(recipients))
+    code, text = await send(gateway.client(), SENDER, recipients, raw)
+    assert code == 250, text
+
+
+def parsed(content: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+async def test_each_recipient_gets_the_strongest_protection_it_can_receive(
         world: MailWorld, tmp_path: Path) -> None:
-    await world.start_dns(RECORDS)
-    plain = await world.sink("127.0.0.21")  # no STARTTLS at all
-    secure = await world.sink("127.0.0.22", tls_name="mx.secure.test")
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "p.yaml").write_text(POLICY)
-    gateway = await world.gateway({"policies_dir": str(policies), "dlp": {"workers": 0}})
-    client = gateway.client()
-    code, _ = await send(client, SENDER, ["pat@plain.test", "pat@secure.test"],
-                         message("SSN 219-45-6789"))
-    assert code == 250
-    code, _ = await send(gateway.client(), SENDER, ["other@plain.test"], message("Lunch"))
-    assert code == 250
-    await eventually(lambda: secure.messages and plain.messages and gateway.queued(QueueState.DEFERRED))
-    assert secure.deliveries() == [("pat@secure.test", "SSN 219-45-6789")]
-    assert secure.messages[0].tls_version is not None
-    assert plain.deliveries() == [("other@plain.test", "Lunch")]  # unprotected mail still flows
-    [queue_id] = gateway.queued(QueueState.DEFERRED)
-    status = gateway.spool.load(queue_id, QueueState.DEFERRED).statuses[0]
-    assert status.state.value == "deferred" and "TLS" in status.reply
+    setup = World(world, tmp_path)
+    identity = setup.smime("pat@wrongname.test")
+    setup.pgp("pat@plain.test")
+    gateway = await setup.start()
+    recipients = ["pat@verified.test", "pat@wrongname.test", "pat@plain.test", "nokey@plain.test"]
+    await submit(gateway, recipients, f"SSN {SSN}")
+    await eventually(lambda: gateway.queued(QueueState.HOLD))
+    verified, wrongname, plain = (setup.sinks[n] for n in ("verified", "wrongname", "plain"))
+
+    # Verified TLS: the message itself, over a verified TLS session.
+    assert verified.deliveries() == [("pat@verified.test", "Results for Jane Roe")]
+    assert verified.messages[0].tls_version in ("TLSv1.2", "TLSv1.3")
+
+    # Wrong-name certificate: never in clear; S/MIME, which openssl decrypts.
+    [smime_copy] = wrongname.messages
+    assert smime_copy.recipients == ["pat@wrongname.test"]
+    assert SSN.encode() not in smime_copy.content and b"Jane Roe" not in smime_copy.content
+    outer = parsed(smime_copy.content)
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    assert outer["Subject"] == "Secure message from the clinic"
+    inner = parsed(openssl_decrypt(identity, smime_copy.content, tmp_path))
+    assert inner["Subject"] == "Results for Jane Roe" and SSN in inner.get_content()
+
+    # No STARTTLS at all: PGP/MIME for the recipient with a key, which gpg decrypts...
+    [pgp_copy] = plain.messages
+    assert pgp_copy.recipients == ["pat@plain.test"]
+    assert SSN.encode() not in pgp_copy.content
+    payload = list(parsed(pgp_copy.content).iter_parts())[1].get_payload(decode=True)
+    assert SSN in parsed(setup.gnupg.decrypt(payload)).get_content()
+
+    # ... and the recipient with neither TLS nor a key waits for the portal, in hold/.
+    [queue_id] = gateway.queued(QueueState.HOLD)
+    statuses = gateway.spool.load(queue_id, QueueState.HOLD).statuses
+    assert [s.state.value for s in statuses] == ["delivered", "delivered", "delivered", "deferred"]
+    assert "secure portal" in statuses[3].reply
+
+
+async def test_without_any_method_the_recipient_waits_and_nothing_goes_in_clear(
+        world: MailWorld, tmp_path: Path) -> None:
+    setup = World(world, tmp_path)
+    gateway = await setup.start(order="[tls]")
+    await submit(gateway, ["pat@plain.test", "pat@wrongname.test"], f"SSN {SSN}")
+    [queue_id] = await eventually(lambda: gateway.queued(QueueState.DEFERRED))
+    assert setup.sinks["plain"].messages == [] and setup.sinks["wrongname"].messages == []
+    statuses = gateway.spool.load(queue_id, QueueState.DEFERRED).statuses
+    assert [s.dsn for s in statuses] == ["4.7.5", "4.7.5"]
+    assert "does not offer STARTTLS" in statuses[0].reply
+    assert "not verified" in statuses[1].reply
+
+
+async def test_the_policy_order_decides_smime_before_tls(world: MailWorld, tmp_path: Path) -> None:
+    setup = World(world, tmp_path)
+    identity = setup.smime("pat@verified.test")
+    gateway = await setup.start(order="[smime, tls]")
+    await submit(gateway, ["pat@verified.test"], f"SSN {SSN}")
+    [copy] = await eventually(lambda: setup.sinks["verified"].messages)
+    assert parsed(copy.content).get_content_type() == "application/pkcs7-mime"
+    assert SSN in parsed(openssl_decrypt(identity, copy.content, tmp_path)).get_content()
+
+
+async def test_unprotected_mail_is_not_encrypted_even_when_a_key_exists(
+        world: MailWorld, tmp_path: Path) -> None:
+    setup = World(world, tmp_path)
+    setup.smime("pat@plain.test")
+    gateway = await setup.start()
+    await submit(gateway, ["pat@plain.test"], "Lunch on Friday?", subject="Lunch")
+    [copy] = await eventually(lambda: setup.sinks["plain"].messages)
+    assert b"Lunch on Friday?" in copy.content

@@ -29,6 +29,8 @@ from gateway.stages.dlp.detectors import BUILT_IN
 from gateway.stages.dlp.extract import FACTS
 
 Action = Literal["encrypt", "block", "hold", "tag", "notify", "allow"]
+Method = Literal["tls", "smime", "pgp", "portal"]
+PROTECTION_ORDER: tuple[Method, ...] = ("tls", "smime", "pgp", "portal")
 ErrorAction = Literal["hold", "block", "encrypt", "tempfail"]
 Fact = Literal["encrypted_attachment", "unreadable_attachment", "unscanned_attachment", "scan_incomplete"]
 assert set(typing.get_args(Fact)) == set(FACTS)
@@ -128,6 +130,8 @@ class Rule:
     tag: Tag | None = None  # a header to add, with any action (action "tag" adds X-Mailward-DLP)
     notify: bool = False  # mail the policy's notify_to address (action "notify" implies it)
     reply: str = "Message refused by data loss prevention policy"  # the 5xx text for "block"
+    # For "encrypt": the protection methods to try per recipient, strongest first.
+    protection: tuple[Method, ...] = PROTECTION_ORDER
 
     @property
     def rank(self) -> int:
@@ -143,9 +147,12 @@ class Rule:
         return self.notify or self.action == "notify"
 
     def problems(self) -> list[tuple[str, str]]:
+        found = []
         if any(c in self.reply for c in "\r\n") or not self.reply.isascii() or len(self.reply) > 200:
-            return [("reply", "one line of ASCII text, at most 200 characters")]
-        return []
+            found.append(("reply", "one line of ASCII text, at most 200 characters"))
+        if not self.protection or len(set(self.protection)) != len(self.protection):
+            found.append(("protection", "list each method (tls, smime, pgp, portal) at most once"))
+        return found
 
 
 @dataclass(frozen=True)

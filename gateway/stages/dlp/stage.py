@@ -60,7 +60,8 @@ class DlpStage:
         self._account(message.queue_id, verdict, summary)
         item.notes[self.name] = summary
         item.message = dataclasses.replace(message, policy=PolicyDecision(
-            action=verdict.action, rules=verdict.applied, protect=verdict.protect))
+            action=verdict.action, rules=verdict.applied, protect=verdict.protect,
+            methods=verdict.methods))
         item.add_headers(verdict.headers)
         for address in verdict.notify:
             item.generated.append(notification(item.message, verdict, summary, to=address,

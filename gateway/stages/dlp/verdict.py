@@ -10,7 +10,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from gateway.message import Envelope
-from gateway.stages.dlp.policy import STRENGTH, Policies, PolicyFile, Rule, matches_address
+from gateway.stages.dlp.policy import (
+    PROTECTION_ORDER,
+    STRENGTH,
+    Policies,
+    PolicyFile,
+    Rule,
+    matches_address,
+)
 from gateway.stages.dlp.scanner import ScanSummary
 
 
@@ -23,6 +30,7 @@ class Verdict:
     headers: tuple[tuple[str, str], ...] = ()
     notify: tuple[str, ...] = ()  # compliance addresses to tell
     reply: str = ""  # the text of the 5xx when the action is block
+    methods: tuple[str, ...] = PROTECTION_ORDER  # protection order, from the deciding encrypt rule
     error: str | None = None  # why on_error decided: "timeout" or "scan_failed"
     recipient_actions: tuple[str, ...] = ()  # per recipient, in envelope order
 
@@ -58,6 +66,7 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
     everything = [(policy, rule) for applied in per_recipient for policy, rule in applied]
     action = max(actions, key=STRENGTH.__getitem__, default="allow")
     blocking = next((rule for _, rule in everything if rule.action == "block"), None)
+    encrypting = next((rule for _, rule in everything if rule.action == "encrypt"), None)
     return Verdict(
         action=action,
         matched=tuple(matched),
@@ -68,6 +77,7 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
         notify=tuple(dict.fromkeys(policy.notify_to for policy, rule in everything
                                    if rule.notifies and policy.notify_to)),
         reply=blocking.reply if blocking is not None else "",
+        methods=encrypting.protection if encrypting is not None else PROTECTION_ORDER,
         recipient_actions=tuple(actions))
 
 

@@ -1,0 +1,127 @@
+"""Protected delivery: for each recipient that policy says must be protected, the methods of the
+policy's order, strongest first, until one works. Never plaintext.
+
+- ``tls``: a connection with a verified certificate (the TLS requirement raised to "verify").
+  Only a TLS failure (no STARTTLS, a certificate that does not verify, a failed handshake) moves
+  the recipient on to the next method; a host that is down or a 4xx is retried later as usual.
+- ``smime`` / ``pgp``: when a usable key is on file, the message is encrypted for that recipient
+  alone (its own copy, its own transaction) and sent with opportunistic TLS, since the content
+  no longer needs the transport's protection.
+- ``portal``: the secure portal is not built yet; the message is held for an admin with a clear
+  log line (`mailward queue release` retries it, e.g. after a key was added).
+
+A recipient for whom no method works is deferred with 4.7.5 and retried; past
+``max_queue_age`` it bounces. The reason every method failed goes into the recipient's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import KeysConfig
+from gateway.crypto import pgp, smime
+from gateway.delivery.attempt import Attempt
+from gateway.delivery.client import Reply, TlsRequirement
+from gateway.message import QueuedMessage
+
+# Sends `content` to the recipients at these indexes with this TLS requirement.
+Send = Callable[[list[int], bytes, TlsRequirement, str], Awaitable[list[Attempt]]]
+
+PORTAL_PENDING = Reply(450, "4.7.0", "held: the recipient needs the secure portal, which is not "
+                                     "available yet")
+
+
+@dataclass(frozen=True)
+class Keyrings:
+    smime: smime.SmimeKeyring
+    pgp: pgp.PgpKeyring
+    neutral_subject: str
+
+    @classmethod
+    def load(cls, keys: KeysConfig) -> Keyrings:
+        revoked = keys.revoked_fingerprints
+        return cls(smime.SmimeKeyring(keys.smime_dir, revoked), pgp.PgpKeyring(keys.pgp_dir, revoked),
+                   keys.neutral_subject)
+
+    @classmethod
+    def empty(cls) -> Keyrings:
+        return cls(smime.SmimeKeyring(Path("/nonexistent")), pgp.PgpKeyring(Path("/nonexistent")),
+                   "Secure message")
+
+
+async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Sequence[int],
+                            requirement: TlsRequirement, keyrings: Keyrings, send: Send) -> list[Attempt]:
+    """Attempts for `indexes`, each made with the first method of the policy's order that works."""
+    remaining = list(indexes)
+    attempts: list[Attempt] = []
+    tried: dict[int, list[str]] = {i: [] for i in indexes}
+    for method in message.policy.methods:
+        if not remaining:
+            break
+        if method == "tls":
+            verified = requirement if requirement.level == "verify" else \
+                TlsRequirement("verify", requirement.match_names)
+            remaining = _keep_tls_failures(await send(remaining, content, verified, "tls-verified"),
+                                           attempts, tried)
+        elif method in ("smime", "pgp"):
+            remaining = await _encrypted(method, message, content, remaining, keyrings, send, attempts,
+                                         tried)
+        elif method == "portal":
+            attempts += [Attempt(i, PORTAL_PENDING, protection="portal", hold=True) for i in remaining]
+            remaining = []
+    for index in remaining:
+        reasons = "; ".join(tried[index]) or "no method in the policy's order"
+        attempts.append(Attempt(index, Reply(450, "4.7.5", f"no protection available: {reasons}"),
+                                protection="none"))
+    return attempts
+
+
+def _keep_tls_failures(results: list[Attempt], attempts: list[Attempt],
+                       tried: dict[int, list[str]]) -> list[int]:
+    """Record the final results; return the recipients whose only problem was TLS."""
+    failed = []
+    for attempt in results:
+        if attempt.tls_failure:
+            tried[attempt.index].append(f"tls: {attempt.reply.text}")
+            failed.append(attempt.index)
+        else:
+            attempts.append(attempt)
+    return failed
+
+
+async def _encrypted(method: str, message: QueuedMessage, content: bytes, remaining: list[int],
+                     keyrings: Keyrings, send: Send, attempts: list[Attempt],
+                     tried: dict[int, list[str]]) -> list[int]:
+    loop = asyncio.get_running_loop()
+    without_key = []
+    for index in remaining:
+        address = message.envelope.recipients[index].address
+        encrypt: Callable[[], bytes]
+        if method == "smime":
+            found_smime = keyrings.smime.find(address)
+            if found_smime is None:
+                tried[index].append("smime: no certificate")
+                without_key.append(index)
+                continue
+            encrypt = functools.partial(smime.encrypt, content, found_smime.certificate,
+                                        keyrings.neutral_subject)
+        else:
+            found_pgp = keyrings.pgp.find(address)
+            if found_pgp is None:
+                tried[index].append("pgp: no key")
+                without_key.append(index)
+                continue
+            encrypt = functools.partial(pgp.encrypt, content, found_pgp.certificate,
+                                        keyrings.neutral_subject)
+        try:
+            encrypted = await loop.run_in_executor(None, encrypt)  # CPU: off the event loop
+        except (pgp.PgpError, ValueError) as exc:
+            tried[index].append(f"{method}: {exc}")
+            without_key.append(index)
+            continue
+        attempts += await send([index], encrypted, TlsRequirement("may"), method)
+    return without_key
