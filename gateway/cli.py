@@ -156,6 +156,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
+    from gateway.delivery.protection import Keyrings
     from gateway.stages.dlp import report
     from gateway.stages.dlp.scanner import scan_message
     from gateway.stages.dlp.stage import dlp_settings
@@ -169,7 +170,8 @@ def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
     settings = dlp_settings(config)
     envelope = report.envelope_for(raw, args.sender, args.recipients)
     summary = scan_message(raw, settings.request)
-    result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope)
+    keyrings = Keyrings.load(config.keys)
+    result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope, keyrings)
     print(json.dumps(result, indent=1) if args.json else report.as_text(result))
     return EXIT_OK
 

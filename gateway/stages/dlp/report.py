@@ -10,15 +10,47 @@ from collections import Counter
 from email.utils import getaddresses
 from typing import Any
 
+from gateway.delivery.protection import Keyrings
 from gateway.message import Envelope, Recipient
 from gateway.stages.dlp.extract import parse
 from gateway.stages.dlp.scanner import ScanSummary
 from gateway.stages.dlp.verdict import Verdict
 
-PROTECTION = {
-    True: "required: verified TLS or end-to-end encryption, negotiated at delivery",
-    False: "not required by policy (TLS when the receiver offers it)",
-}
+_METHOD_WORDS = {"tls": "verified TLS if the MX offers it", "smime": "S/MIME", "pgp": "PGP/MIME",
+                 "portal": "the secure portal (held until it is available)"}
+
+
+def protection_plan(address: str, methods: tuple[str, ...], keyrings: Keyrings) -> dict[str, Any]:
+    """What delivery will try for a protected recipient, in order, and which keys are on file;
+    whether the MX offers verified TLS is only known when delivering (`mailward tls probe`)."""
+    steps = []
+    for method in methods:
+        if method == "smime":
+            found = keyrings.smime.find(address)
+            steps.append({"method": method, "available": found is not None,
+                          "key": found.fingerprint if found else None})
+        elif method == "pgp":
+            found_pgp = keyrings.pgp.find(address)
+            steps.append({"method": method, "available": found_pgp is not None,
+                          "key": found_pgp.fingerprint if found_pgp else None})
+        else:
+            steps.append({"method": method, "available": None if method == "tls" else True,
+                          "key": None})
+    return {"required": True, "order": steps}
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    if not plan["required"]:
+        return "not required by policy (TLS when the receiver offers it)"
+    words = []
+    for step in plan["order"]:
+        if step["available"] is False:
+            words.append(f"{step['method']} (no key on file)")
+        elif step["key"]:
+            words.append(f"{_METHOD_WORDS[step['method']]} (key {step['key'][:16]})")
+        else:
+            words.append(_METHOD_WORDS[step["method"]])
+    return "required: " + ", else ".join(words)
 
 
 def envelope_for(raw: bytes, sender: str | None, recipients: list[str] | None) -> Envelope:
@@ -33,7 +65,8 @@ def envelope_for(raw: bytes, sender: str | None, recipients: list[str] | None) -
     return Envelope(sender=sender, recipients=tuple(Recipient(address) for address in recipients))
 
 
-def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope) -> dict[str, Any]:
+def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope,
+            keyrings: Keyrings) -> dict[str, Any]:
     places: dict[str, Counter[str]] = {}
     for location in summary.locations:
         places.setdefault(location.detector, Counter())[location.source] += 1
@@ -53,7 +86,8 @@ def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope) -> dict[
         "sender": envelope.sender,
         "recipients": [
             {"address": recipient.address, "action": verdict.recipient_actions[i],
-             "protection": "required" if i in verdict.protect else "none"}
+             "protection": protection_plan(recipient.address, verdict.methods, keyrings)
+             if i in verdict.protect else {"required": False, "order": []}}
             for i, recipient in enumerate(envelope.recipients)],
         "scan_ms": round(summary.seconds * 1000, 1),
     }
@@ -76,7 +110,7 @@ def as_text(report: dict[str, Any]) -> str:
         "recipients:",
     ]
     lines += [f"  {r['address']}: {r['action']}, protection "
-              f"{PROTECTION[r['protection'] == 'required']}" for r in report["recipients"]]
+              f"{_describe(r['protection'])}" for r in report["recipients"]]
     if report["error"]:
         lines.append(f"scan error:  {report['error']} (the policy's on_error decided)")
     lines.append(f"scan time:   {report['scan_ms']} ms, {report['attachments']} attachment(s)")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+
 from tests.conftest import write_config
+from tests.crypto.keys import smime_identity
 from tests.stages.dlp import builders as b
 from tests.test_cli import mailward
 
@@ -27,7 +30,9 @@ def test_policy_test_reports_rules_counts_action_and_protection(tmp_path: Path) 
     report = json.loads(result.stdout)
     assert report["action"] == "encrypt" and report["rules"]["applied"] == ["phi-identifiers"]
     assert report["detectors"]["ssn"] == {"count": 2, "where": {"body": 1, "attachment": 1}}
-    assert [r["protection"] for r in report["recipients"]] == ["required", "required"]
+    assert [r["protection"]["required"] for r in report["recipients"]] == [True, True]
+    assert [step["method"] for step in report["recipients"][0]["protection"]["order"]] == \
+        ["tls", "smime", "pgp", "portal"]
     assert SSN not in result.stdout and "219456789" not in result.stdout
 
 
@@ -63,3 +68,15 @@ def test_check_config_accepts_shipped_policies(tmp_path: Path) -> None:
 def test_check_config_warns_when_there_are_no_rules(tmp_path: Path) -> None:
     result = mailward(config_with(tmp_path, tmp_path / "none"), "check-config")
     assert result.returncode == 0 and "no DLP rules" in result.stderr
+
+
+def test_policy_test_shows_the_keys_on_file_for_a_protected_recipient(tmp_path: Path) -> None:
+    identity = smime_identity(tmp_path / "keys" / "smime", "pat@example.org")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(b.message(f"SSN {SSN}", to="pat@example.org"))
+    config = write_config(tmp_path, {"policies_dir": str(REPO_POLICIES),
+                                     "keys": {"smime_dir": str(tmp_path / "keys" / "smime")}})
+    result = mailward(config, "policy", "test", str(eml))
+    assert result.returncode == 0, result.stderr
+    fingerprint = identity.certificate.fingerprint(hashes.SHA256()).hex()
+    assert f"else S/MIME (key {fingerprint[:16]}), else pgp (no key on file)" in result.stdout
