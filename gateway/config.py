@@ -136,6 +136,11 @@ class DeliveryConfig:
     connection_idle_time: Duration = Duration(5)  # an idle connection is kept this long for reuse
     max_active: int = 1000  # messages being delivered at once (the rest wait in the queue)
     paused: bool = False  # queue everything, deliver nothing (maintenance)
+    # Per recipient domain (".example.org" covers subdomains): none, may, encrypt, verify, secure.
+    tls_policy: Mapping[str, Literal["none", "may", "encrypt", "verify", "secure"]] = field(
+        default_factory=_empty_mapping)
+    mta_sts: bool = True  # honour recipient domains' MTA-STS policies (RFC 8461)
+    mta_sts_port: int = 443  # HTTPS port of mta-sts.DOMAIN (tests point it elsewhere)
     separate_process: bool = True  # `mailward run` delivers from a second process (a second core)
     pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
     shaping: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
@@ -148,6 +153,7 @@ class DeliveryConfig:
                   ("max_connections", "max_connections_per_destination",
                    "max_messages_per_connection", "max_active") if getattr(self, key) < 1]
         found += _port_problems("smtp_port", self.smtp_port, lowest=1)
+        found += _port_problems("mta_sts_port", self.mta_sts_port, lowest=1)
         return found
 
 

@@ -62,12 +62,31 @@ class Reply:
 
 @dataclass(frozen=True)
 class TlsRequirement:
-    """What TLS a destination needs. ``may``: STARTTLS if offered, any certificate, else plaintext;
-    ``encrypt``: TLS required, any certificate; ``verify``: TLS with a certificate that chains to a
-    trusted root and names the MX host (or one of `match_names`)."""
+    """What TLS a destination needs. ``none``: no STARTTLS (an admin's choice for a broken peer);
+    ``may``: STARTTLS if offered, any certificate, else plaintext; ``encrypt``: TLS required, any
+    certificate; ``verify``: TLS with a certificate that chains to a trusted root and names the MX
+    host (or one of `match_names`). `mx_patterns` (MTA-STS) limits which MX hosts may be used at
+    all; `source` says where the requirement came from, for the logs."""
 
-    level: Literal["may", "encrypt", "verify"] = "may"
+    level: Literal["none", "may", "encrypt", "verify"] = "may"
     match_names: tuple[str, ...] = ()
+    mx_patterns: tuple[str, ...] = ()
+    source: str = ""
+
+    def allows(self, host: str) -> bool:
+        """Whether `host` matches `mx_patterns` (RFC 8461 §4.1: "*." covers one leftmost label)."""
+        if not self.mx_patterns:
+            return True
+        host = host.lower().rstrip(".")
+        for pattern in self.mx_patterns:
+            pattern = pattern.lower().rstrip(".")
+            if pattern.startswith("*."):
+                label, _, rest = host.partition(".")
+                if label and rest == pattern[2:]:
+                    return True
+            elif host == pattern:
+                return True
+        return False
 
 
 class TlsPolicy(Protocol):
@@ -247,7 +266,12 @@ class Connector:
         reason when none does."""
         last = ConnectionFailed(Reply(451, "4.4.1", "no destination host to try"))
         tls_failure = None
-        for destination in destinations:
+        allowed = [d for d in destinations if requirement.allows(d.host)]
+        if not allowed:
+            policy = requirement.source or "TLS"
+            raise ConnectionFailed(Reply(450, "4.7.5", f"no MX host matches the {policy} policy"),
+                                   tls_failure=True)
+        for destination in allowed:
             for address in destination.addresses:
                 try:
                     return await self._open_one(destination, address, requirement)
@@ -260,8 +284,10 @@ class Connector:
                         requirement: TlsRequirement) -> SmtpConnection:
         relay = f"{destination.host}[{address}]:{destination.port}"
         client = await self._greet(destination, address, relay)
+        if requirement.level == "none":
+            return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
         if "starttls" not in client.esmtp_extensions:
-            if requirement.level != "may":
+            if requirement.level not in ("may", "none"):
                 client.close()
                 raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS"), relay,
                                        tls_failure=True)

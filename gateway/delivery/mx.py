@@ -99,6 +99,18 @@ class MxResolver:
             raise Temporary(domain, "no address for any MX host")
         return found
 
+    async def addresses(self, host: str) -> list[str]:
+        """A and AAAA addresses of `host` (cached); raises Permanent or Temporary."""
+        return await self._addresses(host.lower().rstrip("."))
+
+    async def txt(self, name: str) -> list[str]:
+        """The TXT strings of `name` (each record's strings joined), [] when there are none."""
+        try:
+            answer = await self._query(name, "TXT")
+        except Permanent:
+            return []
+        return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer or ()]
+
     async def _mx(self, domain: str) -> list[tuple[int, str]]:
         cached = self._cached(domain, "MX")
         if cached is not None:

@@ -17,6 +17,7 @@ A recipient for whom no method works is deferred with 4.7.5 and retried; past
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -63,8 +64,7 @@ async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Seq
         if not remaining:
             break
         if method == "tls":
-            verified = requirement if requirement.level == "verify" else \
-                TlsRequirement("verify", requirement.match_names)
+            verified = dataclasses.replace(requirement, level="verify")
             remaining = _keep_tls_failures(await send(remaining, content, verified, "tls-verified"),
                                            attempts, tried)
         elif method in ("smime", "pgp"):

@@ -14,10 +14,11 @@ import logging
 from gateway import eventlog
 from gateway.config import Config
 from gateway.delivery.agent import DeliveryAgent
-from gateway.delivery.client import Connector, OpportunisticTls, Timeouts, TlsPolicy
+from gateway.delivery.client import Connector, Timeouts, TlsPolicy
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
 from gateway.delivery.protection import Keyrings
+from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
 
@@ -31,7 +32,8 @@ class DeliveryService:
         self.connections = ConnectionCache(
             total=delivery.max_connections, per_destination=delivery.max_connections_per_destination,
             max_messages=delivery.max_messages_per_connection, idle_time=delivery.connection_idle_time)
-        self.tls_policy = tls_policy or OpportunisticTls()
+        self._tls_policy = tls_policy  # fixed by tests; else built from config on each (re)load
+        self._sts_cache: dict[str, StsPolicy] = {}  # MTA-STS policies survive reloads
         self.agent = self._agent(config, spool)
         # Through a lambda, so that a reload's new agent serves the next deliveries.
         self.scheduler = Scheduler(spool, lambda queue_id: self.agent.deliver(queue_id),
@@ -44,8 +46,11 @@ class DeliveryService:
         connector = Connector(config.hostname, Timeouts(delivery.connect_timeout, delivery.command_timeout,
                                                         delivery.data_timeout),
                               ca_file=str(delivery.ca_file) if delivery.ca_file else None)
+        tls_policy = self._tls_policy or TlsPolicyMap(delivery.tls_policy, MtaSts(
+            resolver, port=delivery.mta_sts_port, ca_file=str(delivery.ca_file) if delivery.ca_file else None,
+            cache=self._sts_cache) if delivery.mta_sts else None)
         return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
-                             connections=self.connections, tls_policy=self.tls_policy,
+                             connections=self.connections, tls_policy=tls_policy,
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
                              keyrings=Keyrings.load(config.keys))
 

@@ -1,0 +1,188 @@
+"""What TLS each recipient domain needs: the admin's map (`delivery.tls_policy`, like Postfix's
+smtp_tls_policy_maps), else the domain's MTA-STS policy (RFC 8461), else opportunistic TLS.
+
+MTA-STS: the ``_mta-sts`` TXT record says a policy exists and its id; the policy itself is fetched
+from ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` with the certificate verified (system
+roots plus `delivery.ca_file`), no redirects, at most 64 KB, and cached for its max_age. It is
+fetched again when the TXT id changes; a failed refresh keeps the cached policy (RFC 8461 §5.1),
+so an attacker who blocks the fetch or strips the TXT record cannot downgrade a known policy.
+Mode ``enforce`` requires a verified certificate from an MX host that matches the policy's mx
+patterns; ``testing`` and ``none`` only report.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from gateway import eventlog
+from gateway.delivery.client import TlsRequirement
+from gateway.delivery.mx import Destination, MxResolver, ResolutionError
+
+log = logging.getLogger("mailward.tlspolicy")
+
+AdminLevel = Literal["none", "may", "encrypt", "verify", "secure"]
+MAX_POLICY_BYTES = 64 * 1024
+MAX_AGE_LIMIT = 31_557_600  # one year, RFC 8461 §3.2
+TXT_RECHECK = 300.0  # seconds between checks of the TXT id while a policy is cached
+
+
+@dataclass(frozen=True)
+class StsPolicy:
+    mode: Literal["enforce", "testing", "none"]
+    mx: tuple[str, ...]
+    max_age: int
+    policy_id: str = ""
+    fetched: float = 0.0
+
+    def fresh(self, now: float) -> bool:
+        return now < self.fetched + self.max_age
+
+
+def parse_policy(text: str) -> StsPolicy:
+    """An RFC 8461 §3.2 policy body; ValueError says what is wrong."""
+    fields: dict[str, list[str]] = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError(f"not a key: value line: {line[:40]!r}")
+        fields.setdefault(key.strip().lower(), []).append(value.strip())
+    if fields.get("version") != ["STSv1"]:
+        raise ValueError("version is not STSv1")
+    mode = (fields.get("mode") or [""])[0]
+    if mode not in ("enforce", "testing", "none"):
+        raise ValueError(f"mode {mode!r} is not enforce, testing or none")
+    max_age_text = (fields.get("max_age") or [""])[0]
+    if not max_age_text.isdigit() or int(max_age_text) > MAX_AGE_LIMIT:
+        raise ValueError("max_age is missing or out of range")
+    mx = tuple(fields.get("mx", []))
+    if mode != "none" and not mx:
+        raise ValueError("no mx patterns")
+    return StsPolicy(mode, mx, int(max_age_text))  # type: ignore[arg-type]
+
+
+class _DnsResolver(AbstractResolver):
+    """Host names for the policy fetch resolved through our own DNS settings."""
+
+    def __init__(self, resolver: MxResolver) -> None:
+        self._resolver = resolver
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        try:
+            addresses = await self._resolver.addresses(host)
+        except ResolutionError as exc:
+            raise OSError(f"cannot resolve {host}: {exc.reason}") from None
+        return [ResolveResult(hostname=host, host=address, port=port,
+                              family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                              proto=0, flags=socket.AI_NUMERICHOST) for address in addresses]
+
+    async def close(self) -> None:
+        return None
+
+
+class MtaSts:
+    def __init__(self, resolver: MxResolver, *, port: int = 443, ca_file: str | None = None,
+                 timeout: float = 10.0, cache: dict[str, StsPolicy] | None = None) -> None:
+        self._resolver = resolver
+        self._port = port
+        self._context = ssl.create_default_context()
+        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if ca_file is not None:
+            self._context.load_verify_locations(cafile=ca_file)
+        self._timeout = timeout
+        self._cache: dict[str, StsPolicy] = cache if cache is not None else {}  # kept across reloads
+        self._checked: dict[str, float] = {}  # domain -> when the TXT id was last looked at
+
+    async def policy(self, domain: str) -> StsPolicy | None:
+        """The domain's policy, from the cache while it is fresh and its id unchanged."""
+        now = time.time()
+        cached = self._cache.get(domain)
+        if cached is not None and cached.fresh(now) and now - self._checked.get(domain, 0) < TXT_RECHECK:
+            return cached
+        self._checked[domain] = now
+        try:
+            policy_id = await self._txt_id(domain)
+        except ResolutionError:
+            policy_id = None
+        if policy_id is None:
+            return cached if cached is not None and cached.fresh(now) else None
+        if cached is not None and cached.fresh(now) and cached.policy_id == policy_id:
+            return cached
+        try:
+            fetched = await self.fetch(domain)
+        except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
+            eventlog.event(log, "mta_sts_fetch_failed", logging.WARNING, domain=domain,
+                           error=str(exc)[:200], cached="yes" if cached else "no")
+            return cached if cached is not None and cached.fresh(now) else None
+        policy = StsPolicy(fetched.mode, fetched.mx, fetched.max_age, policy_id, now)
+        self._cache[domain] = policy
+        eventlog.event(log, "mta_sts_policy", domain=domain, mode=policy.mode, id=policy_id,
+                       max_age=policy.max_age, mx=",".join(policy.mx))
+        return policy
+
+    async def _txt_id(self, domain: str) -> str | None:
+        records = [r for r in await self._resolver.txt(f"_mta-sts.{domain}") if r.startswith("v=STSv1")]
+        if len(records) != 1:
+            return None  # none, or ambiguous: RFC 8461 §3.1 says treat as no policy
+        fields = dict(part.strip().partition("=")[::2] for part in records[0].split(";") if "=" in part)
+        policy_id = fields.get("id", "")
+        return policy_id if policy_id.isalnum() and len(policy_id) <= 32 else None
+
+    async def fetch(self, domain: str) -> StsPolicy:
+        """GET the policy file; raises on anything but a 200 text/plain within the size limit."""
+        url = f"https://mta-sts.{domain}:{self._port}/.well-known/mta-sts.txt"
+        connector = aiohttp.TCPConnector(ssl=self._context, resolver=_DnsResolver(self._resolver))
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
+                session.get(url, allow_redirects=False) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP status {response.status}")
+            if response.content_type != "text/plain":
+                raise ValueError(f"content type {response.content_type}")
+            body = await response.content.read(MAX_POLICY_BYTES + 1)
+            if len(body) > MAX_POLICY_BYTES:
+                raise ValueError("policy larger than 64 KB")
+        return parse_policy(body.decode("utf-8", "replace"))
+
+
+class TlsPolicyMap:
+    """The `TlsPolicy` of the delivery agent: admin map first, then MTA-STS."""
+
+    def __init__(self, admin: Mapping[str, AdminLevel], mta_sts: MtaSts | None) -> None:
+        self._admin = {domain.lower().rstrip("."): level for domain, level in admin.items()}
+        self.mta_sts = mta_sts
+
+    def admin_level(self, domain: str) -> AdminLevel | None:
+        """The map's entry for `domain`, or for a parent written ".parent.example"."""
+        if domain in self._admin:
+            return self._admin[domain]
+        labels = domain.split(".")
+        for i in range(1, len(labels)):
+            parent = "." + ".".join(labels[i:])
+            if parent in self._admin:
+                return self._admin[parent]
+        return None
+
+    async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement:
+        domain = domain.lower().rstrip(".")
+        level = self.admin_level(domain)
+        if level == "secure":  # Postfix "secure": verified, names under the next-hop domain
+            return TlsRequirement("verify", mx_patterns=(domain, f"*.{domain}"), source="policy-map")
+        if level is not None:
+            return TlsRequirement(level, source="policy-map")
+        if self.mta_sts is not None:
+            policy = await self.mta_sts.policy(domain)
+            if policy is not None and policy.mode == "enforce":
+                return TlsRequirement("verify", mx_patterns=policy.mx, source="mta-sts")
+        return TlsRequirement("may")
