@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p_test.add_argument("--json", action="store_true", help="print one JSON object")
     p_test.set_defaults(handler=cmd_policy_test)
 
+    tls = commands.add_parser("tls", help="recipient domains' TLS").add_subparsers(
+        title="tls commands", metavar="ACTION", required=True)
+    t_probe = tls.add_parser("probe", help="MX, STARTTLS, certificate, MTA-STS and DANE status")
+    t_probe.add_argument("domain")
+    t_probe.add_argument("--json", action="store_true", help="print one JSON object")
+    t_probe.set_defaults(handler=cmd_tls_probe)
+
     queue = commands.add_parser("queue", help="inspect and steer the spool").add_subparsers(
         title="queue commands", metavar="ACTION", required=True)
     q_list = queue.add_parser("list", help="list queued messages")
@@ -173,6 +180,14 @@ def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
     keyrings = Keyrings.load(config.keys)
     result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope, keyrings)
     print(json.dumps(result, indent=1) if args.json else report.as_text(result))
+    return EXIT_OK
+
+
+def cmd_tls_probe(config: Config, args: argparse.Namespace) -> int:
+    from gateway.delivery import probe
+
+    report = asyncio.run(probe.probe(config, args.domain))
+    print(json.dumps(report, indent=1) if args.json else probe.as_text(report))
     return EXIT_OK
 
 

@@ -253,13 +253,7 @@ class Connector:
     def __init__(self, ehlo_name: str, timeouts: Timeouts, *, ca_file: str | None = None) -> None:
         self._ehlo_name = ehlo_name
         self._timeouts = timeouts
-        self._verifying = ssl.create_default_context()
-        self._verifying.minimum_version = ssl.TLSVersion.TLSv1_2
-        if ca_file is not None:
-            self._verifying.load_verify_locations(cafile=ca_file)
-        self._any_certificate = ssl.create_default_context()
-        self._any_certificate.check_hostname = False
-        self._any_certificate.verify_mode = ssl.CERT_NONE
+        self._verifying, self._any_certificate = tls_contexts(ca_file)
 
     async def open(self, destinations: Sequence[Destination], requirement: TlsRequirement) -> SmtpConnection:
         """A connection to the first host that takes one; raises ConnectionFailed with the last
@@ -350,6 +344,18 @@ class Connector:
         version = ssl_object.version() if ssl_object is not None else None
         cipher = ssl_object.cipher()[0] if ssl_object is not None else None
         return TlsSession(version, cipher, verified=verify)
+
+
+def tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(verifying, accepting any certificate): TLS 1.2 or later; system roots plus `ca_file`."""
+    verifying = ssl.create_default_context()
+    verifying.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file is not None:
+        verifying.load_verify_locations(cafile=ca_file)
+    any_certificate = ssl.create_default_context()
+    any_certificate.check_hostname = False
+    any_certificate.verify_mode = ssl.CERT_NONE
+    return verifying, any_certificate
 
 
 def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str]) -> list[bytes]:

@@ -4,14 +4,18 @@ certificates. Also the admin TLS policy map."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from gateway.delivery import probe
 from gateway.delivery.mx import MxResolver
 from gateway.delivery.tlspolicy import MtaSts, parse_policy
 from gateway.spool import QueueState
@@ -207,3 +211,34 @@ def test_policy_with_several_mx_patterns_parses() -> None:
     policy = parse_policy("version: STSv1\r\nmode: enforce\r\nmx: mx1.example.org\r\n"
                           "mx: *.example.net\r\nmax_age: 604800\r\n")
     assert policy.mx == ("mx1.example.org", "*.example.net") and policy.max_age == 604800
+
+
+async def test_tls_probe_reports_mx_certificate_and_policy(
+        world: MailWorld, policy_server: PolicyServer) -> None:
+    await world.start_dns(records())
+    await world.sink("127.0.0.24", tls_name="someone-else.test")
+    await policy_server.start(sts("enforce"))
+    gateway = await world.gateway(mta_sts_port=policy_server.port, tls_policy={"other.test": "verify"})
+    config = gateway.gateway.config
+    report = await probe.probe(config, "sts.test")
+    assert report["mta_sts"]["policy"] == {"mode": "enforce", "mx": ["mx.sts.test"], "max_age": 86400}
+    assert report["requirement"] == {"level": "verify", "source": "mta-sts", "mx_patterns": ["mx.sts.test"]}
+    [mx] = report["mx"]
+    assert mx["host"] == "mx.sts.test" and mx["starttls"] is True and mx["verified"] is False
+    assert mx["certificate"]["dns_names"] == ["someone-else.test"]
+    assert "certificate NOT verified" in probe.as_text(report)
+    assert report["policy_map"] is None and "not supported" in report["dane"]
+
+
+async def test_tls_probe_command_prints_json(world: MailWorld, policy_server: PolicyServer) -> None:
+    await world.start_dns(records())
+    await world.sink("127.0.0.24", tls_name="mx.sts.test")
+    await policy_server.start(sts("testing"))
+    gateway = await world.gateway(mta_sts_port=policy_server.port)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "-c", str(gateway.gateway.config.source), "tls", "probe",
+        "STS.test", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["mta_sts"]["policy"]["mode"] == "testing" and report["mx"][0]["verified"] is True
