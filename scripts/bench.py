@@ -3,6 +3,7 @@
     scripts/bench ingest [--messages N] [--sessions S] [--size BYTES] [--latency-messages M]
     scripts/bench relay [--messages N] [--sessions S] [--size BYTES]
     scripts/bench dlp   (see scripts/bench_dlp.py)
+    scripts/bench crypto (see scripts/bench_crypto.py)
 
 Mailward runs with the shipped DLP policies (policies/), as it would be deployed.
 
@@ -396,11 +397,16 @@ def main() -> None:
     relay.add_argument("--size", type=int, default=5120)
     relay.add_argument("--rounds", type=int, default=1, help="alternate the two this many times")
     sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")
+    sub.add_parser("crypto", help="S/MIME and PGP encryption of 50 KB messages vs openssl and gpg")
     args = parser.parse_args()
     if args.what == "ingest":
         bench_ingest(args)
     elif args.what == "relay":
         bench_relay(args)
+    elif args.what == "crypto":
+        import bench_crypto
+
+        bench_crypto.run()
     else:
         import bench_dlp
 
