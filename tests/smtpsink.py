@@ -34,6 +34,8 @@ class Sink:
         self.max_rcpts: int | None = None  # 452 beyond this many recipients in a transaction
         self.hang_data = False  # swallow the message and never reply
         self.hang_after: int | None = None  # hang_data once this many messages were accepted
+        self.offer_requiretls = False  # advertise RFC 8689 REQUIRETLS (and accept the parameter)
+        self.requiretls_seen = 0  # MAIL commands that carried REQUIRETLS
         self.connections = 0
         self.transactions = 0
         self.arrived = asyncio.Event()
@@ -46,6 +48,13 @@ class Sink:
                             if line.startswith(b"Subject: ")), "")
             found.extend((rcpt, subject) for rcpt in received.recipients)
         return found
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.offer_requiretls and server._tls_protocol is not None:
+            responses.insert(-1, "250-REQUIRETLS")
+        return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -81,6 +90,15 @@ class _CountingSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._sink.connections += 1
         super().connection_made(transport)
+
+    def _getparams(self, params: Any) -> Any:
+        found = super()._getparams(params)
+        if found is not None:
+            requiretls = found.pop("REQUIRETLS", False) is True
+            if requiretls and not self._sink.offer_requiretls:
+                return None  # not offered: a syntax error, as a server without it would say
+            self._sink.requiretls_seen += requiretls
+        return found
 
 
 async def start_sink(host: str, port: int, *, tls_context: ssl.SSLContext | None = None,

@@ -16,6 +16,7 @@ the last reply said more).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -81,6 +82,11 @@ class DeliveryAgent:
             code = 550 if isinstance(exc, Permanent) else 451
             return [Attempt(i, Reply(code, exc.status, exc.reason)) for i in indexes]
         requirement = await self.tls_policy.requirement(domain, destinations)
+        if message.envelope.requiretls:
+            # RFC 8689: the sender demands verified TLS on every hop; no other method stands in.
+            requirement = dataclasses.replace(requirement, level="verify",
+                                              source=requirement.source or "requiretls")
+            protect = False
 
         async def send(to: list[int], body: bytes, needs: TlsRequirement, protection: str) -> list[Attempt]:
             return await self._send(domain, destinations, message, body, to, needs, protection)

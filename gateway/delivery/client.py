@@ -187,6 +187,11 @@ class SmtpConnection:
         extensions = self._client.esmtp_extensions
         if envelope.smtputf8 and "smtputf8" not in extensions:
             return Reply(550, "5.6.7", f"{self.relay} does not support SMTPUTF8, which the message needs")
+        if envelope.requiretls and "requiretls" not in extensions:
+            # RFC 8689 §4.2.1: a REQUIRETLS message is never relayed to a host that cannot keep
+            # the promise; the sender gets a bounce.
+            return Reply(550, "5.7.30", f"{self.relay} does not support REQUIRETLS, which the sender "
+                                        "requires")
         limit = extensions.get("size", "")
         if limit.isdigit() and 0 < int(limit) < len(content):
             return Reply(552, "5.3.4", f"message size exceeds the limit of {self.relay} ({limit} bytes)")
@@ -366,6 +371,8 @@ def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str]) -> 
         options.append(b"BODY=8BITMIME")
     if envelope.smtputf8:
         options.append(b"SMTPUTF8")
+    if envelope.requiretls:
+        options.append(b"REQUIRETLS")
     if "dsn" in extensions:
         if envelope.ret:
             options.append(b"RET=" + envelope.ret.encode("ascii"))

@@ -71,7 +71,10 @@ class IngressHandler:
         kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
         if server.listener.auth != "off" and server._tls_protocol is not None:
             kept.append("250-AUTH PLAIN LOGIN")
-        kept += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN", "250 HELP"]
+        kept += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
+        if server._tls_protocol is not None:
+            kept.append("250-REQUIRETLS")  # RFC 8689 §4.1: only once the session is encrypted
+        kept.append("250 HELP")
         return kept
 
     def handle_STARTTLS(self, server: GatewaySMTP, session: GatewaySession,
@@ -139,7 +142,7 @@ class IngressHandler:
             queue_id=queue_id, received_at=time.time(),
             envelope=Envelope(sender=envelope.mail_from, recipients=tuple(envelope.recipients),
                               body=envelope.body_type, smtputf8=envelope.smtp_utf8,
-                              ret=envelope.ret, envid=envelope.envid),
+                              ret=envelope.ret, envid=envelope.envid, requiretls=envelope.requiretls),
             client=client, size=len(envelope.original_content),
             message_id=_message_id(envelope.original_content)), envelope.original_content)
         state = QueueState.INCOMING

@@ -58,6 +58,7 @@ class Transaction(Envelope):
         self.body_type = "7BIT"
         self.ret: str | None = None
         self.envid: str | None = None
+        self.requiretls = False  # RFC 8689
         self.recipients: list[Recipient] = []
         self.relay_reason = ""  # decided at the first accepted RCPT, recorded with the message
 
@@ -299,12 +300,18 @@ class GatewaySMTP(SMTP):
         envid = params.pop("ENVID", None)
         if envid is not None and (not isinstance(envid, str) or len(envid) > MAX_XTEXT):
             return replies.BAD_DSN_PARAMETER.format(name="ENVID")
+        requiretls = params.pop("REQUIRETLS", False)
+        if requiretls is not False and requiretls is not True:
+            return replies.BAD_REQUIRETLS
+        if requiretls and self._tls_protocol is None:
+            return replies.REQUIRETLS_NEEDS_TLS
         if params:
             return replies.MAIL_PARAMS_UNKNOWN + ",".join(sorted(params))
         self.envelope.body_type = body.upper()
         self.envelope.smtp_utf8 = smtputf8
         self.envelope.ret = ret.upper() if isinstance(ret, str) else None
         self.envelope.envid = decode_xtext(envid) if isinstance(envid, str) else None
+        self.envelope.requiretls = requiretls
         return None
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
