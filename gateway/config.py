@@ -140,6 +140,7 @@ class DeliveryConfig:
     tls_policy: Mapping[str, Literal["none", "may", "encrypt", "verify", "secure"]] = field(
         default_factory=_empty_mapping)
     mta_sts: bool = True  # honour recipient domains' MTA-STS policies (RFC 8461)
+    dane: bool = True  # honour MX hosts' TLSA records (RFC 7672) that the resolver authenticated
     mta_sts_port: int = 443  # HTTPS port of mta-sts.DOMAIN (tests point it elsewhere)
     separate_process: bool = True  # `mailward run` delivers from a second process (a second core)
     pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)

@@ -2,7 +2,8 @@
 
 Records are given as {(name, type): [rdata, ...]}; a name with records of other types answers
 NOERROR/no data, an unknown name NXDOMAIN, a name in `servfail` SERVFAIL. CNAMEs are followed
-inside the answer, as a recursive resolver would.
+inside the answer, as a recursive resolver would. Names in `validated` are answered with the AD
+bit (to queries that ask with DO or AD), as a validating resolver does for a signed zone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class LoopbackDns(asyncio.DatagramProtocol):
         self.records = {(name.lower().rstrip("."), rtype.upper()): values
                         for (name, rtype), values in records.items()}
         self.servfail = {name.lower().rstrip(".") for name in servfail}
+        self.validated: set[str] = set()
         self.ttl = ttl
         self.queries: list[tuple[str, str]] = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -40,6 +42,9 @@ class LoopbackDns(asyncio.DatagramProtocol):
         name = question.name.to_text(omit_final_dot=True).lower()
         rtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, rtype))
+        asks_for_dnssec = bool(query.flags & dns.flags.AD) or bool(query.ednsflags & dns.flags.DO)
+        if name in self.validated and asks_for_dnssec:
+            response.flags |= dns.flags.AD
         if name in self.servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
         elif not any(key[0] == name for key in self.records):

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import aiosmtplib
 
+from gateway.delivery import dane
+from gateway.delivery.dane import TlsaRecord
 from gateway.delivery.mx import Destination
 from gateway.message import Envelope, Recipient, RecipientState, encode_xtext
 
@@ -89,6 +92,10 @@ class TlsRequirement:
         return False
 
 
+# (MX host, port) -> its authenticated TLSA records, () when DANE does not apply.
+TlsaLookup = Callable[[str, int], Awaitable[tuple[TlsaRecord, ...]]]
+
+
 class TlsPolicy(Protocol):
     async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement: ...
 
@@ -105,11 +112,13 @@ class TlsSession:
     version: str | None = None  # None: the connection is not encrypted
     cipher: str | None = None
     verified: bool = False
+    dane: bool = False  # verified by the host's TLSA records (RFC 7672)
 
     def __str__(self) -> str:
         if self.version is None:
             return "none"
-        return f"{self.version}/{self.cipher}/{'verified' if self.verified else 'unverified'}"
+        how = "dane" if self.dane else "verified" if self.verified else "unverified"
+        return f"{self.version}/{self.cipher}/{how}"
 
 
 class ConnectionFailed(Exception):
@@ -255,10 +264,12 @@ class SmtpConnection:
 class Connector:
     """Opens connections to a destination, honouring its TLS requirement."""
 
-    def __init__(self, ehlo_name: str, timeouts: Timeouts, *, ca_file: str | None = None) -> None:
+    def __init__(self, ehlo_name: str, timeouts: Timeouts, *, ca_file: str | None = None,
+                 tlsa: TlsaLookup | None = None) -> None:
         self._ehlo_name = ehlo_name
         self._timeouts = timeouts
         self._verifying, self._any_certificate = tls_contexts(ca_file)
+        self._tlsa = tlsa  # DANE: authenticated TLSA records of an MX host, or None to skip DANE
 
     async def open(self, destinations: Sequence[Destination], requirement: TlsRequirement) -> SmtpConnection:
         """A connection to the first host that takes one; raises ConnectionFailed with the last
@@ -285,6 +296,9 @@ class Connector:
         client = await self._greet(destination, address, relay)
         if requirement.level == "none":
             return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
+        records = await self._tlsa(destination.host, destination.port) if self._tlsa is not None else ()
+        if records:  # DANE applies, and takes precedence over every other TLS policy
+            return await self._open_dane(client, destination, address, relay, records, requirement)
         if "starttls" not in client.esmtp_extensions:
             if requirement.level not in ("may", "none"):
                 client.close()
@@ -310,6 +324,35 @@ class Connector:
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             return await self._without_tls(destination, address, requirement, relay, exc)
+        return SmtpConnection(client, destination, address, tls, self._timeouts)
+
+    async def _open_dane(self, client: aiosmtplib.SMTP, destination: Destination, address: str,
+                         relay: str, records: tuple[TlsaRecord, ...],
+                         requirement: TlsRequirement) -> SmtpConnection:
+        """RFC 7672: TLS is mandatory; a usable TLSA record must match the server's certificate."""
+        if "starttls" not in client.esmtp_extensions:
+            client.close()
+            raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS, which its TLSA "
+                                                       "records require"), relay, tls_failure=True)
+        try:
+            tls = await self._starttls(client, destination, requirement, verify=False)
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise ConnectionFailed(_network_reply(exc, f"in TLS handshake with {relay}"), relay,
+                                   tls_failure=True) from None
+        if any(record.usable for record in records):
+            ssl_object = client.get_transport_info("ssl_object")
+            certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not certificate or not dane.matches_any(records, certificate):
+                client.close()
+                raise ConnectionFailed(Reply(450, "4.7.5", f"certificate of {relay} does not match its "
+                                                           "TLSA records"), relay, tls_failure=True)
+            tls = dataclasses.replace(tls, verified=True, dane=True)
+        elif requirement.level == "verify":  # only unusable records: encrypted, not authenticated
+            client.close()
+            raise ConnectionFailed(Reply(450, "4.7.5", f"the TLSA records of {relay} are all unusable, "
+                                                       "so its certificate is not authenticated"), relay,
+                                   tls_failure=True)
         return SmtpConnection(client, destination, address, tls, self._timeouts)
 
     async def _without_tls(self, destination: Destination, address: str, requirement: TlsRequirement,

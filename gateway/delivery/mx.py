@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from gateway.delivery.dane import TlsaRecord
 from gateway.typedyaml import HostPort
 
 MAX_MX_HOSTS = 10  # more is a misconfiguration or an attack; Postfix stops at 5 by default
@@ -67,6 +69,10 @@ class MxResolver:
             self._resolver.nameservers = [ns.host for ns in nameservers]
             self._resolver.port = nameservers[0].port
         self._resolver.lifetime = timeout
+        # Ask for DNSSEC (DO) and for the resolver's verdict (AD, RFC 6840 §5.7): TLSA records
+        # count only when a validating resolver vouches for them.
+        self._resolver.use_edns(0, dns.flags.DO, 1232)
+        self._resolver.flags = dns.flags.RD | dns.flags.AD
         self._smtp_port = smtp_port
         self._routes = {domain.lower().rstrip("."): target for domain, target in routes.items()}
         self._cache: dict[tuple[str, str], tuple[float, list[tuple[int, str]] | list[str]]] = {}
@@ -110,6 +116,23 @@ class MxResolver:
         except Permanent:
             return []
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer or ()]
+
+    async def tlsa(self, host: str, port: int) -> tuple[TlsaRecord, ...]:
+        """The TLSA records of ``_PORT._tcp.HOST`` if the resolver authenticated them (AD bit);
+        () when there are none or they are not authenticated: then DANE does not apply."""
+        name = f"_{port}._tcp.{host.lower().rstrip('.')}"
+        cached = self._cached(name, "TLSA")
+        if cached is not None:
+            return tuple(cached)  # type: ignore[arg-type]
+        try:
+            answer = await self._query(name, "TLSA")
+        except Permanent:
+            answer = None
+        authenticated = answer is not None and bool(answer.response.flags & dns.flags.AD)
+        records = [TlsaRecord(rdata.usage, rdata.selector, rdata.mtype, bytes(rdata.cert))
+                   for rdata in answer or ()] if authenticated else []
+        self._store(name, "TLSA", records, answer)  # type: ignore[arg-type]
+        return tuple(records)
 
     async def _mx(self, domain: str) -> list[tuple[int, str]]:
         cached = self._cached(domain, "MX")

@@ -3,8 +3,8 @@
 The MX hosts and their addresses, the admin TLS policy entry, the MTA-STS record and policy (and
 whether each MX host matches it), and for each MX host: whether it offers STARTTLS, the TLS
 version and cipher, whether its certificate verifies for the MX name, and the certificate's
-names and expiry. It connects and says EHLO and STARTTLS, then QUIT: no mail is sent. DANE is
-reported as not checked.
+names and expiry, and its authenticated TLSA records (DANE) and whether the certificate matches
+them. It connects and says EHLO and STARTTLS, then QUIT: no mail is sent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import aiosmtplib
 from cryptography import x509
 
 from gateway.config import Config
+from gateway.delivery import dane
 from gateway.delivery.client import tls_contexts
 from gateway.delivery.mx import MxResolver, ResolutionError
 from gateway.delivery.tlspolicy import MtaSts, TlsPolicyMap
@@ -31,7 +32,7 @@ async def probe(config: Config, domain: str) -> dict[str, Any]:
     mta_sts = MtaSts(resolver, port=delivery.mta_sts_port, ca_file=ca_file)
     policy_map = TlsPolicyMap(delivery.tls_policy, mta_sts if delivery.mta_sts else None)
     report: dict[str, Any] = {"domain": domain, "policy_map": policy_map.admin_level(domain),
-                              "dane": "not checked (DANE is not supported yet)"}
+                              "dane": "on" if delivery.dane else "off"}
     report["mta_sts"] = await _mta_sts(resolver, mta_sts, domain)
     try:
         destinations = await resolver.destinations(domain)
@@ -48,10 +49,15 @@ async def probe(config: Config, domain: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"host": destination.host, "preference": destination.preference,
                                  "addresses": list(destination.addresses),
                                  "allowed_by_policy": requirement.allows(destination.host)}
+        records = await resolver.tlsa(destination.host, destination.port) if delivery.dane else ()
+        entry["tlsa"] = [f"{r.usage} {r.selector} {r.mtype} {r.data.hex()}" for r in records]
         if destination.addresses:
             entry.update(await _probe_host(config.hostname, destination.host, destination.addresses[0],
                                            destination.port, verifying, any_certificate,
                                            float(delivery.connect_timeout)))
+        der = entry.pop("certificate_der", None)
+        if records:
+            entry["dane_match"] = bool(der) and dane.matches_any(records, der)
         report["mx"].append(entry)
     return report
 
@@ -107,6 +113,7 @@ async def _probe_host(ehlo: str, host: str, address: str, port: int, verifying: 
         der = ssl_object.getpeercert(binary_form=True)
         if der:
             found["certificate"] = _certificate(x509.load_der_x509_certificate(der))
+            found["certificate_der"] = der
     try:
         await client.quit()
     except (aiosmtplib.SMTPException, OSError):
@@ -143,7 +150,7 @@ def as_text(report: dict[str, Any]) -> str:
                      f"max_age {policy['max_age']}s")
     else:
         lines.append(f"MTA-STS:       {sts.get('error') or 'no policy published'}")
-    lines.append(f"DANE:          {report['dane']}")
+    lines.append(f"DANE:          {report['dane']} (TLSA records count only with the resolver's AD bit)")
     if "requirement" in report:
         requirement = report["requirement"]
         lines.append(f"requirement:   {requirement['level']} ({requirement['source']})")
@@ -163,6 +170,9 @@ def as_text(report: dict[str, Any]) -> str:
         verified = "verified" if mx.get("verified") else f"NOT verified ({mx.get('verify_error', '?')})"
         lines.append(f"    STARTTLS:    {mx.get('tls_version', '?')} {mx.get('cipher', '')}, "
                      f"certificate {verified}")
+        if mx.get("tlsa"):
+            match = "matches" if mx.get("dane_match") else "does NOT match"
+            lines.append(f"    DANE:        {len(mx['tlsa'])} TLSA record(s); the certificate {match}")
         certificate = mx.get("certificate")
         if certificate:
             lines.append(f"    certificate: {', '.join(certificate['dns_names']) or certificate['subject']}; "

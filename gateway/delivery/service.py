@@ -45,7 +45,8 @@ class DeliveryService:
                               timeout=min(delivery.connect_timeout, 30.0))
         connector = Connector(config.hostname, Timeouts(delivery.connect_timeout, delivery.command_timeout,
                                                         delivery.data_timeout),
-                              ca_file=str(delivery.ca_file) if delivery.ca_file else None)
+                              ca_file=str(delivery.ca_file) if delivery.ca_file else None,
+                              tlsa=resolver.tlsa if delivery.dane else None)
         tls_policy = self._tls_policy or TlsPolicyMap(delivery.tls_policy, MtaSts(
             resolver, port=delivery.mta_sts_port, ca_file=str(delivery.ca_file) if delivery.ca_file else None,
             cache=self._sts_cache) if delivery.mta_sts else None)

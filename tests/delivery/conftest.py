@@ -64,6 +64,7 @@ class MailWorld:
         self.dns_server: LoopbackDns | None = None
         self.dns_port = 0
         self.sender_sink: Sink | None = None
+        self.last_certificate: trustme.LeafCert | None = None
 
     async def start_dns(self, records: dict[tuple[str, str], list[str]], **kwargs: Any) -> LoopbackDns:
         self.dns_server, self.dns_port = await start_dns("127.0.0.53", {**BASE_RECORDS, **records}, **kwargs)
@@ -76,7 +77,8 @@ class MailWorld:
         context = None
         if tls_name is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.ca.issue_cert(tls_name).configure_cert(context)
+            self.last_certificate = self.ca.issue_cert(tls_name)  # for tests that pin it (DANE)
+            self.last_certificate.configure_cert(context)
         sink, server = await start_sink(host, self.port, tls_context=context)
         self.servers.append(server)
         return sink

@@ -227,7 +227,7 @@ async def test_tls_probe_reports_mx_certificate_and_policy(
     assert mx["host"] == "mx.sts.test" and mx["starttls"] is True and mx["verified"] is False
     assert mx["certificate"]["dns_names"] == ["someone-else.test"]
     assert "certificate NOT verified" in probe.as_text(report)
-    assert report["policy_map"] is None and "not supported" in report["dane"]
+    assert report["policy_map"] is None and report["dane"] == "on" and mx["tlsa"] == []
 
 
 async def test_tls_probe_command_prints_json(world: MailWorld, policy_server: PolicyServer) -> None:
