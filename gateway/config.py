@@ -118,6 +118,17 @@ class ReservedSection:
 
 
 @dataclass(frozen=True)
+class TlsReportsConfig:
+    """SMTP TLS reporting (RFC 8460) to recipient domains that publish ``_smtp._tls``."""
+
+    enabled: bool = False
+    dir: Path = Path("var/tlsrpt")  # the day's counts, kept across restarts
+    organization: str = ""  # "organization-name" of the reports; default the hostname
+    contact: str = ""  # "contact-info", e.g. mailto:postmaster@example.com
+    sender: str | None = None  # From of mailed reports; default tlsrpt-noreply@HOSTNAME
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     nameservers: tuple[HostPort, ...] = ()
     smtp_port: int = 25
@@ -141,6 +152,7 @@ class DeliveryConfig:
         default_factory=_empty_mapping)
     mta_sts: bool = True  # honour recipient domains' MTA-STS policies (RFC 8461)
     dane: bool = True  # honour MX hosts' TLSA records (RFC 7672) that the resolver authenticated
+    tls_reports: TlsReportsConfig = TlsReportsConfig()
     mta_sts_port: int = 443  # HTTPS port of mta-sts.DOMAIN (tests point it elsewhere)
     separate_process: bool = True  # `mailward run` delivers from a second process (a second core)
     pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Hashable, Sequence
 
@@ -26,10 +27,18 @@ from gateway import eventlog, metrics
 from gateway.config import DeliveryConfig
 from gateway.delivery import dsn, retry
 from gateway.delivery.attempt import Attempt
-from gateway.delivery.client import ConnectionFailed, Connector, Reply, TlsPolicy, TlsRequirement
+from gateway.delivery.client import (
+    ConnectionFailed,
+    Connector,
+    Reply,
+    SmtpConnection,
+    TlsPolicy,
+    TlsRequirement,
+)
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
 from gateway.delivery.protection import Keyrings, deliver_protected
+from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.message import (
     ClientInfo,
     Envelope,
@@ -42,6 +51,7 @@ from gateway.spool import QueueState, Spool, new_queue_id
 
 log = logging.getLogger("mailward.delivery")
 
+_RELAY = re.compile(r"^([^\[]+)\[([^\]]+)\]")  # host[address]:port
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
                 RecipientState.BOUNCED: "bounced"}
 
@@ -49,7 +59,8 @@ _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "defe
 class DeliveryAgent:
     def __init__(self, spool: Spool, hostname: str, config: DeliveryConfig, *, resolver: MxResolver,
                  connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
-                 on_queued: Callable[[str], None], keyrings: Keyrings | None = None) -> None:
+                 on_queued: Callable[[str], None], keyrings: Keyrings | None = None,
+                 tls_reports: TlsReportStore | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -59,6 +70,7 @@ class DeliveryAgent:
         self.tls_policy = tls_policy
         self.on_queued = on_queued  # a new message (a DSN) is in incoming/
         self.keyrings = keyrings or Keyrings.empty()
+        self.tls_reports = tls_reports
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
@@ -101,10 +113,22 @@ class DeliveryAgent:
         """One transaction (or a few, for many recipients) on a cached connection."""
         key: Hashable = (domain, requirement)
         recipients = [(i, message.envelope.recipients[i]) for i in indexes]
+
+        async def open_connection() -> SmtpConnection:
+            try:
+                connection = await self.connector.open(destinations, requirement)
+            except ConnectionFailed as failure:
+                if failure.tls_failure:
+                    self._report_session(domain, requirement, failure.relay, failure.tls_result)
+                raise
+            if connection.tls.version is not None:
+                self._report_session(domain, requirement, connection.relay, None, dane=connection.tls.dane)
+            return connection
+
         for fresh_only in (False, True):
             try:
-                async with self.connections.connection(key, lambda: self.connector.open(
-                        destinations, requirement), fresh=fresh_only) as connection:
+                async with self.connections.connection(key, open_connection,
+                                                       fresh=fresh_only) as connection:
                     reused = connection.messages > 0
                     replies = await connection.deliver(message.envelope, recipients, content)
             except ConnectionFailed as failure:
@@ -118,6 +142,21 @@ class DeliveryAgent:
             break
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
                         connection.passes_dsn, protection=protection) for i in indexes]
+
+    def _report_session(self, domain: str, requirement: TlsRequirement, relay: str, result: str | None,
+                        *, dane: bool = False) -> None:
+        """Count a TLS session (or its failure) for the domain's TLS report (RFC 8460)."""
+        if self.tls_reports is None:
+            return
+        match = _RELAY.match(relay)
+        host, address = (match.group(1), match.group(2)) if match else ("", None)
+        if dane or result == "tlsa-invalid":
+            policy_type, strings = "tlsa", []
+        elif requirement.source == "mta-sts":
+            policy_type, strings = "sts", list(requirement.policy_text)
+        else:
+            policy_type, strings = "no-policy-found", []
+        self.tls_reports.record(domain, policy_type, strings, host, address, result)
 
     async def _settle(self, message: QueuedMessage, content: bytes, attempts: Sequence[Attempt]) -> None:
         now = time.time()

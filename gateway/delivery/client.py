@@ -75,6 +75,7 @@ class TlsRequirement:
     match_names: tuple[str, ...] = ()
     mx_patterns: tuple[str, ...] = ()
     source: str = ""
+    policy_text: tuple[str, ...] = ()  # the MTA-STS policy's lines, for TLS reports
 
     def allows(self, host: str) -> bool:
         """Whether `host` matches `mx_patterns` (RFC 8461 §4.1: "*." covers one leftmost label)."""
@@ -127,11 +128,13 @@ class ConnectionFailed(Exception):
     STARTTLS, a certificate that does not verify, a failed handshake), so another protection
     method may help where waiting would not."""
 
-    def __init__(self, reply: Reply, relay: str = "none", *, tls_failure: bool = False) -> None:
+    def __init__(self, reply: Reply, relay: str = "none", *, tls_failure: bool = False,
+                 tls_result: str = "validation-failure") -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.relay = relay
         self.tls_failure = tls_failure
+        self.tls_result = tls_result  # RFC 8460 result-type, for TLS reports
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,7 @@ class Connector:
         if not allowed:
             policy = requirement.source or "TLS"
             raise ConnectionFailed(Reply(450, "4.7.5", f"no MX host matches the {policy} policy"),
-                                   tls_failure=True)
+                                   tls_failure=True, tls_result="validation-failure")
         for destination in allowed:
             for address in destination.addresses:
                 try:
@@ -303,7 +306,7 @@ class Connector:
             if requirement.level not in ("may", "none"):
                 client.close()
                 raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS"), relay,
-                                       tls_failure=True)
+                                       tls_failure=True, tls_result="starttls-not-supported")
             return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
         try:
             tls = await self._starttls(client, destination, requirement, verify=True)
@@ -312,7 +315,8 @@ class Connector:
             client.close()
             if requirement.level == "verify":
                 raise ConnectionFailed(Reply(450, "4.7.5", f"certificate of {relay} not verified: "
-                                             f"{exc.verify_message}"), relay, tls_failure=True) from None
+                                             f"{exc.verify_message}"), relay, tls_failure=True,
+                                       tls_result=_certificate_result(exc)) from None
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             return await self._without_tls(destination, address, requirement, relay, exc)
@@ -333,7 +337,8 @@ class Connector:
         if "starttls" not in client.esmtp_extensions:
             client.close()
             raise ConnectionFailed(Reply(450, "4.7.4", f"{relay} does not offer STARTTLS, which its TLSA "
-                                                       "records require"), relay, tls_failure=True)
+                                                       "records require"), relay, tls_failure=True,
+                                   tls_result="starttls-not-supported")
         try:
             tls = await self._starttls(client, destination, requirement, verify=False)
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
@@ -346,7 +351,8 @@ class Connector:
             if not certificate or not dane.matches_any(records, certificate):
                 client.close()
                 raise ConnectionFailed(Reply(450, "4.7.5", f"certificate of {relay} does not match its "
-                                                           "TLSA records"), relay, tls_failure=True)
+                                                           "TLSA records"), relay, tls_failure=True,
+                                       tls_result="tlsa-invalid")
             tls = dataclasses.replace(tls, verified=True, dane=True)
         elif requirement.level == "verify":  # only unusable records: encrypted, not authenticated
             client.close()
@@ -392,6 +398,16 @@ class Connector:
         version = ssl_object.version() if ssl_object is not None else None
         cipher = ssl_object.cipher()[0] if ssl_object is not None else None
         return TlsSession(version, cipher, verified=verify)
+
+
+def _certificate_result(error: ssl.SSLCertVerificationError) -> str:
+    """The RFC 8460 result-type of a certificate that did not verify."""
+    message = (error.verify_message or "").lower()
+    if "hostname" in message or "ip address mismatch" in message:
+        return "certificate-host-mismatch"
+    if "expired" in message:
+        return "certificate-expired"
+    return "certificate-not-trusted"
 
 
 def tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:

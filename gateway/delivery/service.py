@@ -9,20 +9,25 @@ delivered: messages are accepted and wait in the queue (like Postfix's ``defer_t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from gateway import eventlog
 from gateway.config import Config
 from gateway.delivery.agent import DeliveryAgent
-from gateway.delivery.client import Connector, Timeouts, TlsPolicy
+from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
 from gateway.delivery.protection import Keyrings
 from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
+from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
+from gateway.message import QueuedMessage
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
 
 log = logging.getLogger("mailward.delivery")
+TLS_REPORT_INTERVAL = 3600.0  # finished days are reported within the hour after midnight UTC
 
 
 class DeliveryService:
@@ -34,6 +39,11 @@ class DeliveryService:
             max_messages=delivery.max_messages_per_connection, idle_time=delivery.connection_idle_time)
         self._tls_policy = tls_policy  # fixed by tests; else built from config on each (re)load
         self._sts_cache: dict[str, StsPolicy] = {}  # MTA-STS policies survive reloads
+        reports = delivery.tls_reports
+        self.tls_reports = TlsReportStore(reports.dir) if reports.enabled else None
+        self.tls_reporter: TlsReporter | None = None
+        self._reporting: asyncio.Task[None] | None = None
+        self.spool = spool
         self.agent = self._agent(config, spool)
         # Through a lambda, so that a reload's new agent serves the next deliveries.
         self.scheduler = Scheduler(spool, lambda queue_id: self.agent.deliver(queue_id),
@@ -50,10 +60,30 @@ class DeliveryService:
         tls_policy = self._tls_policy or TlsPolicyMap(delivery.tls_policy, MtaSts(
             resolver, port=delivery.mta_sts_port, ca_file=str(delivery.ca_file) if delivery.ca_file else None,
             cache=self._sts_cache) if delivery.mta_sts else None)
+        if self.tls_reports is not None:
+            reports = delivery.tls_reports
+            self.tls_reporter = TlsReporter(
+                self.tls_reports, resolver, organization=reports.organization or config.hostname,
+                contact=reports.contact, sender=reports.sender or f"tlsrpt-noreply@{config.hostname}",
+                hostname=config.hostname, enqueue=self._enqueue,
+                ssl_context=tls_contexts(str(delivery.ca_file) if delivery.ca_file else None)[0])
         return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
                              connections=self.connections, tls_policy=tls_policy,
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
-                             keyrings=Keyrings.load(config.keys))
+                             keyrings=Keyrings.load(config.keys), tls_reports=self.tls_reports)
+
+    async def _enqueue(self, message: QueuedMessage, content: bytes) -> None:
+        await self.spool.store(message, content)
+        self.scheduler.notify([message.queue_id])
+
+    async def _report_tls(self) -> None:
+        while True:
+            if self.tls_reporter is not None:
+                try:
+                    await self.tls_reporter.send_due()
+                except Exception:  # a reporting problem must not stop delivery
+                    log.exception("event=tlsrpt_error")
+            await asyncio.sleep(TLS_REPORT_INTERVAL)
 
     def notify(self, queue_id: str) -> None:
         self.scheduler.notify([queue_id])
@@ -64,6 +94,8 @@ class DeliveryService:
                            note="delivery.paused is set: messages are queued, not delivered")
             return
         await self.scheduler.start()
+        if self.tls_reporter is not None:
+            self._reporting = asyncio.create_task(self._report_tls())
 
     def reconfigure(self, config: Config, spool: Spool) -> None:
         """SIGHUP: new timeouts, routes, resolver and retry settings for the next deliveries.
@@ -72,6 +104,12 @@ class DeliveryService:
         self.scheduler.max_active = config.delivery.max_active
 
     async def stop(self, timeout: float) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+        if self.tls_reports is not None:
+            self.tls_reports.flush()
         if not self.paused:
             await self.scheduler.stop(timeout)
         await self.connections.close()

@@ -46,6 +46,12 @@ class StsPolicy:
     def fresh(self, now: float) -> bool:
         return now < self.fetched + self.max_age
 
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The policy as the lines of its file (TLS reports quote it)."""
+        return ("version: STSv1", f"mode: {self.mode}", *(f"mx: {mx}" for mx in self.mx),
+                f"max_age: {self.max_age}")
+
 
 def parse_policy(text: str) -> StsPolicy:
     """An RFC 8461 §3.2 policy body; ValueError says what is wrong."""
@@ -71,7 +77,7 @@ def parse_policy(text: str) -> StsPolicy:
     return StsPolicy(mode, mx, int(max_age_text))  # type: ignore[arg-type]
 
 
-class _DnsResolver(AbstractResolver):
+class DnsResolver(AbstractResolver):
     """Host names for the policy fetch resolved through our own DNS settings."""
 
     def __init__(self, resolver: MxResolver) -> None:
@@ -142,7 +148,7 @@ class MtaSts:
     async def fetch(self, domain: str) -> StsPolicy:
         """GET the policy file; raises on anything but a 200 text/plain within the size limit."""
         url = f"https://mta-sts.{domain}:{self._port}/.well-known/mta-sts.txt"
-        connector = aiohttp.TCPConnector(ssl=self._context, resolver=_DnsResolver(self._resolver))
+        connector = aiohttp.TCPConnector(ssl=self._context, resolver=DnsResolver(self._resolver))
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
                 session.get(url, allow_redirects=False) as response:
@@ -183,6 +189,9 @@ class TlsPolicyMap:
             return TlsRequirement(level, source="policy-map")
         if self.mta_sts is not None:
             policy = await self.mta_sts.policy(domain)
-            if policy is not None and policy.mode == "enforce":
-                return TlsRequirement("verify", mx_patterns=policy.mx, source="mta-sts")
+            if policy is not None and policy.mode in ("enforce", "testing"):
+                # "testing" only reports (RFC 8461 §5): opportunistic, but counted as "sts".
+                return TlsRequirement("verify" if policy.mode == "enforce" else "may",
+                                      mx_patterns=policy.mx if policy.mode == "enforce" else (),
+                                      source="mta-sts", policy_text=policy.lines)
         return TlsRequirement("may")
