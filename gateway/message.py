@@ -87,6 +87,7 @@ class RecipientStatus:
     dsn: str = ""  # enhanced status code, e.g. 5.1.1
     reply: str = ""  # the remote reply or our own diagnostic
     warned: bool = False  # a delay warning has been sent for this recipient
+    protection: str = ""  # how it was delivered: tls-verified, tls, smime, pgp, none
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class PolicyDecision:
     protect: tuple[int, ...] = ()  # recipients that must get protected delivery
     # How to protect them, strongest first: tls (verified), smime, pgp, portal.
     methods: tuple[str, ...] = ("tls", "smime", "pgp", "portal")
+    receipt: bool = False  # tell the sender how each recipient was protected, once all are final
 
     def protects(self, index: int) -> bool:
         return index in self.protect
@@ -151,4 +153,4 @@ def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:
                               protect=tuple(data.get("protect", ())))
     if "methods" in data:
         decision = dataclasses.replace(decision, methods=tuple(data["methods"]))
-    return decision
+    return dataclasses.replace(decision, receipt=bool(data.get("receipt", False)))

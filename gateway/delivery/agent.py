@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 from gateway import eventlog, metrics
 from gateway.config import DeliveryConfig
-from gateway.delivery import dsn, retry
+from gateway.delivery import dsn, receipt, retry
 from gateway.delivery.attempt import Attempt
 from gateway.delivery.client import (
     ConnectionFailed,
@@ -176,13 +176,19 @@ class DeliveryAgent:
                 reports.append(report)
             statuses[attempt.index] = RecipientStatus(
                 state, now, before.attempts + 1, status, str(attempt.reply),
-                warned=before.warned or (report is not None and report.action == "delayed"))
+                warned=before.warned or (report is not None and report.action == "delayed"),
+                protection=attempt.protection_used if state is RecipientState.DELIVERED else "")
             self._log(message, recipient, attempt, state, status, now, expired)
         if reports:
             await self._queue_report(message, content, reports, now)
         remaining = [i for i in message.pending_recipients()
                      if not statuses.get(i, message.statuses[i]).state.final]
         if not remaining:
+            if message.policy.receipt and message.envelope.sender:
+                final = [statuses.get(i, s) for i, s in enumerate(message.statuses)]
+                receipt_message, receipt_content = receipt.build(message, final, self.hostname)
+                await self.spool.store(receipt_message, receipt_content)
+                self.on_queued(receipt_message.queue_id)
             await self.spool.offload(self.spool.finish, message.queue_id)
             metrics.DELIVERY_DURATION.observe(now - message.received_at)
             return

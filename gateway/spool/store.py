@@ -129,7 +129,8 @@ class Spool:
         """Append recipients' results (index -> status) to the journal; fsync'd when this returns."""
         self._journal(queue_id, [
             {"i": index, "s": status.state.value, "at": status.at, "dsn": status.dsn,
-             "r": status.reply, **({"w": 1} if status.warned else {})}
+             "r": status.reply, **({"w": 1} if status.warned else {}),
+             **({"p": status.protection} if status.protection else {})}
             for index, status in results.items()])
 
     def _journal(self, queue_id: str, entries: list[dict[str, object]]) -> None:
@@ -235,7 +236,7 @@ class Spool:
                 statuses[index] = RecipientStatus(
                     state=RecipientState(entry["s"]), at=entry["at"], dsn=entry["dsn"],
                     reply=entry["r"], attempts=previous.attempts + 1,
-                    warned=previous.warned or bool(entry.get("w")))
+                    warned=previous.warned or bool(entry.get("w")), protection=entry.get("p", ""))
         return tuple(statuses), crashes
 
     def _require(self, queue_id: str) -> QueueState:

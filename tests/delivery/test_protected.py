@@ -30,9 +30,10 @@ RECORDS = {
 SSN = "219-45-6789"
 
 
-def policy(order: str = "[tls, smime, pgp, portal]") -> str:
+def policy(order: str = "[tls, smime, pgp, portal]", receipt: bool = False) -> str:
     return ("match: first\nrules:\n  - name: phi\n    action: encrypt\n"
-            f"    protection: {order}\n    when: {{detectors: {{ssn: 1}}}}\n")
+            f"    protection: {order}\n    receipt: {str(receipt).lower()}\n"
+            "    when: {detectors: {ssn: 1}}\n")
 
 
 class World:
@@ -42,14 +43,14 @@ class World:
         self.gnupg = GnuPG(tmp_path / "gnupg")
         self.sinks: dict[str, Sink] = {}
 
-    async def start(self, order: str = "[tls, smime, pgp, portal]") -> RunningGateway:
+    async def start(self, order: str = "[tls, smime, pgp, portal]", receipt: bool = False) -> RunningGateway:
         await self.world.start_dns(RECORDS)
         self.sinks["verified"] = await self.world.sink("127.0.0.22", tls_name="mx.verified.test")
         self.sinks["wrongname"] = await self.world.sink("127.0.0.23", tls_name="someone-else.test")
         self.sinks["plain"] = await self.world.sink("127.0.0.21")
         policies = self.tmp_path / "policies"
         policies.mkdir(exist_ok=True)
-        (policies / "p.yaml").write_text(policy(order))
+        (policies / "p.yaml").write_text(policy(order, receipt))
         config: dict[str, Any] = {"policies_dir": str(policies), "dlp": {"workers": 0},
                                   "keys": {"smime_dir": str(self.keys / "smime"),
                                            "pgp_dir": str(self.keys / "pgp"),
@@ -147,3 +148,18 @@ async def test_unprotected_mail_is_not_encrypted_even_when_a_key_exists(
     await submit(gateway, ["pat@plain.test"], "Lunch on Friday?", subject="Lunch")
     [copy] = await eventually(lambda: setup.sinks["plain"].messages)
     assert b"Lunch on Friday?" in copy.content
+
+
+async def test_sender_gets_a_receipt_of_how_each_recipient_was_protected(
+        world: MailWorld, tmp_path: Path) -> None:
+    setup = World(world, tmp_path)
+    setup.smime("pat@wrongname.test")
+    gateway = await setup.start(receipt=True)
+    await submit(gateway, ["pat@verified.test", "pat@wrongname.test"], f"SSN {SSN}")
+    await eventually(lambda: setup.sinks["verified"].messages and setup.sinks["wrongname"].messages)
+    [receipt] = await eventually(lambda: [m for m in world.dsns()
+                                          if m["Subject"] == "Delivery and protection receipt"])
+    text = receipt.get_content()
+    assert "pat@verified.test: delivered over verified TLS" in text
+    assert "pat@wrongname.test: delivered encrypted with S/MIME" in text
+    assert SSN not in text and "Jane Roe" not in text

@@ -132,6 +132,7 @@ class Rule:
     reply: str = "Message refused by data loss prevention policy"  # the 5xx text for "block"
     # For "encrypt": the protection methods to try per recipient, strongest first.
     protection: tuple[Method, ...] = PROTECTION_ORDER
+    receipt: bool = False  # mail the sender how each recipient was protected, once delivered
 
     @property
     def rank(self) -> int:

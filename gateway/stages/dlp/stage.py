@@ -61,7 +61,7 @@ class DlpStage:
         item.notes[self.name] = summary
         item.message = dataclasses.replace(message, policy=PolicyDecision(
             action=verdict.action, rules=verdict.applied, protect=verdict.protect,
-            methods=verdict.methods))
+            methods=verdict.methods, receipt=verdict.receipt))
         item.add_headers(verdict.headers)
         for address in verdict.notify:
             item.generated.append(notification(item.message, verdict, summary, to=address,

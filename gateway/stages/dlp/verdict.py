@@ -31,6 +31,7 @@ class Verdict:
     notify: tuple[str, ...] = ()  # compliance addresses to tell
     reply: str = ""  # the text of the 5xx when the action is block
     methods: tuple[str, ...] = PROTECTION_ORDER  # protection order, from the deciding encrypt rule
+    receipt: bool = False  # a rule asks for a protection receipt to the sender
     error: str | None = None  # why on_error decided: "timeout" or "scan_failed"
     recipient_actions: tuple[str, ...] = ()  # per recipient, in envelope order
 
@@ -78,6 +79,7 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
                                    if rule.notifies and policy.notify_to)),
         reply=blocking.reply if blocking is not None else "",
         methods=encrypting.protection if encrypting is not None else PROTECTION_ORDER,
+        receipt=any(rule.receipt for _, rule in everything),
         recipient_actions=tuple(actions))
 
 

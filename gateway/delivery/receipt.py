@@ -1,0 +1,49 @@
+"""The protection receipt: when a rule asks for it (`receipt: true`), the sender learns, once
+every recipient is final, how each one was protected (verified TLS, S/MIME, PGP) or why it was
+not delivered. It names recipients and methods only: no subject, no content."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient, RecipientState, RecipientStatus
+from gateway.spool import new_queue_id
+
+_WORDS = {"tls-verified": "delivered over verified TLS", "tls": "delivered over TLS (not verified)",
+          "smime": "delivered encrypted with S/MIME", "pgp": "delivered encrypted with PGP/MIME",
+          "none": "delivered without encryption", "": "delivered"}
+
+
+def build(message: QueuedMessage, statuses: Sequence[RecipientStatus],
+          hostname: str) -> tuple[QueuedMessage, bytes]:
+    lines = [f"Your message {message.message_id or ''} (queue id {message.queue_id}) was handled by "
+             f"the secure mail gateway {hostname}:", ""]
+    for recipient, status in zip(message.envelope.recipients, statuses, strict=True):
+        if status.state is RecipientState.DELIVERED:
+            outcome = _WORDS.get(status.protection, f"delivered ({status.protection})")
+        elif status.state is RecipientState.BOUNCED:
+            outcome = f"NOT delivered: {status.dsn} {status.reply}"
+        else:
+            outcome = f"{status.state.value}"
+        lines.append(f"  {recipient.address}: {outcome}")
+    lines += ["", "This receipt lists recipients and how their copy was protected; it holds nothing "
+              "of the message itself."]
+    receipt = EmailMessage()
+    receipt["From"] = f"postmaster@{hostname}"
+    receipt["To"] = message.envelope.sender
+    receipt["Subject"] = "Delivery and protection receipt"
+    receipt["Date"] = formatdate(localtime=False)
+    receipt["Message-ID"] = make_msgid(domain=hostname)
+    receipt["Auto-Submitted"] = "auto-replied"
+    receipt.set_content("\n".join(lines))
+    content = receipt.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    queued = QueuedMessage(
+        queue_id=new_queue_id(), received_at=time.time(),
+        envelope=Envelope(sender="", recipients=(Recipient(message.envelope.sender),),
+                          smtputf8=not message.envelope.sender.isascii()),
+        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="receipt", relay_reason="local"),
+        size=len(content), message_id=receipt["Message-ID"])
+    return queued, content
