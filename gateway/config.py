@@ -223,6 +223,10 @@ class KeysConfig:
     revoked: tuple[str, ...] = ()
     # The outer Subject of an end-to-end encrypted message (the real one travels inside).
     neutral_subject: str = "Secure message"
+    wkd: bool = False  # look OpenPGP keys up in the recipient domain's Web Key Directory
+    dns_keys: bool = False  # OPENPGPKEY and SMIMEA records, when the resolver authenticates them
+    discovery_ttl: Duration = Duration(3600)  # how long a discovered key (or its absence) is kept
+    wkd_port: int = 443  # HTTPS port for WKD (tests point it elsewhere)
 
     def problems(self) -> list[tuple[str, str]]:
         if any(c in self.neutral_subject for c in "\r\n") or not self.neutral_subject.strip():

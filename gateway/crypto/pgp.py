@@ -65,26 +65,11 @@ class PgpKeyring:
             eventlog.event(log, "key_unreadable", logging.WARNING, kind="pgp", file=path,
                            error=type(exc).__name__)
             return
-        now = datetime.datetime.now(datetime.UTC)
         for certificate in certificates:
-            fingerprint = str(certificate.fingerprint).lower()
-            reason = None
-            if fingerprint in revoked:
-                reason = "revoked by config"
-            elif certificate.is_revoked:
-                reason = "revoked"
-            elif certificate.expiration is not None and certificate.expiration <= now:
-                reason = "expired"
-            elif not _can_encrypt(certificate):
-                reason = "no usable encryption key"
-            if reason is not None:
-                eventlog.event(log, "key_skipped", logging.WARNING, kind="pgp", file=path,
-                               fingerprint=fingerprint, reason=reason)
-                continue
-            entry = PgpCertificate(certificate, addresses_of(certificate), fingerprint,
-                                   certificate.expiration, str(path))
-            for address in entry.addresses:
-                self._by_address.setdefault(address, []).append(entry)
+            entry = usable(certificate, revoked, str(path))
+            if entry is not None:
+                for address in entry.addresses:
+                    self._by_address.setdefault(address, []).append(entry)
 
     def find(self, address: str, when: datetime.datetime | None = None) -> PgpCertificate | None:
         now = when or datetime.datetime.now(datetime.UTC)
@@ -94,6 +79,25 @@ class PgpKeyring:
 
     def __len__(self) -> int:
         return len({c.fingerprint for entries in self._by_address.values() for c in entries})
+
+
+def usable(certificate: pysequoia.Cert, revoked: frozenset[str], source: str) -> PgpCertificate | None:
+    """The certificate as a keyring entry, or None (logged) when it must not be used."""
+    fingerprint = str(certificate.fingerprint).lower()
+    reason = None
+    if fingerprint in revoked:
+        reason = "revoked by config"
+    elif certificate.is_revoked:
+        reason = "revoked"
+    elif certificate.expiration is not None and certificate.expiration <= datetime.datetime.now(datetime.UTC):
+        reason = "expired"
+    elif not _can_encrypt(certificate):
+        reason = "no usable encryption key"
+    if reason is not None:
+        eventlog.event(log, "key_skipped", logging.WARNING, kind="pgp", file=source,
+                       fingerprint=fingerprint, reason=reason)
+        return None
+    return PgpCertificate(certificate, addresses_of(certificate), fingerprint, certificate.expiration, source)
 
 
 def _can_encrypt(certificate: pysequoia.Cert) -> bool:

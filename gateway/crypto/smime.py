@@ -70,6 +70,17 @@ def unusable_reason(certificate: x509.Certificate) -> str | None:
     return None
 
 
+def usable(certificate: x509.Certificate, revoked: frozenset[str], source: str) -> SmimeCertificate | None:
+    """The certificate as a keyring entry, or None (logged) when it must not be used."""
+    fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
+    reason = "revoked by config" if fingerprint in revoked else unusable_reason(certificate)
+    if reason is not None:
+        eventlog.event(log, "key_skipped", logging.WARNING, kind="smime", file=source,
+                       fingerprint=fingerprint, reason=reason)
+        return None
+    return SmimeCertificate(certificate, addresses_of(certificate), fingerprint, source)
+
+
 def addresses_of(certificate: x509.Certificate) -> frozenset[str]:
     found = {attribute.value for attribute in certificate.subject.get_attributes_for_oid(
         NameOID.EMAIL_ADDRESS) if isinstance(attribute.value, str)}
@@ -101,15 +112,10 @@ class SmimeKeyring:
                            error=type(exc).__name__)
             return
         for certificate in certificates:
-            fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
-            reason = "revoked by config" if fingerprint in revoked else unusable_reason(certificate)
-            if reason is not None:
-                eventlog.event(log, "key_skipped", logging.WARNING, kind="smime", file=path,
-                               fingerprint=fingerprint, reason=reason)
-                continue
-            entry = SmimeCertificate(certificate, addresses_of(certificate), fingerprint, str(path))
-            for address in entry.addresses:
-                self._by_address.setdefault(address, []).append(entry)
+            entry = usable(certificate, revoked, str(path))
+            if entry is not None:
+                for address in entry.addresses:
+                    self._by_address.setdefault(address, []).append(entry)
 
     def find(self, address: str, when: datetime.datetime | None = None) -> SmimeCertificate | None:
         """The usable certificate for `address` that stays valid longest, or None."""

@@ -124,15 +124,19 @@ class MxResolver:
         cached = self._cached(name, "TLSA")
         if cached is not None:
             return tuple(cached)  # type: ignore[arg-type]
-        try:
-            answer = await self._query(name, "TLSA")
-        except Permanent:
-            answer = None
-        authenticated = answer is not None and bool(answer.response.flags & dns.flags.AD)
+        answer = await self.authenticated(name, "TLSA")
         records = [TlsaRecord(rdata.usage, rdata.selector, rdata.mtype, bytes(rdata.cert))
-                   for rdata in answer or ()] if authenticated else []
+                   for rdata in answer or ()]
         self._store(name, "TLSA", records, answer)  # type: ignore[arg-type]
         return tuple(records)
+
+    async def authenticated(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        """The answer if the resolver authenticated it (AD bit), else None (also for none)."""
+        try:
+            answer = await self._query(name, rdtype)
+        except Permanent:
+            return None
+        return answer if answer is not None and answer.response.flags & dns.flags.AD else None
 
     async def _mx(self, domain: str) -> list[tuple[int, str]]:
         cached = self._cached(domain, "MX")

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from gateway.config import KeysConfig
 from gateway.crypto import pgp, smime
+from gateway.crypto.discovery import KeyDiscovery
+from gateway.crypto.pgp import PgpCertificate
+from gateway.crypto.smime import SmimeCertificate
 from gateway.delivery.attempt import Attempt
 from gateway.delivery.client import Reply, TlsRequirement
 from gateway.message import QueuedMessage
@@ -41,12 +44,25 @@ class Keyrings:
     smime: smime.SmimeKeyring
     pgp: pgp.PgpKeyring
     neutral_subject: str
+    discovery: KeyDiscovery | None = None  # WKD and DNS lookups, when configured
 
     @classmethod
-    def load(cls, keys: KeysConfig) -> Keyrings:
+    def load(cls, keys: KeysConfig, discovery: KeyDiscovery | None = None) -> Keyrings:
         revoked = keys.revoked_fingerprints
         return cls(smime.SmimeKeyring(keys.smime_dir, revoked), pgp.PgpKeyring(keys.pgp_dir, revoked),
-                   keys.neutral_subject)
+                   keys.neutral_subject, discovery)
+
+    async def find_smime(self, address: str) -> SmimeCertificate | None:
+        found = self.smime.find(address)
+        if found is None and self.discovery is not None:
+            found = await self.discovery.find_smime(address)
+        return found
+
+    async def find_pgp(self, address: str) -> PgpCertificate | None:
+        found = self.pgp.find(address)
+        if found is None and self.discovery is not None:
+            found = await self.discovery.find_pgp(address)
+        return found
 
     @classmethod
     def empty(cls) -> Keyrings:
@@ -102,7 +118,7 @@ async def _encrypted(method: str, message: QueuedMessage, content: bytes, remain
         address = message.envelope.recipients[index].address
         encrypt: Callable[[], bytes]
         if method == "smime":
-            found_smime = keyrings.smime.find(address)
+            found_smime = await keyrings.find_smime(address)
             if found_smime is None:
                 tried[index].append("smime: no certificate")
                 without_key.append(index)
@@ -110,7 +126,7 @@ async def _encrypted(method: str, message: QueuedMessage, content: bytes, remain
             encrypt = functools.partial(smime.encrypt, content, found_smime.certificate,
                                         keyrings.neutral_subject)
         else:
-            found_pgp = keyrings.pgp.find(address)
+            found_pgp = await keyrings.find_pgp(address)
             if found_pgp is None:
                 tried[index].append("pgp: no key")
                 without_key.append(index)

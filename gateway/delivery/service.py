@@ -15,6 +15,7 @@ import logging
 
 from gateway import eventlog
 from gateway.config import Config
+from gateway.crypto.discovery import KeyDiscovery
 from gateway.delivery.agent import DeliveryAgent
 from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
@@ -70,7 +71,18 @@ class DeliveryService:
         return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
                              connections=self.connections, tls_policy=tls_policy,
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
-                             keyrings=Keyrings.load(config.keys), tls_reports=self.tls_reports)
+                             keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
+                             tls_reports=self.tls_reports)
+
+    @staticmethod
+    def _discovery(config: Config, resolver: MxResolver) -> KeyDiscovery | None:
+        keys = config.keys
+        if not (keys.wkd or keys.dns_keys):
+            return None
+        ca_file = str(config.delivery.ca_file) if config.delivery.ca_file else None
+        return KeyDiscovery(resolver, tls_contexts(ca_file)[0], wkd=keys.wkd, dns=keys.dns_keys,
+                            revoked=keys.revoked_fingerprints, ttl=float(keys.discovery_ttl),
+                            port=keys.wkd_port)
 
     async def _enqueue(self, message: QueuedMessage, content: bytes) -> None:
         await self.spool.store(message, content)

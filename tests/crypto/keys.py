@@ -73,8 +73,9 @@ class GnuPG:
             raise AssertionError(f"gpg {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
         return result.stdout
 
-    def make_key(self, address: str, *, expire: str = "never") -> None:
-        self.run("--quick-gen-key", f"Test Recipient <{address}>", "default", "default", expire)
+    def make_key(self, address: str, *, expire: str = "never", algorithm: str = "default") -> None:
+        """RSA-3072 by default; "future-default" gives a small Curve25519 key (fits a DNS answer)."""
+        self.run("--quick-gen-key", f"Test Recipient <{address}>", algorithm, "default", expire)
 
     def export(self, address: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
