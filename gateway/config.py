@@ -223,6 +223,9 @@ class KeysConfig:
     revoked: tuple[str, ...] = ()
     # The outer Subject of an end-to-end encrypted message (the real one travels inside).
     neutral_subject: str = "Secure message"
+    # Recipients whose S/MIME clients read AES-256-GCM AuthEnvelopedData (RFC 5083/5084), as
+    # address patterns ("*@example.org"); the others get AES-256-CBC EnvelopedData.
+    smime_gcm: tuple[str, ...] = ()
     wkd: bool = False  # look OpenPGP keys up in the recipient domain's Web Key Directory
     dns_keys: bool = False  # OPENPGPKEY and SMIMEA records, when the resolver authenticates them
     discovery_ttl: Duration = Duration(3600)  # how long a discovered key (or its absence) is kept

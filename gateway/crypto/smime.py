@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -134,3 +139,46 @@ def encrypt(message: bytes, certificate: x509.Certificate, neutral_subject: str)
                  .set_content_encryption_algorithm(algorithms.AES256)
                  .encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
     return mime.assemble(parts, CONTENT_HEADERS, mime.base64_lines(enveloped), neutral_subject)
+
+
+class _GcmParameters(core.Sequence):  # type: ignore[misc]  # untyped base
+    """RFC 5084 GCMParameters (asn1crypto knows the algorithm but not its parameters)."""
+
+    _fields: ClassVar[list[tuple[Any, ...]]] = [
+        ("aes_nonce", core.OctetString), ("aes_icvlen", core.Integer, {"default": 12})]
+
+
+def encrypt_gcm(message: bytes, certificate: x509.Certificate, neutral_subject: str) -> bytes:
+    """The message as AuthEnvelopedData (RFC 5083) with AES-256-GCM (RFC 5084), for recipients
+    known to read it: authenticated encryption, so a changed ciphertext is detected. The content
+    key is wrapped for the certificate's RSA key with RSAES-OAEP (SHA-256)."""
+    parts = mime.split(message)
+    key, nonce = os.urandom(32), os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, parts.inner, None)
+    ciphertext, tag = sealed[:-16], sealed[-16:]
+    public_key = certificate.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)  # unusable_reason() allows RSA only
+    wrapped = public_key.encrypt(key, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()),
+                                                  algorithm=hashes.SHA256(), label=None))
+    issuer_serial = cms.IssuerAndSerialNumber({
+        "issuer": asn1_x509.Name.load(certificate.issuer.public_bytes()),
+        "serial_number": certificate.serial_number})
+    oaep = algos.RSAESOAEPParams({
+        "hash_algorithm": {"algorithm": "sha256"},
+        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}}})
+    recipient = cms.RecipientInfo(name="ktri", value=cms.KeyTransRecipientInfo({
+        "version": "v0", "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=issuer_serial),
+        "key_encryption_algorithm": {"algorithm": "rsaes_oaep", "parameters": oaep},
+        "encrypted_key": wrapped}))
+    content_algorithm = algos.EncryptionAlgorithm({
+        "algorithm": "aes256_gcm", "parameters": _GcmParameters({"aes_nonce": nonce, "aes_icvlen": 16})})
+    enveloped = cms.AuthEnvelopedData({
+        "version": "v0", "recipient_infos": [recipient],
+        "auth_encrypted_content_info": {"content_type": "data",
+                                        "content_encryption_algorithm": content_algorithm,
+                                        "encrypted_content": ciphertext},
+        "mac": tag})
+    info = cms.ContentInfo({"content_type": "authenticated_enveloped_data", "content": enveloped})
+    headers = [h.replace("smime-type=enveloped-data", "smime-type=authEnveloped-data")
+               for h in CONTENT_HEADERS]
+    return mime.assemble(parts, headers, mime.base64_lines(info.dump()), neutral_subject)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fnmatch
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,12 +46,13 @@ class Keyrings:
     pgp: pgp.PgpKeyring
     neutral_subject: str
     discovery: KeyDiscovery | None = None  # WKD and DNS lookups, when configured
+    smime_gcm: tuple[str, ...] = ()  # address patterns of recipients that read AES-GCM
 
     @classmethod
     def load(cls, keys: KeysConfig, discovery: KeyDiscovery | None = None) -> Keyrings:
         revoked = keys.revoked_fingerprints
         return cls(smime.SmimeKeyring(keys.smime_dir, revoked), pgp.PgpKeyring(keys.pgp_dir, revoked),
-                   keys.neutral_subject, discovery)
+                   keys.neutral_subject, discovery, keys.smime_gcm)
 
     async def find_smime(self, address: str) -> SmimeCertificate | None:
         found = self.smime.find(address)
@@ -123,8 +125,9 @@ async def _encrypted(method: str, message: QueuedMessage, content: bytes, remain
                 tried[index].append("smime: no certificate")
                 without_key.append(index)
                 continue
-            encrypt = functools.partial(smime.encrypt, content, found_smime.certificate,
-                                        keyrings.neutral_subject)
+            gcm = any(fnmatch.fnmatchcase(address.lower(), p.lower()) for p in keyrings.smime_gcm)
+            encrypt = functools.partial(smime.encrypt_gcm if gcm else smime.encrypt, content,
+                                        found_smime.certificate, keyrings.neutral_subject)
         else:
             found_pgp = await keyrings.find_pgp(address)
             if found_pgp is None:

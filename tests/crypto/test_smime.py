@@ -3,12 +3,14 @@ the original MIME entity, with the subject inside and a neutral one outside."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email
 import email.policy
 import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import hashes
 
 from gateway.crypto import smime
@@ -93,3 +95,30 @@ def test_a_message_without_mime_headers_becomes_text_plain_inside(tmp_path: Path
     assert inner.startswith(b"Content-Type: text/plain; charset=us-ascii;")
     assert inner.endswith(b"\r\n\r\nhello\r\n")
     assert datetime.datetime.now(datetime.UTC) < identity.certificate.not_valid_after_utc
+
+
+def test_gcm_output_is_auth_enveloped_data_that_openssl_decrypts(tmp_path: Path) -> None:
+    identity = smime_identity(tmp_path / "smime", ADDRESS)
+    original = message()
+    encrypted = smime.encrypt_gcm(original, identity.certificate, "Secure message")
+    outer = email.message_from_bytes(encrypted, policy=email.policy.default)
+    assert outer.get_param("smime-type") == "authEnveloped-data"
+    source = tmp_path / "gcm.eml"
+    source.write_bytes(encrypted)
+    dump = subprocess.run(["openssl", "cms", "-cmsout", "-print", "-in", str(source)],
+                          capture_output=True, check=True, text=True).stdout
+    assert "id-smime-ct-authEnvelopedData" in dump and "aes-256-gcm" in dump and "rsaesOaep" in dump
+    decrypted = openssl_decrypt(identity, encrypted, tmp_path)
+    inner = email.message_from_bytes(decrypted, policy=email.policy.default)
+    assert inner["Subject"] == "Lab results for Jane Roe"
+
+
+def test_tampered_gcm_ciphertext_is_refused_by_openssl(tmp_path: Path) -> None:
+    identity = smime_identity(tmp_path / "smime", ADDRESS)
+    encrypted = smime.encrypt_gcm(message(), identity.certificate, "Secure message")
+    head, _, body = encrypted.partition(b"\r\n\r\n")
+    der = bytearray(base64.b64decode(body))
+    der[-40] ^= 0x01  # inside the ciphertext
+    tampered = head + b"\r\n\r\n" + base64.encodebytes(bytes(der)).replace(b"\n", b"\r\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        openssl_decrypt(identity, tampered, tmp_path)
