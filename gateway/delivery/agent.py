@@ -38,6 +38,7 @@ from gateway.delivery.client import (
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
 from gateway.delivery.protection import Keyrings, deliver_protected
+from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.message import (
     ClientInfo,
@@ -52,6 +53,11 @@ from gateway.spool import QueueState, Spool, new_queue_id
 log = logging.getLogger("mailward.delivery")
 
 _RELAY = re.compile(r"^([^\[]+)\[([^\]]+)\]")  # host[address]:port
+def _host(relay: str) -> str:
+    match = _RELAY.match(relay)
+    return match.group(1) if match else relay
+
+
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
                 RecipientState.BOUNCED: "bounced"}
 
@@ -60,7 +66,7 @@ class DeliveryAgent:
     def __init__(self, spool: Spool, hostname: str, config: DeliveryConfig, *, resolver: MxResolver,
                  connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
                  on_queued: Callable[[str], None], keyrings: Keyrings | None = None,
-                 tls_reports: TlsReportStore | None = None) -> None:
+                 tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -71,6 +77,7 @@ class DeliveryAgent:
         self.on_queued = on_queued  # a new message (a DSN) is in incoming/
         self.keyrings = keyrings or Keyrings.empty()
         self.tls_reports = tls_reports
+        self.learned = learned or LearnedTls(None, 0.0)
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
@@ -104,7 +111,8 @@ class DeliveryAgent:
             return await self._send(domain, destinations, message, body, to, needs, protection)
 
         if protect:
-            return await deliver_protected(message, content, indexes, requirement, self.keyrings, send)
+            return await deliver_protected(message, content, indexes, requirement, self.keyrings, send,
+                                           learned_failure=self.learned.recent_verify_failure(domain))
         return await send(indexes, content, requirement, "")
 
     async def _send(self, domain: str, destinations: Sequence[Destination], message: QueuedMessage,
@@ -120,9 +128,14 @@ class DeliveryAgent:
             except ConnectionFailed as failure:
                 if failure.tls_failure:
                     self._report_session(domain, requirement, failure.relay, failure.tls_result)
+                    self.learned.failure(domain, _host(failure.relay), failure.reply.text,
+                                         verify_required=requirement.level == "verify")
                 raise
-            if connection.tls.version is not None:
-                self._report_session(domain, requirement, connection.relay, None, dane=connection.tls.dane)
+            tls = connection.tls
+            if tls.version is not None:
+                self._report_session(domain, requirement, connection.relay, None, dane=tls.dane)
+            self.learned.success(domain, connection.destination.host, version=tls.version,
+                                 verified=tls.verified, dane=tls.dane)
             return connection
 
         for fresh_only in (False, True):

@@ -17,7 +17,7 @@ import aiosmtplib
 from cryptography import x509
 
 from gateway.config import Config
-from gateway.delivery import dane
+from gateway.delivery import dane, tlscache
 from gateway.delivery.client import tls_contexts
 from gateway.delivery.mx import MxResolver, ResolutionError
 from gateway.delivery.tlspolicy import MtaSts, TlsPolicyMap
@@ -32,7 +32,8 @@ async def probe(config: Config, domain: str) -> dict[str, Any]:
     mta_sts = MtaSts(resolver, port=delivery.mta_sts_port, ca_file=ca_file)
     policy_map = TlsPolicyMap(delivery.tls_policy, mta_sts if delivery.mta_sts else None)
     report: dict[str, Any] = {"domain": domain, "policy_map": policy_map.admin_level(domain),
-                              "dane": "on" if delivery.dane else "off"}
+                              "dane": "on" if delivery.dane else "off",
+                              "learned": tlscache.load(delivery.tls_cache_file).get(domain, {})}
     report["mta_sts"] = await _mta_sts(resolver, mta_sts, domain)
     try:
         destinations = await resolver.destinations(domain)
@@ -151,6 +152,11 @@ def as_text(report: dict[str, Any]) -> str:
     else:
         lines.append(f"MTA-STS:       {sts.get('error') or 'no policy published'}")
     lines.append(f"DANE:          {report['dane']} (TLSA records count only with the resolver's AD bit)")
+    for host, seen in sorted(report.get("learned", {}).get("hosts", {}).items()):
+        outcome = ("dane" if seen.get("dane") else "verified" if seen.get("verified") else
+                   "unverified" if seen.get("starttls") else "no TLS")
+        failure = f"; last failure: {seen['failure']}" if seen.get("failure") else ""
+        lines.append(f"learned:       {host}: {seen.get('tls_version') or '-'} {outcome}{failure}")
     if "requirement" in report:
         requirement = report["requirement"]
         lines.append(f"requirement:   {requirement['level']} ({requirement['source']})")

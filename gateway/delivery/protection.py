@@ -73,15 +73,20 @@ class Keyrings:
 
 
 async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Sequence[int],
-                            requirement: TlsRequirement, keyrings: Keyrings, send: Send) -> list[Attempt]:
-    """Attempts for `indexes`, each made with the first method of the policy's order that works."""
+                            requirement: TlsRequirement, keyrings: Keyrings, send: Send, *,
+                            learned_failure: str | None = None) -> list[Attempt]:
+    """Attempts for `indexes`, each made with the first method of the policy's order that works.
+    `learned_failure`: verified TLS to this domain failed moments ago (why); skip trying it."""
     remaining = list(indexes)
     attempts: list[Attempt] = []
     tried: dict[int, list[str]] = {i: [] for i in indexes}
     for method in message.policy.methods:
         if not remaining:
             break
-        if method == "tls":
+        if method == "tls" and learned_failure is not None:
+            for index in remaining:
+                tried[index].append(f"tls: {learned_failure}")
+        elif method == "tls":
             verified = dataclasses.replace(requirement, level="verify")
             remaining = _keep_tls_failures(await send(remaining, content, verified, "tls-verified"),
                                            attempts, tried)

@@ -21,6 +21,7 @@ from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
 from gateway.delivery.protection import Keyrings
+from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
 from gateway.message import QueuedMessage
@@ -40,6 +41,7 @@ class DeliveryService:
             max_messages=delivery.max_messages_per_connection, idle_time=delivery.connection_idle_time)
         self._tls_policy = tls_policy  # fixed by tests; else built from config on each (re)load
         self._sts_cache: dict[str, StsPolicy] = {}  # MTA-STS policies survive reloads
+        self.learned = LearnedTls(delivery.tls_cache_file, float(delivery.tls_cache_ttl))
         reports = delivery.tls_reports
         self.tls_reports = TlsReportStore(reports.dir) if reports.enabled else None
         self.tls_reporter: TlsReporter | None = None
@@ -72,7 +74,7 @@ class DeliveryService:
                              connections=self.connections, tls_policy=tls_policy,
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
-                             tls_reports=self.tls_reports)
+                             tls_reports=self.tls_reports, learned=self.learned)
 
     @staticmethod
     def _discovery(config: Config, resolver: MxResolver) -> KeyDiscovery | None:
@@ -122,6 +124,7 @@ class DeliveryService:
                 await self._reporting
         if self.tls_reports is not None:
             self.tls_reports.flush()
+        self.learned.save()
         if not self.paused:
             await self.scheduler.stop(timeout)
         await self.connections.close()

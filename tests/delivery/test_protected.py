@@ -12,6 +12,7 @@ import email.policy
 from pathlib import Path
 from typing import Any
 
+from gateway.delivery.service import DeliveryService
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, send
 from tests.crypto.keys import GnuPG, SmimeIdentity, openssl_decrypt, smime_identity
@@ -43,7 +44,8 @@ class World:
         self.gnupg = GnuPG(tmp_path / "gnupg")
         self.sinks: dict[str, Sink] = {}
 
-    async def start(self, order: str = "[tls, smime, pgp, portal]", receipt: bool = False) -> RunningGateway:
+    async def start(self, order: str = "[tls, smime, pgp, portal]", receipt: bool = False,
+                    **delivery: Any) -> RunningGateway:
         await self.world.start_dns(RECORDS)
         self.sinks["verified"] = await self.world.sink("127.0.0.22", tls_name="mx.verified.test")
         self.sinks["wrongname"] = await self.world.sink("127.0.0.23", tls_name="someone-else.test")
@@ -55,7 +57,7 @@ class World:
                                   "keys": {"smime_dir": str(self.keys / "smime"),
                                            "pgp_dir": str(self.keys / "pgp"),
                                            "neutral_subject": "Secure message from the clinic"}}
-        return await self.world.gateway(config)
+        return await self.world.gateway(config, **delivery)
 
     def smime(self, address: str) -> SmimeIdentity:
         return smime_identity(self.keys / "smime", address)
@@ -70,6 +72,11 @@ async def submit(gateway: RunningGateway, recipients: list[str], body: str,
     raw = b.message(body, subject=subject, sender=SENDER, to=", ".join(recipients))
     code, text = await send(gateway.client(), SENDER, recipients, raw)
     assert code == 250, text
+
+
+def delivery_service(gateway: RunningGateway) -> DeliveryService:
+    assert gateway.gateway.delivery is not None
+    return gateway.gateway.delivery
 
 
 def parsed(content: bytes) -> email.message.EmailMessage:
@@ -163,3 +170,18 @@ async def test_sender_gets_a_receipt_of_how_each_recipient_was_protected(
     assert "pat@verified.test: delivered over verified TLS" in text
     assert "pat@wrongname.test: delivered encrypted with S/MIME" in text
     assert SSN not in text and "Jane Roe" not in text
+
+
+async def test_a_recent_verified_tls_failure_is_remembered(world: MailWorld, tmp_path: Path) -> None:
+    setup = World(world, tmp_path)
+    setup.smime("pat@plain.test")
+    gateway = await setup.start(connection_idle_time="0s")  # every send is a new connection
+    receiver = setup.sinks["plain"]
+    await submit(gateway, ["pat@plain.test"], f"SSN {SSN}")
+    await eventually(lambda: len(receiver.messages) == 1)
+    first = receiver.connections  # the failed verified-TLS attempt, then the S/MIME copy
+    await submit(gateway, ["pat@plain.test"], f"SSN {SSN}")
+    await eventually(lambda: len(receiver.messages) == 2)
+    assert (first, receiver.connections - first) == (2, 1)  # then S/MIME only: no TLS attempt
+    assert delivery_service(gateway).learned.domain("plain.test")["hosts"]["mx.plain.test"]["failure"]
+    assert "STARTTLS" in (delivery_service(gateway).learned.recent_verify_failure("plain.test") or "")
