@@ -84,20 +84,56 @@ class PgpKeyring:
 def usable(certificate: pysequoia.Cert, revoked: frozenset[str], source: str) -> PgpCertificate | None:
     """The certificate as a keyring entry, or None (logged) when it must not be used."""
     fingerprint = str(certificate.fingerprint).lower()
-    reason = None
-    if fingerprint in revoked:
-        reason = "revoked by config"
-    elif certificate.is_revoked:
-        reason = "revoked"
-    elif certificate.expiration is not None and certificate.expiration <= datetime.datetime.now(datetime.UTC):
-        reason = "expired"
-    elif not _can_encrypt(certificate):
-        reason = "no usable encryption key"
+    expires = None
+    try:
+        reason = _refusal(certificate, fingerprint, revoked)
+        expires = certificate.expiration if reason is None else None
+    except RuntimeError as exc:  # sequoia's standard policy refuses it (weak algorithm, SHA-1 ...)
+        reason = "refused by the OpenPGP policy: " + str(exc).split("\n\nStack backtrace")[0].replace(
+            "\n\nCaused by:\n", " ").strip()[:160]
     if reason is not None:
         eventlog.event(log, "key_skipped", logging.WARNING, kind="pgp", file=source,
                        fingerprint=fingerprint, reason=reason)
         return None
-    return PgpCertificate(certificate, addresses_of(certificate), fingerprint, certificate.expiration, source)
+    return PgpCertificate(certificate, addresses_of(certificate), fingerprint, expires, source)
+
+
+def _refusal(certificate: pysequoia.Cert, fingerprint: str, revoked: frozenset[str]) -> str | None:
+    if fingerprint in revoked:
+        return "revoked by config"
+    if certificate.is_revoked:
+        return "revoked"
+    if certificate.expiration is not None and certificate.expiration <= datetime.datetime.now(datetime.UTC):
+        return "expired"
+    weak = _weak_rsa_bits(certificate)
+    if weak is not None:
+        return f"RSA key of {weak} bits"
+    if not _can_encrypt(certificate):
+        return "no usable encryption key"
+    return None
+
+
+_RSA = ("RSAEncryptSign", "RSAEncrypt", "RSASign")
+
+
+def _weak_rsa_bits(certificate: pysequoia.Cert) -> int | None:
+    """The size of an RSA key or subkey under 2048 bits, if the certificate has one (the
+    algorithm floor; sequoia's own policy already refuses SHA-1 and other broken algorithms)."""
+    try:
+        packets = pysequoia.packet.PacketPile.from_bytes(str(certificate).encode())
+    except (RuntimeError, ValueError):
+        return None
+    for packet in packets:
+        if str(packet.tag) not in ("Tag.PublicKey", "Tag.PublicSubkey"):
+            continue
+        if str(packet.key_algorithm).rpartition(".")[2] not in _RSA:
+            continue
+        body = packet.body
+        if len(body) > 8 and body[0] == 4:  # v4: version, created (4), algorithm, MPI n (bit count)
+            bits = int.from_bytes(body[6:8], "big")
+            if bits < 2048:
+                return bits
+    return None
 
 
 def _can_encrypt(certificate: pysequoia.Cert) -> bool:

@@ -71,3 +71,14 @@ def test_unreadable_key_file_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "pgp").mkdir()
     (tmp_path / "pgp" / "broken.asc").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnope\n")
     assert len(pgp.PgpKeyring(tmp_path / "pgp")) == 0
+
+
+def test_rsa_keys_under_2048_bits_are_refused(tmp_path: Path) -> None:
+    gnupg = GnuPG(tmp_path / "gnupg")
+    gnupg.run("--quick-gen-key", "Weak <weak@example.org>", "rsa1536", "default", "never")
+    gnupg.run("--quick-add-key", gnupg.fingerprint("weak@example.org"), "rsa1536", "encr")
+    gnupg.make_key("strong@example.org")
+    for name in ("weak", "strong"):
+        gnupg.export(f"{name}@example.org", tmp_path / "pgp" / f"{name}.asc")
+    keyring = pgp.PgpKeyring(tmp_path / "pgp")
+    assert keyring.find("weak@example.org") is None and keyring.find("strong@example.org") is not None
