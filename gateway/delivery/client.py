@@ -30,7 +30,7 @@ import aiosmtplib
 
 from gateway.delivery import dane
 from gateway.delivery.dane import TlsaRecord
-from gateway.delivery.mx import Destination
+from gateway.delivery.mx import Destination, ResolutionError
 from gateway.message import Envelope, Recipient, RecipientState, encode_xtext
 
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
@@ -299,7 +299,13 @@ class Connector:
         client = await self._greet(destination, address, relay)
         if requirement.level == "none":
             return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
-        records = await self._tlsa(destination.host, destination.port) if self._tlsa is not None else ()
+        try:
+            records = await self._tlsa(destination.host, destination.port) if self._tlsa is not None else ()
+        except ResolutionError as exc:
+            client.close()
+            raise ConnectionFailed(Reply(451, "4.7.5", f"TLSA lookup for {destination.host} failed: "
+                                                       f"{exc.reason}"), relay, tls_failure=True,
+                                   tls_result="tlsa-invalid") from None
         if records:  # DANE applies, and takes precedence over every other TLS policy
             return await self._open_dane(client, destination, address, relay, records, requirement)
         if "starttls" not in client.esmtp_extensions:

@@ -110,16 +110,30 @@ class MxResolver:
         return await self._addresses(host.lower().rstrip("."))
 
     async def txt(self, name: str) -> list[str]:
-        """The TXT strings of `name` (each record's strings joined), [] when there are none."""
+        """The TXT strings of `name` (each record's strings joined), [] when there are none.
+        Cached for the answer's TTL, like every lookup here."""
+        cached = self._cached(name, "TXT")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         try:
             answer = await self._query(name, "TXT")
         except Permanent:
-            return []
-        return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer or ()]
+            answer = None
+        strings = [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer or ()]
+        self._store(name, "TXT", strings, answer)
+        return strings
+
+    def routed(self, domain: str) -> bool:
+        """Whether `domain` goes to a `delivery.routes` next hop instead of its MX hosts."""
+        return domain.lower().rstrip(".") in self._routes
 
     async def tlsa(self, host: str, port: int) -> tuple[TlsaRecord, ...]:
         """The TLSA records of ``_PORT._tcp.HOST`` if the resolver authenticated them (AD bit);
-        () when there are none or they are not authenticated: then DANE does not apply."""
+        () when there are none or they are not authenticated (then DANE does not apply), or for an
+        IP address. A failed lookup raises Temporary: RFC 7672 §2.2 makes the host unusable then,
+        since a validating resolver fails exactly when an answer was tampered with."""
+        if _is_ip(host):
+            return ()
         name = f"_{port}._tcp.{host.lower().rstrip('.')}"
         cached = self._cached(name, "TLSA")
         if cached is not None:

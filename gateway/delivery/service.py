@@ -62,7 +62,7 @@ class DeliveryService:
                               tlsa=resolver.tlsa if delivery.dane else None)
         tls_policy = self._tls_policy or TlsPolicyMap(delivery.tls_policy, MtaSts(
             resolver, port=delivery.mta_sts_port, ca_file=str(delivery.ca_file) if delivery.ca_file else None,
-            cache=self._sts_cache) if delivery.mta_sts else None)
+            cache=self._sts_cache) if delivery.mta_sts else None, routed=frozenset(delivery.routes))
         if self.tls_reports is not None:
             reports = delivery.tls_reports
             self.tls_reporter = TlsReporter(

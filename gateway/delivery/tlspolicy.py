@@ -114,8 +114,8 @@ class MtaSts:
         """The domain's policy, from the cache while it is fresh and its id unchanged."""
         now = time.time()
         cached = self._cache.get(domain)
-        if cached is not None and cached.fresh(now) and now - self._checked.get(domain, 0) < TXT_RECHECK:
-            return cached
+        if now - self._checked.get(domain, 0) < TXT_RECHECK:  # looked at moments ago: no new query
+            return cached if cached is not None and cached.fresh(now) else None
         self._checked[domain] = now
         try:
             policy_id = await self._txt_id(domain)
@@ -165,9 +165,13 @@ class MtaSts:
 class TlsPolicyMap:
     """The `TlsPolicy` of the delivery agent: admin map first, then MTA-STS."""
 
-    def __init__(self, admin: Mapping[str, AdminLevel], mta_sts: MtaSts | None) -> None:
+    def __init__(self, admin: Mapping[str, AdminLevel], mta_sts: MtaSts | None,
+                 routed: frozenset[str] = frozenset()) -> None:
         self._admin = {domain.lower().rstrip("."): level for domain, level in admin.items()}
         self.mta_sts = mta_sts
+        # Domains sent to a `delivery.routes` next hop: the admin chose that host, so the
+        # domain's own MTA-STS policy (about its MX hosts) does not apply; the map still does.
+        self._routed = frozenset(domain.lower().rstrip(".") for domain in routed)
 
     def admin_level(self, domain: str) -> AdminLevel | None:
         """The map's entry for `domain`, or for a parent written ".parent.example"."""
@@ -187,7 +191,7 @@ class TlsPolicyMap:
             return TlsRequirement("verify", mx_patterns=(domain, f"*.{domain}"), source="policy-map")
         if level is not None:
             return TlsRequirement(level, source="policy-map")
-        if self.mta_sts is not None:
+        if self.mta_sts is not None and domain not in self._routed:
             policy = await self.mta_sts.policy(domain)
             if policy is not None and policy.mode in ("enforce", "testing"):
                 # "testing" only reports (RFC 8461 §5): opportunistic, but counted as "sts".

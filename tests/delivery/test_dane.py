@@ -133,3 +133,15 @@ async def test_tls_probe_shows_tlsa_records_and_the_match(world: MailWorld) -> N
     [mx] = report["mx"]
     assert len(mx["tlsa"]) == 1 and mx["tlsa"][0].startswith("3 1 1 ") and mx["dane_match"] is True
     assert "the certificate matches" in probe.as_text(report)
+
+
+async def test_failed_tlsa_lookup_makes_the_host_unusable(world: MailWorld) -> None:
+    dns_server = await world.start_dns(RECORDS)
+    receiver = await world.sink("127.0.0.25", tls_name="mx.dane.test")
+    dns_server.servfail.add(TLSA_NAME.format(port=world.port))  # a validating resolver's answer to a forgery
+    gateway = await world.gateway()
+    await send(gateway.client(), SENDER, ["pat@dane.test"], message("DANE-SERVFAIL"))
+    [queue_id] = await eventually(lambda: gateway.queued(QueueState.DEFERRED))
+    assert receiver.messages == []
+    assert "TLSA lookup for mx.dane.test failed" in \
+        gateway.spool.load(queue_id, QueueState.DEFERRED).statuses[0].reply

@@ -180,9 +180,10 @@ async def test_cached_policy_survives_a_stripped_txt_record_and_a_blocked_fetch(
 
 async def test_a_new_policy_id_fetches_the_policy_again(
         world: MailWorld, policy_server: PolicyServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    dns_server = await world.start_dns(records("1"))
+    dns_server = await world.start_dns(records("1"), ttl=0)
     await policy_server.start(sts("testing"))
     monkeypatch.setattr("gateway.delivery.tlspolicy.TXT_RECHECK", 0.0)
+    monkeypatch.setattr("gateway.delivery.mx.MIN_CACHE_TTL", 0.0)  # see the new TXT record at once
     resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {})
     ca_file = world.tmp_path / "sts-ca.pem"
     world.ca.cert_pem.write_to_path(str(ca_file))
@@ -242,3 +243,26 @@ async def test_tls_probe_command_prints_json(world: MailWorld, policy_server: Po
     assert process.returncode == 0, stderr
     report = json.loads(stdout)
     assert report["mta_sts"]["policy"]["mode"] == "testing" and report["mx"][0]["verified"] is True
+
+
+async def test_domains_without_a_policy_are_not_looked_up_for_every_message(world: MailWorld) -> None:
+    dns_server = await world.start_dns({("nosts.test", "MX"): ["10 mx.nosts.test."],
+                                        ("mx.nosts.test", "A"): ["127.0.0.24"]})
+    receiver = await world.sink("127.0.0.24")
+    gateway = await world.gateway()
+    for marker in ("ONE", "TWO", "THREE"):
+        await send(gateway.client(), SENDER, ["pat@nosts.test"], message(marker))
+    await eventually(lambda: len(receiver.messages) == 3)
+    assert dns_server.queries.count(("_mta-sts.nosts.test", "TXT")) == 1
+
+
+async def test_routed_domain_ignores_its_mta_sts_policy(world: MailWorld,
+                                                       policy_server: PolicyServer) -> None:
+    dns_server = await world.start_dns(records())
+    receiver = await world.sink("127.0.0.24", tls_name="someone-else.test")
+    await policy_server.start(sts("enforce"))
+    gateway = await world.gateway(mta_sts_port=policy_server.port,
+                                  routes={"sts.test": f"127.0.0.24:{world.port}"})
+    await submit(gateway, message("ROUTED"))
+    await eventually(lambda: receiver.messages)  # the admin's route, opportunistic TLS
+    assert ("_mta-sts.sts.test", "TXT") not in dns_server.queries
