@@ -2,9 +2,10 @@
 
 `Connector.open` tries the destinations in MX order and each host's addresses in turn, moving on
 after a connection failure or a 4xx/5xx greeting; it offers STARTTLS when the host advertises it and
-records, per connection, the TLS version, cipher and whether the certificate verified. What TLS a
-destination *requires* comes from a `TlsPolicy` (opportunistic here; the encryption negotiation
-supplies strict ones): a connection that cannot meet the requirement is never used to send.
+records, per connection, the TLS version, cipher and whether the certificate verified (by name or
+by the host's DANE TLSA records). What TLS a destination *requires* comes from a `TlsPolicy`
+(`tlspolicy.TlsPolicyMap`: the admin's map, MTA-STS) and from the message (protected recipients,
+REQUIRETLS): a connection that cannot meet the requirement is never used to send.
 
 `SmtpConnection.deliver` runs one message through MAIL/RCPT/DATA and returns a reply per
 recipient. A 452 "too many recipients" after some were accepted sends the rest in a further
@@ -99,13 +100,6 @@ TlsaLookup = Callable[[str, int], Awaitable[tuple[TlsaRecord, ...]]]
 
 class TlsPolicy(Protocol):
     async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement: ...
-
-
-class OpportunisticTls:
-    """STARTTLS whenever offered, never required: Postfix's ``smtp_tls_security_level = may``."""
-
-    async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement:
-        return TlsRequirement("may")
 
 
 @dataclass(frozen=True)
