@@ -18,7 +18,7 @@ from cryptography import x509
 
 from gateway.config import Config
 from gateway.delivery import dane, tlscache
-from gateway.delivery.client import tls_contexts
+from gateway.delivery.client import peer_chain, tls_contexts
 from gateway.delivery.mx import MxResolver, ResolutionError
 from gateway.delivery.tlspolicy import MtaSts, TlsPolicyMap
 
@@ -56,9 +56,9 @@ async def probe(config: Config, domain: str) -> dict[str, Any]:
             entry.update(await _probe_host(config.hostname, destination.host, destination.addresses[0],
                                            destination.port, verifying, any_certificate,
                                            float(delivery.connect_timeout)))
-        der = entry.pop("certificate_der", None)
+        chain = entry.pop("certificate_chain", [])
         if records:
-            entry["dane_match"] = bool(der) and dane.matches_any(records, der)
+            entry["dane_match"] = dane.authenticates(records, chain, destination.host)
         report["mx"].append(entry)
     return report
 
@@ -111,10 +111,10 @@ async def _probe_host(ehlo: str, host: str, address: str, port: int, verifying: 
     if ssl_object is not None:
         found["tls_version"] = ssl_object.version()
         found["cipher"] = ssl_object.cipher()[0]
-        der = ssl_object.getpeercert(binary_form=True)
-        if der:
-            found["certificate"] = _certificate(x509.load_der_x509_certificate(der))
-            found["certificate_der"] = der
+        chain = peer_chain(ssl_object)
+        if chain:
+            found["certificate"] = _certificate(x509.load_der_x509_certificate(chain[0]))
+            found["certificate_chain"] = chain
     try:
         await client.quit()
     except (aiosmtplib.SMTPException, OSError):

@@ -73,11 +73,14 @@ class MailWorld:
         self.sender_sink = await self.sink(SENDER_MX)
         return self.dns_server
 
-    async def sink(self, host: str, *, tls_name: str | None = None) -> Sink:
+    async def sink(self, host: str, *, tls_name: str | None = None,
+                   certificate: trustme.LeafCert | None = None) -> Sink:
+        """A receiving MX; with `tls_name` it offers STARTTLS with a certificate for that name
+        from the test CA, or with `certificate` (e.g. one issued by an intermediate CA)."""
         context = None
-        if tls_name is not None:
+        if tls_name is not None or certificate is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.last_certificate = self.ca.issue_cert(tls_name)  # for tests that pin it (DANE)
+            self.last_certificate = certificate or self.ca.issue_cert(str(tls_name))  # DANE pins it
             self.last_certificate.configure_cert(context)
         sink, server = await start_sink(host, self.port, tls_context=context)
         self.servers.append(server)

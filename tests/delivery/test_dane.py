@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -105,7 +106,7 @@ async def test_protected_recipient_is_delivered_by_dane_without_end_to_end_keys(
 
 
 async def test_only_unusable_records_still_require_encryption(world: MailWorld) -> None:
-    gateway, receiver = await setup(world, tlsa="2 1 1 {pin}", authenticated=True)
+    gateway, receiver = await setup(world, tlsa="1 1 1 {pin}", authenticated=True)  # PKIX-EE: unusable
     await send(gateway.client(), SENDER, ["pat@dane.test"], message("DANE-TA"))
     [received] = await eventually(lambda: receiver.messages)
     assert received.tls_version is not None
@@ -145,3 +146,37 @@ async def test_failed_tlsa_lookup_makes_the_host_unusable(world: MailWorld) -> N
     assert receiver.messages == []
     assert "TLSA lookup for mx.dane.test failed" in \
         gateway.spool.load(queue_id, QueueState.DEFERRED).statuses[0].reply
+
+
+async def dane_ta_world(world: MailWorld, *, leaf_name: str,
+                        pin_other_ca: bool = False) -> tuple[RunningGateway, Sink]:
+    """A receiver whose certificate is issued by an intermediate CA that it sends along; the TLSA
+    record (DANE-TA, 2 1 1) pins that intermediate (or, with `pin_other_ca`, an unrelated CA)."""
+    dns_server = await world.start_dns(RECORDS)
+    intermediate = world.ca.create_child_ca()
+    receiver = await world.sink("127.0.0.25", certificate=intermediate.issue_cert(leaf_name))
+    pinned = trustme.CA().cert_pem if pin_other_ca else intermediate.cert_pem
+    name = TLSA_NAME.format(port=world.port)
+    dns_server.records[(name, "TLSA")] = [f"2 1 1 {spki_sha256(pinned.bytes())}"]
+    dns_server.validated.add(name)
+    return await world.gateway(), receiver
+
+
+async def test_dane_ta_authenticates_a_chain_to_the_pinned_anchor(world: MailWorld,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    gateway, receiver = await dane_ta_world(world, leaf_name="mx.dane.test")
+    with caplog.at_level(logging.INFO, logger="mailward.delivery"):
+        await send(gateway.client(), SENDER, ["pat@dane.test"], message("DANE-TA-OK"))
+        await eventually(lambda: receiver.messages)
+        line = await eventually(lambda: next((r.getMessage() for r in caplog.records
+                                              if "event=delivery " in r.getMessage()), None))
+    assert "/dane" in line
+
+
+@pytest.mark.parametrize(("leaf_name", "pin_other_ca"), [("mx.dane.test", True), ("elsewhere.test", False)])
+async def test_dane_ta_refuses_another_anchor_or_another_name(world: MailWorld, leaf_name: str,
+                                                              pin_other_ca: bool) -> None:
+    gateway, receiver = await dane_ta_world(world, leaf_name=leaf_name, pin_other_ca=pin_other_ca)
+    await send(gateway.client(), SENDER, ["pat@dane.test"], message("DANE-TA-BAD"))
+    await eventually(lambda: gateway.queued(QueueState.DEFERRED))
+    assert receiver.messages == []
