@@ -47,6 +47,8 @@ def run(messages: int = 300, tool_messages: int = 30) -> None:
         source.write_bytes(raw)
         results = {
             "S/MIME mailward": rate(messages, lambda: smime.encrypt(raw, identity.certificate, "Secure")),
+            "S/MIME-GCM mailward": rate(messages, lambda: smime.encrypt_gcm(raw, identity.certificate,
+                                                                           "Secure")),
             "S/MIME openssl cms": rate(tool_messages, lambda: subprocess.run(
                 ["openssl", "cms", "-encrypt", "-aes256", "-in", str(source), "-out", str(work / "o.p7m"),
                  str(identity.cert_file)], check=True, capture_output=True)),

@@ -11,6 +11,7 @@ the one valid longest is used. Files that cannot be read are reported, never fat
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -141,6 +142,21 @@ def encrypt(message: bytes, certificate: x509.Certificate, neutral_subject: str)
     return mime.assemble(parts, CONTENT_HEADERS, mime.base64_lines(enveloped), neutral_subject)
 
 
+@functools.lru_cache(maxsize=256)
+def _issuer_serial(certificate: x509.Certificate) -> bytes:
+    """The recipient identifier, DER; built once per certificate (asn1crypto is slow to build)."""
+    return bytes(cms.IssuerAndSerialNumber({
+        "issuer": asn1_x509.Name.load(certificate.issuer.public_bytes()),
+        "serial_number": certificate.serial_number}).dump())
+
+
+_OAEP_SHA256 = cms.KeyEncryptionAlgorithm({
+    "algorithm": "rsaes_oaep",
+    "parameters": algos.RSAESOAEPParams({
+        "hash_algorithm": {"algorithm": "sha256"},
+        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}}})}).dump()
+
+
 class _GcmParameters(core.Sequence):  # type: ignore[misc]  # untyped base
     """RFC 5084 GCMParameters (asn1crypto knows the algorithm but not its parameters)."""
 
@@ -160,15 +176,11 @@ def encrypt_gcm(message: bytes, certificate: x509.Certificate, neutral_subject: 
     assert isinstance(public_key, rsa.RSAPublicKey)  # unusable_reason() allows RSA only
     wrapped = public_key.encrypt(key, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()),
                                                   algorithm=hashes.SHA256(), label=None))
-    issuer_serial = cms.IssuerAndSerialNumber({
-        "issuer": asn1_x509.Name.load(certificate.issuer.public_bytes()),
-        "serial_number": certificate.serial_number})
-    oaep = algos.RSAESOAEPParams({
-        "hash_algorithm": {"algorithm": "sha256"},
-        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}}})
     recipient = cms.RecipientInfo(name="ktri", value=cms.KeyTransRecipientInfo({
-        "version": "v0", "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=issuer_serial),
-        "key_encryption_algorithm": {"algorithm": "rsaes_oaep", "parameters": oaep},
+        "version": "v0",
+        "rid": cms.RecipientIdentifier(name="issuer_and_serial_number",
+                                       value=cms.IssuerAndSerialNumber.load(_issuer_serial(certificate))),
+        "key_encryption_algorithm": cms.KeyEncryptionAlgorithm.load(_OAEP_SHA256),
         "encrypted_key": wrapped}))
     content_algorithm = algos.EncryptionAlgorithm({
         "algorithm": "aes256_gcm", "parameters": _GcmParameters({"aes_nonce": nonce, "aes_icvlen": 16})})
