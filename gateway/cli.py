@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     t_probe.add_argument("--json", action="store_true", help="print one JSON object")
     t_probe.set_defaults(handler=cmd_tls_probe)
 
+    portal = commands.add_parser("portal", help="the secure portal").add_subparsers(
+        title="portal commands", metavar="ACTION", required=True)
+    p_revoke = portal.add_parser("revoke", help="withdraw a portal message at once, for good")
+    p_revoke.add_argument("message_id", metavar="ID")
+    p_revoke.set_defaults(handler=cmd_portal_revoke)
+
     queue = commands.add_parser("queue", help="inspect and steer the spool").add_subparsers(
         title="queue commands", metavar="ACTION", required=True)
     q_list = queue.add_parser("list", help="list queued messages")
@@ -188,6 +194,20 @@ def cmd_tls_probe(config: Config, args: argparse.Namespace) -> int:
 
     report = asyncio.run(probe.probe(config, args.domain))
     print(json.dumps(report, indent=1) if args.json else probe.as_text(report))
+    return EXIT_OK
+
+
+def cmd_portal_revoke(config: Config, args: argparse.Namespace) -> int:
+    from gateway.portal.store import PortalError, open_store
+
+    store = open_store(config.portal.store_dir, config.portal.key_file)
+    try:
+        existed = store.remove(args.message_id, "revoked")
+    except PortalError as exc:
+        raise MailwardError(f"{args.message_id}: {exc}") from None
+    if not existed:
+        raise MailwardError(f"{args.message_id}: no such portal message (already revoked or expired?)")
+    print(f"{args.message_id}: revoked by {getpass.getuser()}")
     return EXIT_OK
 
 

@@ -255,6 +255,7 @@ class PortalConfig:
     base_url: str = "http://127.0.0.1:8080"
     store_dir: Path = Path("var/portal")
     message_ttl: Duration = Duration(30 * 86400)
+    key_file: Path = Path("var/keys/portal.key")  # master key of the store (0600, made on first use)
 
 
 @dataclass(frozen=True)
