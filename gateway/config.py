@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import types
 import typing
@@ -250,12 +251,32 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class PortalBranding:
+    """How the portal and its notification emails look and whom they name."""
+
+    organization: str = "Mailward"
+    logo_url: str | None = None  # an https URL; shown in emails and pages
+    colour: str = "#1a56db"  # buttons and links
+    support_contact: str = ""  # e.g. "the front desk, +1 555 0100, help@example.com"
+    sender: str | None = None  # From of notifications; default no-reply@HOSTNAME
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.colour):
+            found.append(("colour", "expected a colour such as #1a56db"))
+        if self.logo_url is not None and not self.logo_url.startswith("https://"):
+            found.append(("logo_url", "expected an https:// URL"))
+        return found
+
+
+@dataclass(frozen=True)
 class PortalConfig:
     listen: HostPort = HostPort("127.0.0.1:8080")
     base_url: str = "http://127.0.0.1:8080"
     store_dir: Path = Path("var/portal")
     message_ttl: Duration = Duration(30 * 86400)
     key_file: Path = Path("var/keys/portal.key")  # master key of the store (0600, made on first use)
+    branding: PortalBranding = PortalBranding()
 
 
 @dataclass(frozen=True)

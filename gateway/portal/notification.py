@@ -1,0 +1,57 @@
+"""The email that tells a recipient a secure message waits in the portal: a link and nothing of
+the message (no subject, no body, no attachment names), branded from `portal.branding`. Jinja2
+with autoescaping renders the HTML part; a plain-text part carries the same words."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import time
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+import jinja2
+
+from gateway.config import PortalConfig
+from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
+from gateway.spool import new_queue_id
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("gateway.portal", "templates"),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def link_for(portal: PortalConfig, token: str) -> str:
+    return f"{portal.base_url.rstrip('/')}/m/{token}"
+
+
+def build(portal: PortalConfig, *, token: str, recipient: str, expires: float,
+          hostname: str) -> tuple[QueuedMessage, bytes]:
+    """The notification: From the branding's sender (so a reply reaches a person), with the null
+    envelope sender, so that it can never bounce back into a loop."""
+    branding = portal.branding
+    values = {
+        "organization": branding.organization, "logo_url": branding.logo_url, "colour": branding.colour,
+        "support_contact": branding.support_contact, "link": link_for(portal, token),
+        "expires": datetime.datetime.fromtimestamp(expires, datetime.UTC).strftime("%d %B %Y, %H:%M UTC"),
+    }
+    environment = _environment()
+    notice = EmailMessage()
+    notice["From"] = branding.sender or f"no-reply@{hostname}"
+    notice["To"] = recipient
+    notice["Subject"] = f"Secure message from {branding.organization}"
+    notice["Date"] = formatdate(localtime=False)
+    notice["Message-ID"] = make_msgid(domain=hostname)
+    notice["Auto-Submitted"] = "auto-generated"
+    notice.set_content(environment.get_template("notification.txt.j2").render(values))
+    notice.add_alternative(environment.get_template("notification.html.j2").render(values), subtype="html")
+    content = notice.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    queued = QueuedMessage(
+        queue_id=new_queue_id(), received_at=time.time(),
+        envelope=Envelope(sender="", recipients=(Recipient(recipient),), body="8BITMIME"),
+        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="portal", relay_reason="local"),
+        size=len(content), message_id=notice["Message-ID"])
+    return queued, content
