@@ -1,0 +1,316 @@
+"""The portal's web app (aiohttp, server-rendered, no JavaScript needed).
+
+Flow: the link ``/m/TOKEN`` shows who the passcode goes to (masked); "Send me a passcode" mails a
+one-time code to the recipient; the right code opens a session (an HttpOnly, SameSite=Strict
+cookie, Secure over https) bound to that message only; then the message, its attachments (always
+downloaded, never rendered) and a reply form. The link alone never shows content.
+
+Every response carries a strict CSP, no-store caching, no referrer, nosniff and frame denial;
+HSTS when the portal's base URL is https. Forms carry a CSRF token (double-submit cookie). An
+HTML body is shown in a sandboxed frame (no scripts, no same-origin) served with its own CSP that
+blocks remote images and everything else remote. Requests for passcodes are limited per message
+(see `passcode`) and per client address.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from aiohttp import web
+
+from gateway import eventlog
+from gateway.config import PortalConfig
+from gateway.portal import passcode
+from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
+
+log = logging.getLogger("mailward.portal")
+
+SendCode = Callable[[PortalMessage, str], Awaitable[None]]
+SendReply = Callable[[PortalMessage, EmailMessage, str], Awaitable[None]]
+
+SESSION_TTL = 1800.0
+MAX_REPLY = 20_000
+PER_IP_CODES = 10  # passcode requests per client address per hour
+_PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' https:; frame-src 'self'; "
+             "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+_BODY_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+_SCRIPT = re.compile(r"<script\b.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass
+class _Session:
+    message_id: str
+    expires: float
+    csrf: str
+
+
+class PortalApp:
+    def __init__(self, store: PortalStore, config: PortalConfig, *, send_code: SendCode,
+                 send_reply: SendReply) -> None:
+        self.store = store
+        self.config = config
+        self.send_code = send_code
+        self.send_reply = send_reply
+        self.secure = config.base_url.startswith("https://")
+        self._sessions: dict[str, _Session] = {}
+        self._code_requests: dict[str, list[float]] = {}
+        self._templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("gateway.portal", "templates"),
+            autoescape=True, undefined=jinja2.StrictUndefined)
+        self._css = resources.files("gateway.portal").joinpath("templates/portal.css").read_bytes()
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app.router.add_get("/m/{token}", self.start)
+        app.router.add_post("/m/{token}/code", self.request_code)
+        app.router.add_post("/m/{token}/verify", self.verify)
+        app.router.add_get("/m/{token}/read", self.read)
+        app.router.add_get("/m/{token}/body", self.body)
+        app.router.add_get("/m/{token}/attachment/{index}", self.attachment)
+        app.router.add_post("/m/{token}/reply", self.reply)
+        app.router.add_get("/static/portal.css", self.css)
+        app.router.add_get("/healthz", self.health)
+        return app
+
+    @web.middleware
+    async def _headers(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects and errors get the same headers
+            self._secure(exc.headers)
+            raise
+        self._secure(response.headers)
+        return response
+
+    def _secure(self, headers: Any) -> None:
+        headers.setdefault("Content-Security-Policy", _PAGE_CSP)
+        headers["Cache-Control"] = "no-store"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers.setdefault("X-Frame-Options", "DENY")
+        if self.secure:
+            headers["Strict-Transport-Security"] = "max-age=31536000"
+
+    # -- pages ------------------------------------------------------------------------------
+
+    def _page(self, template: str, status: int = 200, **values: Any) -> web.Response:
+        html = self._templates.get_template(template).render(branding=self.config.branding, **values)
+        return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
+
+    def _notice(self, title: str, text: str, status: int) -> web.Response:
+        return self._page("notice.html.j2", status=status, title=title, text=text)
+
+    def _lookup(self, token: str) -> tuple[PortalMessage, bytes] | web.Response:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{20,64}", token):
+            return self._notice("Message not found", "This link is not valid.", 404)
+        try:
+            found = self.store.load(message_id_of(token))
+        except PortalError:
+            return self._notice("Message unavailable", "This message cannot be shown.", 500)
+        if isinstance(found, Tombstone):
+            words = "has expired" if found.reason == "expired" else "was withdrawn by the sender"
+            return self._notice("Message no longer available", f"This secure message {words}.", 410)
+        if found is None:
+            return self._notice("Message not found", "This link is not valid.", 404)
+        return found
+
+    def _csrf(self, request: web.Request) -> str:
+        return request.cookies.get("mw_csrf") or secrets.token_urlsafe(24)
+
+    def _with_csrf(self, response: web.Response, value: str) -> web.Response:
+        response.set_cookie("mw_csrf", value, httponly=True, samesite="Strict", secure=self.secure,
+                            path="/m/")
+        return response
+
+    async def _form(self, request: web.Request) -> dict[str, str] | None:
+        form = await request.post()
+        sent, cookie = str(form.get("csrf", "")), request.cookies.get("mw_csrf", "")
+        if not cookie or not hmac.compare_digest(sent, cookie):
+            return None
+        return {key: str(value) for key, value in form.items()}
+
+    async def start(self, request: web.Request, *, message: str = "",
+                    code_sent: bool = False) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        record, _ = found
+        csrf = self._csrf(request)
+        return self._with_csrf(self._page(
+            "start.html.j2", title="You have a secure message", token=token, csrf=csrf,
+            masked=_mask(record.recipient), message=message, code_sent=code_sent,
+            expires=_when(record.expires)), csrf)
+
+    async def request_code(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        if await self._form(request) is None:
+            return self._notice("Please try again", "The form expired; open the link again.", 403)
+        record, content = found
+        client = request.remote or "unknown"
+        now = time.time()
+        recent = [t for t in self._code_requests.get(client, []) if now - t < 3600]
+        if len(recent) >= PER_IP_CODES or not passcode.may_send(record, now):
+            eventlog.event(log, "portal_code_refused", logging.WARNING, message_id=record.message_id,
+                           client=client, reason="locked" if passcode.locked(record, now) else "rate")
+            return await self.start(request, message="Too many passcodes were requested. Please wait "
+                                                     "a few minutes and try again.", code_sent=True)
+        self._code_requests[client] = [*recent, now]
+        code, record = passcode.issue(record, now)
+        self.store.update(record, content)
+        await self.send_code(record, code)
+        eventlog.event(log, "portal_code_sent", message_id=record.message_id, client=client)
+        return await self.start(request, message=f"We sent a passcode to {_mask(record.recipient)}.",
+                                code_sent=True)
+
+    async def verify(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        form = await self._form(request)
+        if form is None:
+            return self._notice("Please try again", "The form expired; open the link again.", 403)
+        record, content = found
+        check = passcode.verify(record, form.get("code", "")[:12])
+        self.store.update(check.record, content)
+        if not check.ok:
+            eventlog.event(log, "portal_code_failed", logging.WARNING, message_id=record.message_id,
+                           client=request.remote, reason=check.reason)
+            words = {"locked": "Too many wrong passcodes. The message is locked for 15 minutes.",
+                     "expired": "That passcode has expired. Request a new one.",
+                     "none": "Request a passcode first."}.get(check.reason, "That passcode is not right.")
+            return await self.start(request, message=words, code_sent=check.reason != "locked")
+        session_id = secrets.token_urlsafe(32)
+        self._sessions[session_id] = _Session(record.message_id, time.time() + SESSION_TTL,
+                                              secrets.token_urlsafe(24))
+        eventlog.event(log, "portal_viewed", message_id=record.message_id, client=request.remote)
+        response = web.HTTPSeeOther(f"/m/{token}/read")
+        response.set_cookie("mw_session", session_id, httponly=True, samesite="Strict", secure=self.secure,
+                            path="/m/", max_age=int(SESSION_TTL))
+        raise response
+
+    def _session(self, request: web.Request, record: PortalMessage) -> _Session | None:
+        session = self._sessions.get(request.cookies.get("mw_session", ""))
+        if session is None or session.expires < time.time() or session.message_id != record.message_id:
+            return None
+        return session
+
+    async def read(self, request: web.Request, *, replied: bool = False) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        record, content = found
+        session = self._session(request, record)
+        if session is None:
+            raise web.HTTPSeeOther(f"/m/{token}")
+        message = _parse(content)
+        plain = message.get_body(("plain",))
+        html = message.get_body(("html",))
+        response = self._page(
+            "read.html.j2", title="Secure message", token=token, csrf=session.csrf,
+            sender=str(message.get("From", record.sender)), subject=str(message.get("Subject", "")),
+            date=str(message.get("Date", "")), expires=_when(record.expires), replied=replied,
+            html_body=plain is None and html is not None,
+            text_body=plain.get_content() if plain is not None else "",
+            attachments=[{"name": a.get_filename() or f"attachment-{i + 1}",
+                          "size": _size(len(a.get_payload(decode=True) or b""))}
+                         for i, a in enumerate(message.iter_attachments())])
+        return self._with_csrf(response, session.csrf)
+
+    async def body(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        record, content = found
+        if self._session(request, record) is None:
+            raise web.HTTPForbidden()
+        html = _parse(content).get_body(("html",))
+        markup = _SCRIPT.sub("", html.get_content()) if html is not None else ""
+        response = web.Response(text=markup, content_type="text/html", charset="utf-8")
+        response.headers["Content-Security-Policy"] = _BODY_CSP
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        return response
+
+    async def attachment(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        record, content = found
+        if self._session(request, record) is None:
+            raise web.HTTPForbidden()
+        attachments = list(_parse(content).iter_attachments())
+        index = request.match_info["index"]
+        if not index.isdigit() or int(index) >= len(attachments):
+            raise web.HTTPNotFound()
+        part = attachments[int(index)]
+        name = (part.get_filename() or f"attachment-{int(index) + 1}").replace('"', "")
+        eventlog.event(log, "portal_downloaded", message_id=record.message_id, client=request.remote)
+        return web.Response(body=part.get_payload(decode=True) or b"",
+                            content_type="application/octet-stream",
+                            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
+
+    async def reply(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        record, content = found
+        session = self._session(request, record)
+        form = await request.post()
+        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+            raise web.HTTPForbidden()
+        text = str(form.get("text", ""))[:MAX_REPLY].strip()
+        if text:
+            await self.send_reply(record, _parse(content), text)
+            eventlog.event(log, "portal_replied", message_id=record.message_id, client=request.remote)
+        return await self.read(request, replied=bool(text))
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def css(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._css, content_type="text/css")
+
+
+def _parse(content: bytes) -> EmailMessage:
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _mask(address: str) -> str:
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}{'*' * max(len(local) - 1, 2)}@{domain}"
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%d %B %Y, %H:%M UTC", time.gmtime(timestamp))
+
+
+def _size(count: int) -> str:
+    return f"{count / 1024:.0f} KB" if count >= 1024 else f"{count} bytes"
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="")
