@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
+from aiohttp import web
+
 from gateway import certs, eventlog, metrics
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
@@ -30,6 +32,9 @@ from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
+from gateway.portal.handoff import PortalHandoff
+from gateway.portal.store import open_store
+from gateway.portal.web import PortalApp
 from gateway.spool import Spool, open_spool
 from gateway.spool.wakeup import BatchingWaker
 from gateway.stages.dlp.policy import Policies
@@ -83,6 +88,7 @@ class Gateway:
                                          config.limits.max_connections_per_ip)
         self._servers: list[asyncio.Server] = []
         self._metrics_server: WSGIServer | None = None
+        self._portal_runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
 
     @property
@@ -128,6 +134,28 @@ class Gateway:
         if config.metrics.listen is not None:
             self._metrics_server = metrics.serve(config.metrics.listen.host,
                                                  config.metrics.listen.port, self.spool)
+        if config.portal.enabled:
+            await self._start_portal()
+
+    async def _start_portal(self) -> None:
+        """The recipients' web app on `portal.listen` (plain HTTP: put it behind a TLS reverse
+        proxy, see the README); it shares the portal store with delivery."""
+        portal = self.config.portal
+        store = open_store(portal.store_dir, portal.key_file, create_key=True)
+        handoff = PortalHandoff(store, portal, self.config.hostname, self._enqueue_generated)
+        app = PortalApp(store, portal, send_code=handoff.send_code,
+                        send_reply=handoff.send_reply).application()
+        self._portal_runner = web.AppRunner(app, access_log=None)
+        await self._portal_runner.setup()
+        site = web.TCPSite(self._portal_runner, portal.listen.host, portal.listen.port)
+        await site.start()
+        eventlog.event(log, "portal_listening", address=portal.listen, base_url=portal.base_url)
+
+    async def _enqueue_generated(self, message: QueuedMessage, content: bytes) -> None:
+        """Queue a message the gateway writes itself (portal passcodes and replies)."""
+        assert self.spool is not None
+        await self.spool.store(message, content)
+        self._accepted(message)
 
     def _accepted(self, message: QueuedMessage) -> None:
         if self.delivery is not None:
@@ -225,6 +253,8 @@ class Gateway:
         if self._waker is not None:
             self._waker.close()
         self.scan_pool.close()
+        if self._portal_runner is not None:
+            await self._portal_runner.cleanup()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -271,6 +271,7 @@ class PortalBranding:
 
 @dataclass(frozen=True)
 class PortalConfig:
+    enabled: bool = False  # off: recipients who need the portal are held for an admin instead
     listen: HostPort = HostPort("127.0.0.1:8080")
     base_url: str = "http://127.0.0.1:8080"
     store_dir: Path = Path("var/portal")

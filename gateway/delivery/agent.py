@@ -48,6 +48,7 @@ from gateway.message import (
     RecipientState,
     RecipientStatus,
 )
+from gateway.portal.handoff import PortalHandoff
 from gateway.spool import QueueState, Spool, new_queue_id
 
 log = logging.getLogger("mailward.delivery")
@@ -66,7 +67,8 @@ class DeliveryAgent:
     def __init__(self, spool: Spool, hostname: str, config: DeliveryConfig, *, resolver: MxResolver,
                  connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
                  on_queued: Callable[[str], None], keyrings: Keyrings | None = None,
-                 tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None) -> None:
+                 tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None,
+                 portal: PortalHandoff | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -78,6 +80,7 @@ class DeliveryAgent:
         self.keyrings = keyrings or Keyrings.empty()
         self.tls_reports = tls_reports
         self.learned = learned or LearnedTls(None, 0.0)
+        self.portal = portal
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
@@ -112,7 +115,8 @@ class DeliveryAgent:
 
         if protect:
             return await deliver_protected(message, content, indexes, requirement, self.keyrings, send,
-                                           learned_failure=self.learned.recent_verify_failure(domain))
+                                           learned_failure=self.learned.recent_verify_failure(domain),
+                                           portal=self.portal)
         return await send(indexes, content, requirement, "")
 
     async def _send(self, domain: str, destinations: Sequence[Destination], message: QueuedMessage,

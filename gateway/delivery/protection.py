@@ -7,8 +7,10 @@ policy's order, strongest first, until one works. Never plaintext.
 - ``smime`` / ``pgp``: when a usable key is on file, the message is encrypted for that recipient
   alone (its own copy, its own transaction) and sent with opportunistic TLS, since the content
   no longer needs the transport's protection.
-- ``portal``: the secure portal is not built yet; the message is held for an admin with a clear
-  log line (`mailward queue release` retries it, e.g. after a key was added).
+- ``portal``: with `portal.enabled`, the message is stored in the secure portal and the recipient
+  gets a notification with the link (the recipient counts as delivered, protection "portal");
+  without it, the message is held for an admin with a clear log line (`mailward queue release`
+  retries it, e.g. after a key was added).
 
 A recipient for whom no method works is deferred with 4.7.5 and retried; past
 ``max_queue_age`` it bounces. The reason every method failed goes into the recipient's reply.
@@ -32,6 +34,7 @@ from gateway.crypto.smime import SmimeCertificate
 from gateway.delivery.attempt import Attempt
 from gateway.delivery.client import Reply, TlsRequirement
 from gateway.message import QueuedMessage
+from gateway.portal.handoff import PortalHandoff
 
 # Sends `content` to the recipients at these indexes with this TLS requirement.
 Send = Callable[[list[int], bytes, TlsRequirement, str], Awaitable[list[Attempt]]]
@@ -74,7 +77,8 @@ class Keyrings:
 
 async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Sequence[int],
                             requirement: TlsRequirement, keyrings: Keyrings, send: Send, *,
-                            learned_failure: str | None = None) -> list[Attempt]:
+                            learned_failure: str | None = None,
+                            portal: PortalHandoff | None = None) -> list[Attempt]:
     """Attempts for `indexes`, each made with the first method of the policy's order that works.
     `learned_failure`: verified TLS to this domain failed moments ago (why); skip trying it."""
     remaining = list(indexes)
@@ -93,6 +97,13 @@ async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Seq
         elif method in ("smime", "pgp"):
             remaining = await _encrypted(method, message, content, remaining, keyrings, send, attempts,
                                          tried)
+        elif method == "portal" and portal is not None:
+            for index in remaining:
+                address = message.envelope.recipients[index].address
+                portal_id = await portal.deliver(message, content, address)
+                stored = Reply(250, "2.0.0", f"stored in the secure portal as {portal_id}")
+                attempts.append(Attempt(index, stored, protection="portal"))
+            remaining = []
         elif method == "portal":
             attempts += [Attempt(i, PORTAL_PENDING, protection="portal", hold=True) for i in remaining]
             remaining = []

@@ -25,6 +25,8 @@ from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
 from gateway.message import QueuedMessage
+from gateway.portal.handoff import PortalHandoff
+from gateway.portal.store import open_store
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
 
@@ -74,7 +76,14 @@ class DeliveryService:
                              connections=self.connections, tls_policy=tls_policy,
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
-                             tls_reports=self.tls_reports, learned=self.learned)
+                             tls_reports=self.tls_reports, learned=self.learned,
+                             portal=self._portal(config))
+
+    def _portal(self, config: Config) -> PortalHandoff | None:
+        if not config.portal.enabled:
+            return None
+        store = open_store(config.portal.store_dir, config.portal.key_file, create_key=True)
+        return PortalHandoff(store, config.portal, config.hostname, self._enqueue)
 
     @staticmethod
     def _discovery(config: Config, resolver: MxResolver) -> KeyDiscovery | None:

@@ -1,0 +1,80 @@
+"""Delivery's hand-off to the portal: store the message for one recipient and queue the
+notification with the link. The delivery agent calls `deliver`; the recipient then counts as
+delivered, protection "portal". Also builds the passcode mail and the recipient's secure reply,
+which the web app queues through the same spool."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from gateway import eventlog
+from gateway.config import PortalConfig
+from gateway.message import ClientInfo, Envelope, PolicyDecision, QueuedMessage, Recipient
+from gateway.portal import notification
+from gateway.portal.store import PortalMessage, PortalStore
+from gateway.spool import new_queue_id
+
+log = logging.getLogger("mailward.portal")
+Enqueue = Callable[[QueuedMessage, bytes], Awaitable[None]]
+
+
+class PortalHandoff:
+    def __init__(self, store: PortalStore, config: PortalConfig, hostname: str, enqueue: Enqueue) -> None:
+        self.store = store
+        self.config = config
+        self.hostname = hostname
+        self.enqueue = enqueue
+
+    async def deliver(self, message: QueuedMessage, content: bytes, recipient: str) -> str:
+        """Store for `recipient` and queue the notification; returns the portal message id."""
+        token, record = self.store.store(content, recipient=recipient, sender=message.envelope.sender,
+                                         ttl=float(self.config.message_ttl), queue_id=message.queue_id)
+        notice, notice_content = notification.build(self.config, token=token, recipient=recipient,
+                                                    expires=record.expires, hostname=self.hostname)
+        await self.enqueue(notice, notice_content)
+        eventlog.event(log, "portal_stored", queue_id=message.queue_id, message_id=record.message_id,
+                       to=f"<{recipient}>", notice_queue_id=notice.queue_id)
+        return record.message_id
+
+    async def send_code(self, record: PortalMessage, code: str) -> None:
+        mail = EmailMessage()
+        mail["From"] = self.config.branding.sender or f"no-reply@{self.hostname}"
+        mail["To"] = record.recipient
+        mail["Subject"] = f"Your passcode for a secure message from {self.config.branding.organization}"
+        mail["Date"] = formatdate(localtime=False)
+        mail["Message-ID"] = make_msgid(domain=self.hostname)
+        mail["Auto-Submitted"] = "auto-generated"
+        mail.set_content(f"Your one-time passcode is {code}\n\nIt is valid for 10 minutes. If you did "
+                         "not ask for it, you can ignore this email.\n")
+        await self.enqueue(*_queued(mail, "", record.recipient, self.hostname, PolicyDecision()))
+
+    async def send_reply(self, record: PortalMessage, original: EmailMessage, text: str) -> None:
+        """The recipient's reply, to the original sender, only over verified TLS (never plaintext)."""
+        reply = EmailMessage()
+        reply["From"] = record.recipient
+        reply["To"] = record.sender
+        subject = str(original.get("Subject", ""))
+        reply["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".strip()
+        reply["Date"] = formatdate(localtime=False)
+        reply["Message-ID"] = make_msgid(domain=self.hostname)
+        if original.get("Message-ID"):
+            reply["In-Reply-To"] = str(original["Message-ID"])
+            reply["References"] = str(original["Message-ID"])
+        reply["X-Mailward-Portal-Reply"] = record.message_id
+        reply.set_content(text + "\n")
+        protected = PolicyDecision(action="encrypt", rules=("portal-reply",), protect=(0,), methods=("tls",))
+        await self.enqueue(*_queued(reply, record.recipient, record.sender, self.hostname, protected))
+
+
+def _queued(mail: EmailMessage, sender: str, recipient: str, hostname: str,
+            policy: PolicyDecision) -> tuple[QueuedMessage, bytes]:
+    content = mail.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return QueuedMessage(
+        queue_id=new_queue_id(), received_at=time.time(),
+        envelope=Envelope(sender=sender, recipients=(Recipient(recipient),), body="8BITMIME"),
+        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="portal", relay_reason="local"),
+        size=len(content), message_id=mail["Message-ID"], policy=policy), content

@@ -1,0 +1,85 @@
+"""The portal end to end, over real SMTP and HTTP: a recipient with neither TLS nor keys gets a
+notification (link, no PHI), the message is sealed on disk, the passcode mail arrives, the passcode
+opens the message, the attachment downloads byte-identical, and the reply reaches the original
+sender over verified TLS."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from pathlib import Path
+
+import aiohttp
+
+from gateway.spool import QueueState
+from tests.conftest import free_port, send
+from tests.delivery.conftest import MailWorld, eventually
+from tests.stages.dlp import builders as b
+
+DOCTOR, PATIENT = "dr@clinic-tls.test", "pat@patient.test"
+RECORDS = {
+    ("clinic-tls.test", "MX"): ["10 mx.clinic-tls.test."], ("mx.clinic-tls.test", "A"): ["127.0.0.28"],
+    ("patient.test", "MX"): ["10 mx.patient.test."], ("mx.patient.test", "A"): ["127.0.0.21"],
+}
+PDF = b.pdf(["Glucose 5.4"])
+MARKER = "219-45-6789"
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match is not None
+    return match.group(1)
+
+
+async def test_portal_delivery_notification_passcode_read_download_and_reply(
+        world: MailWorld, tmp_path: Path) -> None:
+    await world.start_dns(RECORDS)
+    clinic = await world.sink("127.0.0.28", tls_name="mx.clinic-tls.test")
+    patient = await world.sink("127.0.0.21")  # no STARTTLS, and no keys on file
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(
+        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    gateway = await world.gateway({
+        "policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0},
+        "portal": {"enabled": True, "listen": f"127.0.0.1:{port}", "base_url": base,
+                   "store_dir": str(tmp_path / "portal"), "key_file": str(tmp_path / "portal.key"),
+                   "branding": {"organization": "Example Clinic"}}})
+    original = b.message(f"Your results, SSN {MARKER}", subject="Lab results for Jane Roe", sender=DOCTOR,
+                         to=PATIENT, attachments=[("labs.pdf", PDF, "application/pdf")])
+    assert (await send(gateway.client(), DOCTOR, [PATIENT], original))[0] == 250
+
+    [notice] = await eventually(lambda: patient.messages)
+    parsed = email.message_from_bytes(notice.content, policy=email.policy.default)
+    assert parsed["Subject"] == "Secure message from Example Clinic"
+    assert MARKER.encode() not in notice.content and b"Jane Roe" not in notice.content
+    link = re.search(rf"{re.escape(base)}/m/[A-Za-z0-9_-]+", parsed.get_body(("plain",)).get_content())
+    assert link is not None
+    for path in (tmp_path / "portal").iterdir():
+        assert MARKER.encode() not in path.read_bytes()
+    await eventually(lambda: not gateway.queued(QueueState.DEFERRED) and not gateway.queued())
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:  # an IP host
+        page = await (await browser.get(link.group(0))).text()
+        assert MARKER not in page
+        await browser.post(f"{link.group(0)}/code", data={"csrf": csrf_of(page)})
+        code_mail = await eventually(lambda: next(
+            (m for m in patient.messages if b"Subject: Your passcode" in m.content), None))
+        code = re.search(rb"passcode is (\d{6})", code_mail.content)
+        assert code is not None
+        response = await browser.post(f"{link.group(0)}/verify",
+                                      data={"csrf": csrf_of(page), "code": code.group(1).decode()})
+        reading = await response.text()
+        assert response.url.path.endswith("/read") and MARKER in reading
+        assert "Lab results for Jane Roe" in reading
+        download = await browser.get(f"{link.group(0)}/attachment/0")
+        assert await download.read() == PDF
+        await browser.post(f"{link.group(0)}/reply", data={"csrf": csrf_of(reading), "text": "Thank you!"})
+
+    [reply] = await eventually(lambda: clinic.messages)
+    assert reply.recipients == [DOCTOR] and reply.tls_version is not None
+    reply_message = email.message_from_bytes(reply.content, policy=email.policy.default)
+    assert reply_message["Subject"] == "Re: Lab results for Jane Roe"
+    assert "Thank you!" in reply_message.get_content()
