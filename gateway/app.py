@@ -33,7 +33,7 @@ from gateway.ingress.users import UserStore
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
-from gateway.portal.store import open_store
+from gateway.portal.store import PortalStore, open_store
 from gateway.portal.web import PortalApp
 from gateway.spool import Spool, open_spool
 from gateway.spool.wakeup import BatchingWaker
@@ -43,6 +43,7 @@ from gateway.stages.dlp.stage import DlpStage, dlp_settings
 from gateway.workers import DeliveryProcess, die_with_parent
 
 log = logging.getLogger("mailward")
+PORTAL_SWEEP_INTERVAL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._metrics_server: WSGIServer | None = None
         self._portal_runner: web.AppRunner | None = None
+        self._portal_sweeper: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     @property
@@ -149,7 +151,17 @@ class Gateway:
         await self._portal_runner.setup()
         site = web.TCPSite(self._portal_runner, portal.listen.host, portal.listen.port)
         await site.start()
+        self._portal_sweeper = asyncio.create_task(self._sweep_portal(store))
         eventlog.event(log, "portal_listening", address=portal.listen, base_url=portal.base_url)
+
+    async def _sweep_portal(self, store: PortalStore) -> None:
+        """Delete expired portal messages for good, hourly (they are refused at once anyway)."""
+        while True:
+            expired = await asyncio.get_running_loop().run_in_executor(None, store.expire)
+            if expired:
+                metrics.PORTAL_EVENTS.labels("expired").inc(expired)
+                eventlog.event(log, "portal_expired", messages=expired)
+            await asyncio.sleep(PORTAL_SWEEP_INTERVAL)
 
     async def _enqueue_generated(self, message: QueuedMessage, content: bytes) -> None:
         """Queue a message the gateway writes itself (portal passcodes and replies)."""
@@ -253,6 +265,8 @@ class Gateway:
         if self._waker is not None:
             self._waker.close()
         self.scan_pool.close()
+        if self._portal_sweeper is not None:
+            self._portal_sweeper.cancel()
         if self._portal_runner is not None:
             await self._portal_runner.cleanup()
         if self._metrics_server is not None:

@@ -48,6 +48,9 @@ DLP_SCAN_ERRORS = Counter(
 DLP_SCAN_DURATION = Histogram(
     "mailward_dlp_scan_seconds", "Time to extract and scan one message.", registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+PORTAL_EVENTS = Counter(
+    "mailward_portal_events_total", "Secure portal events: stored, code_sent, code_failed, locked, "
+    "viewed, downloaded, replied, expired, revoked.", ["event"], registry=REGISTRY)
 
 
 class QueueCollector(Collector):

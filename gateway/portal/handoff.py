@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from gateway import eventlog
+from gateway import eventlog, metrics
 from gateway.config import PortalConfig
 from gateway.message import ClientInfo, Envelope, PolicyDecision, QueuedMessage, Recipient
 from gateway.portal import notification
@@ -36,6 +36,7 @@ class PortalHandoff:
         notice, notice_content = notification.build(self.config, token=token, recipient=recipient,
                                                     expires=record.expires, hostname=self.hostname)
         await self.enqueue(notice, notice_content)
+        metrics.PORTAL_EVENTS.labels("stored").inc()
         eventlog.event(log, "portal_stored", queue_id=message.queue_id, message_id=record.message_id,
                        to=f"<{recipient}>", notice_queue_id=notice.queue_id)
         return record.message_id

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from gateway import eventlog
+from gateway import eventlog, metrics
 from gateway.config import PortalConfig
 from gateway.portal import passcode
 from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
@@ -176,6 +176,7 @@ class PortalApp:
         code, record = passcode.issue(record, now)
         self.store.update(record, content)
         await self.send_code(record, code)
+        metrics.PORTAL_EVENTS.labels("code_sent").inc()
         eventlog.event(log, "portal_code_sent", message_id=record.message_id, client=client)
         return await self.start(request, message=f"We sent a passcode to {_mask(record.recipient)}.",
                                 code_sent=True)
@@ -192,6 +193,7 @@ class PortalApp:
         check = passcode.verify(record, form.get("code", "")[:12])
         self.store.update(check.record, content)
         if not check.ok:
+            metrics.PORTAL_EVENTS.labels("locked" if check.reason == "locked" else "code_failed").inc()
             eventlog.event(log, "portal_code_failed", logging.WARNING, message_id=record.message_id,
                            client=request.remote, reason=check.reason)
             words = {"locked": "Too many wrong passcodes. The message is locked for 15 minutes.",
@@ -201,6 +203,7 @@ class PortalApp:
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = _Session(record.message_id, time.time() + SESSION_TTL,
                                               secrets.token_urlsafe(24))
+        metrics.PORTAL_EVENTS.labels("viewed").inc()
         eventlog.event(log, "portal_viewed", message_id=record.message_id, client=request.remote)
         response = web.HTTPSeeOther(f"/m/{token}/read")
         response.set_cookie("mw_session", session_id, httponly=True, samesite="Strict", secure=self.secure,
@@ -265,6 +268,7 @@ class PortalApp:
             raise web.HTTPNotFound()
         part = attachments[int(index)]
         name = (part.get_filename() or f"attachment-{int(index) + 1}").replace('"', "")
+        metrics.PORTAL_EVENTS.labels("downloaded").inc()
         eventlog.event(log, "portal_downloaded", message_id=record.message_id, client=request.remote)
         return web.Response(body=part.get_payload(decode=True) or b"",
                             content_type="application/octet-stream",
@@ -283,6 +287,7 @@ class PortalApp:
         text = str(form.get("text", ""))[:MAX_REPLY].strip()
         if text:
             await self.send_reply(record, _parse(content), text)
+            metrics.PORTAL_EVENTS.labels("replied").inc()
             eventlog.event(log, "portal_replied", message_id=record.message_id, client=request.remote)
         return await self.read(request, replied=bool(text))
 
