@@ -14,17 +14,10 @@ import aiohttp
 
 from gateway import metrics
 from gateway.spool import QueueState
-from tests.conftest import free_port, send
+from tests.conftest import send
 from tests.delivery.conftest import MailWorld, eventually
+from tests.delivery.portal_world import DOCTOR, MARKER, PATIENT, PDF, start_portal_world
 from tests.stages.dlp import builders as b
-
-DOCTOR, PATIENT = "dr@clinic-tls.test", "pat@patient.test"
-RECORDS = {
-    ("clinic-tls.test", "MX"): ["10 mx.clinic-tls.test."], ("mx.clinic-tls.test", "A"): ["127.0.0.28"],
-    ("patient.test", "MX"): ["10 mx.patient.test."], ("mx.patient.test", "A"): ["127.0.0.21"],
-}
-PDF = b.pdf(["Glucose 5.4"])
-MARKER = "219-45-6789"
 
 
 def csrf_of(html: str) -> str:
@@ -35,19 +28,9 @@ def csrf_of(html: str) -> str:
 
 async def test_portal_delivery_notification_passcode_read_download_and_reply(
         world: MailWorld, tmp_path: Path) -> None:
-    await world.start_dns(RECORDS)
-    clinic = await world.sink("127.0.0.28", tls_name="mx.clinic-tls.test")
-    patient = await world.sink("127.0.0.21")  # no STARTTLS, and no keys on file
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    gateway = await world.gateway({
-        "policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0},
-        "portal": {"enabled": True, "listen": f"127.0.0.1:{port}", "base_url": base,
-                   "store_dir": str(tmp_path / "portal"), "key_file": str(tmp_path / "portal.key"),
-                   "branding": {"organization": "Example Clinic"}}})
+    portal_world = await start_portal_world(world, tmp_path)
+    gateway, clinic, patient, base = (portal_world.gateway, portal_world.clinic, portal_world.patient,
+                                      portal_world.base)
     viewed = {"event": "viewed"}
     viewed_before = metrics.REGISTRY.get_sample_value("mailward_portal_events_total", viewed) or 0
     original = b.message(f"Your results, SSN {MARKER}", subject="Lab results for Jane Roe", sender=DOCTOR,
