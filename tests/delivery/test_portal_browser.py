@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,12 @@ from tests.delivery.conftest import MailWorld, eventually
 from tests.delivery.portal_world import DOCTOR, MARKER, PDF, start_portal_world
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -57,11 +60,30 @@ def text_of(driver: WebDriver) -> str:
         expected_conditions.presence_of_element_located((By.TAG_NAME, "main"))).text)
 
 
+def gone(element: WebElement) -> Callable[[WebDriver], bool]:
+    """The element's document was replaced (chromedriver sometimes says so with a generic error
+    instead of a stale-element one)."""
+    def check(_: WebDriver) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:  # StaleElementReferenceException is one
+            return True
+        return False
+    return check
+
+
+def loaded(driver: WebDriver) -> None:
+    """Wait until the current page has finished loading (not the one being left)."""
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def submit(driver: WebDriver, button_id: str) -> None:
     """Click a form's button and wait until the next page has replaced this one."""
+    loaded(driver)
     button = WebDriverWait(driver, 10).until(expected_conditions.element_to_be_clickable((By.ID, button_id)))
     button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))
+    WebDriverWait(driver, 10).until(gone(button))
+    loaded(driver)
 
 
 async def request_passcode(driver: WebDriver, link: str) -> None:
@@ -71,11 +93,13 @@ async def request_passcode(driver: WebDriver, link: str) -> None:
 
 async def enter(driver: WebDriver, code: str) -> None:
     def type_and_submit() -> None:
+        loaded(driver)
         field = WebDriverWait(driver, 10).until(
             expected_conditions.presence_of_element_located((By.ID, "code")))
         field.clear()
-        field.send_keys(code)
-        submit(driver, "verify")
+        field.send_keys(code + Keys.RETURN)  # submits the form, as a person pressing Enter would
+        WebDriverWait(driver, 10).until(gone(field))
+        loaded(driver)
     await asyncio.to_thread(type_and_submit)
 
 
@@ -123,7 +147,8 @@ async def test_five_wrong_passcodes_lock_in_chromium(world: MailWorld, tmp_path:
     wrong = "000000" if code != "000000" else "111111"
     for _ in range(5):
         await enter(driver, wrong)
-    assert "locked" in await asyncio.to_thread(text_of, driver)
+    await asyncio.to_thread(WebDriverWait(driver, 10).until,
+                            lambda d: "locked" in d.find_element(By.TAG_NAME, "main").text)
     assert not driver.find_elements(By.ID, "code")  # no way to try again while locked
 
 
