@@ -30,6 +30,7 @@ from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSetting
 from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
+from gateway.keyfiles import read_secret
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
@@ -140,8 +141,8 @@ class Gateway:
             await self._start_portal()
 
     async def _start_portal(self) -> None:
-        """The recipients' web app on `portal.listen` (plain HTTP: put it behind a TLS reverse
-        proxy, see the README); it shares the portal store with delivery."""
+        """The recipients' web app on `portal.listen`, with its own certificate or behind a TLS
+        reverse proxy (see the README); it shares the portal store with delivery."""
         portal = self.config.portal
         store = open_store(portal.store_dir, portal.key_file, create_key=True)
         handoff = PortalHandoff(store, portal, self.config.hostname, self._enqueue_generated)
@@ -149,7 +150,13 @@ class Gateway:
                         send_reply=handoff.send_reply).application()
         self._portal_runner = web.AppRunner(app, access_log=None)
         await self._portal_runner.setup()
-        site = web.TCPSite(self._portal_runner, portal.listen.host, portal.listen.port)
+        context = None
+        if portal.tls_cert_file is not None and portal.tls_key_file is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            read_secret(portal.tls_key_file)  # refuses a key file others can read
+            context.load_cert_chain(portal.tls_cert_file, portal.tls_key_file)
+        site = web.TCPSite(self._portal_runner, portal.listen.host, portal.listen.port, ssl_context=context)
         await site.start()
         self._portal_sweeper = asyncio.create_task(self._sweep_portal(store))
         eventlog.event(log, "portal_listening", address=portal.listen, base_url=portal.base_url)

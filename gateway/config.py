@@ -278,6 +278,21 @@ class PortalConfig:
     message_ttl: Duration = Duration(30 * 86400)
     key_file: Path = Path("var/keys/portal.key")  # master key of the store (0600, made on first use)
     branding: PortalBranding = PortalBranding()
+    # The portal's own HTTPS certificate; without it, serve it through a TLS reverse proxy.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            found.append(("tls_cert_file", "tls_cert_file and tls_key_file go together"))
+        for key in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                found.append((key, f"file not found: {path}"))
+        if self.enabled and not self.base_url.startswith(("https://", "http://127.", "http://localhost")):
+            found.append(("base_url", "recipients must reach the portal over https"))
+        return found
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ class PortalWorld:
         return code.group(1).decode()
 
 
-async def start_portal_world(world: MailWorld, tmp_path: Path, **portal: object) -> PortalWorld:
+async def start_portal_world(world: MailWorld, tmp_path: Path, *, scheme: str = "http",
+                             **portal: object) -> PortalWorld:
     await world.start_dns(RECORDS)
     clinic = await world.sink("127.0.0.28", tls_name="mx.clinic-tls.test")
     patient = await world.sink("127.0.0.21")
@@ -62,7 +63,7 @@ async def start_portal_world(world: MailWorld, tmp_path: Path, **portal: object)
     (tmp_path / "policies" / "p.yaml").write_text(
         "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
     gateway = await world.gateway({
         "policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0},
         "portal": {"enabled": True, "listen": f"127.0.0.1:{port}", "base_url": base,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -70,3 +71,16 @@ async def test_portal_delivery_notification_passcode_read_download_and_reply(
     reply_message = email.message_from_bytes(reply.content, policy=email.policy.default)
     assert reply_message["Subject"] == "Re: Lab results for Jane Roe"
     assert "Thank you!" in reply_message.get_content()
+
+
+async def test_portal_serves_https_with_its_own_certificate(world: MailWorld, tmp_path: Path,
+                                                           tls_files: dict[str, Path]) -> None:
+    portal = await start_portal_world(world, tmp_path, scheme="https",
+                                      tls_cert_file=str(tls_files["cert_file"]),
+                                      tls_key_file=str(tls_files["key_file"]))
+    link = await portal.send_results()
+    context = ssl.create_default_context(cafile=str(tls_files["ca_file"]))
+    async with aiohttp.ClientSession() as browser, browser.get(link, ssl=context) as response:
+        assert response.status == 200
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert "mw_csrf" in response.cookies and response.cookies["mw_csrf"]["secure"]
