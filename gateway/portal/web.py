@@ -14,6 +14,7 @@ blocks remote images and everything else remote. Requests for passcodes are limi
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import hmac
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import jinja2
@@ -34,6 +35,7 @@ from aiohttp import web
 from gateway import eventlog, metrics
 from gateway.config import PortalConfig
 from gateway.portal import passcode
+from gateway.portal.passwords import RecipientPasswords
 from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
 
 log = logging.getLogger("mailward.portal")
@@ -65,6 +67,7 @@ class PortalApp:
         self.send_code = send_code
         self.send_reply = send_reply
         self.secure = config.base_url.startswith("https://")
+        self.passwords = RecipientPasswords(store.directory / "passwords.json")
         self._sessions: dict[str, _Session] = {}
         self._code_requests: dict[str, list[float]] = {}
         self._templates = jinja2.Environment(
@@ -77,6 +80,8 @@ class PortalApp:
         app.router.add_get("/m/{token}", self.start)
         app.router.add_post("/m/{token}/code", self.request_code)
         app.router.add_post("/m/{token}/verify", self.verify)
+        app.router.add_post("/m/{token}/password", self.password_login)
+        app.router.add_post("/m/{token}/set-password", self.set_password)
         app.router.add_get("/m/{token}/read", self.read)
         app.router.add_get("/m/{token}/body", self.body)
         app.router.add_get("/m/{token}/attachment/{index}", self.attachment)
@@ -154,6 +159,7 @@ class PortalApp:
         return self._with_csrf(self._page(
             "start.html.j2", title="You have a secure message", token=token, csrf=csrf,
             masked=_mask(record.recipient), message=message, code_sent=code_sent,
+            has_password=self.passwords.has(record.recipient) and not passcode.locked(record),
             expires=_when(record.expires)), csrf)
 
     async def request_code(self, request: web.Request) -> web.Response:
@@ -200,6 +206,37 @@ class PortalApp:
                      "expired": "That passcode has expired. Request a new one.",
                      "none": "Request a passcode first."}.get(check.reason, "That passcode is not right.")
             return await self.start(request, message=words, code_sent=check.reason != "locked")
+        self._open_session(token, record, request)
+
+    async def password_login(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        form = await self._form(request)
+        if form is None:
+            return self._notice("Please try again", "The form expired; open the link again.", 403)
+        record, content = found
+        if passcode.locked(record):
+            return await self.start(request, message="Too many wrong attempts. The message is locked "
+                                                     "for 15 minutes.")
+        password = form.get("password", "")[:200]
+        if await asyncio.to_thread(self.passwords.check, record.recipient, password):
+            self._open_session(token, record, request)
+        # A wrong password counts like a wrong passcode towards the lockout.
+        failures = record.failed_codes + 1
+        locked = failures >= passcode.MAX_FAILURES
+        self.store.update(record, content, failed_codes=0 if locked else failures,
+                          locked_until=time.time() + passcode.LOCKOUT if locked else record.locked_until)
+        metrics.PORTAL_EVENTS.labels("locked" if locked else "code_failed").inc()
+        eventlog.event(log, "portal_password_failed", logging.WARNING, message_id=record.message_id,
+                       client=request.remote)
+        text = "Too many wrong attempts. The message is locked for 15 minutes." if locked else \
+            "That password is not right."
+        return await self.start(request, message=text)
+
+    def _open_session(self, token: str, record: PortalMessage, request: web.Request) -> NoReturn:
+        """Open the message: a session cookie bound to it, and a redirect to the read page."""
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = _Session(record.message_id, time.time() + SESSION_TTL,
                                               secrets.token_urlsafe(24))
@@ -210,13 +247,30 @@ class PortalApp:
                             path="/m/", max_age=int(SESSION_TTL))
         raise response
 
+    async def set_password(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        found = self._lookup(token)
+        if isinstance(found, web.Response):
+            return found
+        record, _ = found
+        session = self._session(request, record)
+        form = await request.post()
+        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+            raise web.HTTPForbidden()
+        try:
+            await asyncio.to_thread(self.passwords.set, record.recipient, str(form.get("password", ""))[:200])
+        except ValueError as exc:
+            return await self.read(request, note=str(exc).capitalize() + ".")
+        eventlog.event(log, "portal_password_set", message_id=record.message_id, client=request.remote)
+        return await self.read(request, note="Your password is set. Use it to open your next messages.")
+
     def _session(self, request: web.Request, record: PortalMessage) -> _Session | None:
         session = self._sessions.get(request.cookies.get("mw_session", ""))
         if session is None or session.expires < time.time() or session.message_id != record.message_id:
             return None
         return session
 
-    async def read(self, request: web.Request, *, replied: bool = False) -> web.Response:
+    async def read(self, request: web.Request, *, replied: bool = False, note: str = "") -> web.Response:
         token = request.match_info["token"]
         found = self._lookup(token)
         if isinstance(found, web.Response):
@@ -231,7 +285,8 @@ class PortalApp:
         response = self._page(
             "read.html.j2", title="Secure message", token=token, csrf=session.csrf,
             sender=str(message.get("From", record.sender)), subject=str(message.get("Subject", "")),
-            date=str(message.get("Date", "")), expires=_when(record.expires), replied=replied,
+            date=str(message.get("Date", "")), expires=_when(record.expires), replied=replied, note=note,
+            offer_password=not self.passwords.has(record.recipient),
             html_body=plain is None and html is not None,
             text_body=plain.get_content() if plain is not None else "",
             attachments=[{"name": a.get_filename() or f"attachment-{i + 1}",

@@ -140,3 +140,38 @@ async def test_security_headers(portal: Portal) -> None:
     assert headers["Referrer-Policy"] == "no-referrer" and headers["X-Content-Type-Options"] == "nosniff"
     cookie = response.cookies["mw_csrf"]
     assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
+async def test_a_password_set_after_a_passcode_opens_later_messages(portal: Portal) -> None:
+    page = await open_message(portal)
+    response = await portal.client.post(f"/m/{portal.token}/set-password",
+                                        data={"csrf": csrf_of(page), "password": "correct horse battery"})
+    assert "Your password is set" in await response.text()
+    stored = (portal.store.directory / "passwords.json").read_text()
+    assert "pat@example.org" not in stored and "correct horse" not in stored
+    token, _ = portal.store.store(CONTENT, recipient="pat@example.org", sender="dr@clinic.example", ttl=3600)
+    start = await (await portal.client.get(f"/m/{token}")).text()
+    assert "Open with password" in start
+    opened = await portal.client.post(f"/m/{token}/password",
+                                      data={"csrf": csrf_of(start), "password": "correct horse battery"})
+    assert opened.url.path.endswith("/read") and "Lab results for Jane Roe" in await opened.text()
+    assert len(portal.outbox.codes) == 1  # no second passcode mail was needed
+
+
+async def test_short_passwords_are_refused_and_wrong_ones_lock(portal: Portal) -> None:
+    page = await open_message(portal)
+    short = await portal.client.post(f"/m/{portal.token}/set-password",
+                                     data={"csrf": csrf_of(page), "password": "short"})
+    assert "at least 12 characters" in await short.text()
+    await portal.client.post(f"/m/{portal.token}/set-password",
+                             data={"csrf": csrf_of(page), "password": "correct horse battery"})
+    token, _ = portal.store.store(CONTENT, recipient="pat@example.org", sender="dr@clinic.example", ttl=3600)
+    start = await (await portal.client.get(f"/m/{token}")).text()
+    for _ in range(5):
+        response = await portal.client.post(f"/m/{token}/password",
+                                            data={"csrf": csrf_of(start), "password": "wrong password!!"})
+        start = await response.text()
+    assert "locked" in start and "Open with password" not in start
+    again = await portal.client.post(f"/m/{token}/password",
+                                     data={"csrf": csrf_of(start), "password": "correct horse battery"})
+    assert not again.url.path.endswith("/read")
