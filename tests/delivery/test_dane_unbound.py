@@ -41,7 +41,7 @@ class Resolvers:
         self.unbound = Unbound(self.directory, "127.0.0.54", zone, "127.0.0.55", zone_port,
                                unsigned={"insecure.test": ("127.0.0.56", plain_port)})
         self.unbound.start()
-        await self.unbound.wait_ready("mx.dane.test")
+        await eventually(self.unbound.started, timeout=20)
         return self.unbound
 
     def stop(self) -> None:
