@@ -41,15 +41,14 @@ from gateway.delivery.protection import Keyrings, deliver_protected
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.message import (
-    ClientInfo,
-    Envelope,
     QueuedMessage,
     Recipient,
     RecipientState,
     RecipientStatus,
 )
 from gateway.portal.handoff import PortalHandoff
-from gateway.spool import QueueState, Spool, new_queue_id
+from gateway.spool import QueueState, Spool
+from gateway.spool.generated import generated
 
 log = logging.getLogger("mailward.delivery")
 
@@ -247,14 +246,8 @@ class DeliveryAgent:
         """Queue a DSN to the envelope sender, from the null sender, like any accepted message."""
         report = dsn.build(hostname=self.hostname, message=message,
                            headers=dsn.original_headers(content), entries=reports, now=now)
-        sender = message.envelope.sender
-        queued = QueuedMessage(
-            queue_id=new_queue_id(), received_at=now,
-            envelope=Envelope(sender="", recipients=(Recipient(sender),), body="8BITMIME",
-                              smtputf8=not sender.isascii()),
-            client=ClientInfo(address="127.0.0.1", helo=self.hostname, listener="dsn",
-                              relay_reason="local"),
-            size=len(report))
+        queued, _ = generated(report, recipient=message.envelope.sender, hostname=self.hostname,
+                              listener="dsn")
         await self.spool.store(queued, report)
         eventlog.event(log, "dsn_queued", queue_id=message.queue_id, dsn_queue_id=queued.queue_id,
                        action=reports[0].action, recipients=len(reports))

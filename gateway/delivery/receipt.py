@@ -4,13 +4,12 @@ not delivered. It names recipients and methods only: no subject, no content."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient, RecipientState, RecipientStatus
-from gateway.spool import new_queue_id
+from gateway.message import QueuedMessage, RecipientState, RecipientStatus
+from gateway.spool.generated import generated
 
 _WORDS = {"tls-verified": "delivered over verified TLS", "tls": "delivered over TLS (not verified)",
           "smime": "delivered encrypted with S/MIME", "pgp": "delivered encrypted with PGP/MIME",
@@ -39,11 +38,4 @@ def build(message: QueuedMessage, statuses: Sequence[RecipientStatus],
     receipt["Message-ID"] = make_msgid(domain=hostname)
     receipt["Auto-Submitted"] = "auto-replied"
     receipt.set_content("\n".join(lines))
-    content = receipt.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    queued = QueuedMessage(
-        queue_id=new_queue_id(), received_at=time.time(),
-        envelope=Envelope(sender="", recipients=(Recipient(message.envelope.sender),),
-                          smtputf8=not message.envelope.sender.isascii()),
-        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="receipt", relay_reason="local"),
-        size=len(content), message_id=receipt["Message-ID"])
-    return queued, content
+    return generated(receipt, recipient=message.envelope.sender, hostname=hostname, listener="receipt")

@@ -28,8 +28,8 @@ from gateway import eventlog
 from gateway.delivery.mx import MxResolver, ResolutionError
 from gateway.delivery.tlspolicy import DnsResolver
 from gateway.durable import write_atomic
-from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
-from gateway.spool import new_queue_id
+from gateway.message import QueuedMessage
+from gateway.spool.generated import generated
 
 log = logging.getLogger("mailward.tlsrpt")
 FLUSH_INTERVAL = 1.0
@@ -152,13 +152,7 @@ def report_message(report: dict[str, Any], domain: str, *, sender: str, to: str,
                           filename=f"{submitter}!{domain}!{start}!{report['report-id']}.json.gz")
     notice.replace_header("Content-Type", 'multipart/report; report-type="tlsrpt"; boundary="'
                           + str(notice.get_boundary()) + '"')
-    content = notice.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    queued = QueuedMessage(
-        queue_id=new_queue_id(), received_at=time.time(),
-        envelope=Envelope(sender="", recipients=(Recipient(to),)),
-        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="tlsrpt", relay_reason="local"),
-        size=len(content), message_id=notice["Message-ID"])
-    return queued, content
+    return generated(notice, recipient=to, hostname=hostname, listener="tlsrpt")
 
 
 async def post_report(url: str, report: dict[str, Any], *, resolver: MxResolver, ssl_context: Any,

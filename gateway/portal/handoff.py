@@ -6,17 +6,16 @@ which the web app queues through the same spool."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from gateway import eventlog, metrics
 from gateway.config import PortalConfig
-from gateway.message import ClientInfo, Envelope, PolicyDecision, QueuedMessage, Recipient
+from gateway.message import PolicyDecision, QueuedMessage
 from gateway.portal import notification
 from gateway.portal.store import PortalMessage, PortalStore
-from gateway.spool import new_queue_id
+from gateway.spool.generated import generated
 
 log = logging.getLogger("mailward.portal")
 Enqueue = Callable[[QueuedMessage, bytes], Awaitable[None]]
@@ -51,7 +50,8 @@ class PortalHandoff:
         mail["Auto-Submitted"] = "auto-generated"
         mail.set_content(f"Your one-time passcode is {code}\n\nIt is valid for 10 minutes. If you did "
                          "not ask for it, you can ignore this email.\n")
-        await self.enqueue(*_queued(mail, "", record.recipient, self.hostname, PolicyDecision()))
+        await self.enqueue(*generated(mail, recipient=record.recipient, hostname=self.hostname,
+                                      listener="portal"))
 
     async def send_reply(self, record: PortalMessage, original: EmailMessage, text: str) -> None:
         """The recipient's reply, to the original sender, only over verified TLS (never plaintext)."""
@@ -68,14 +68,6 @@ class PortalHandoff:
         reply["X-Mailward-Portal-Reply"] = record.message_id
         reply.set_content(text + "\n")
         protected = PolicyDecision(action="encrypt", rules=("portal-reply",), protect=(0,), methods=("tls",))
-        await self.enqueue(*_queued(reply, record.recipient, record.sender, self.hostname, protected))
+        await self.enqueue(*generated(reply, recipient=record.sender, sender=record.recipient,
+                                      hostname=self.hostname, listener="portal", policy=protected))
 
-
-def _queued(mail: EmailMessage, sender: str, recipient: str, hostname: str,
-            policy: PolicyDecision) -> tuple[QueuedMessage, bytes]:
-    content = mail.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return QueuedMessage(
-        queue_id=new_queue_id(), received_at=time.time(),
-        envelope=Envelope(sender=sender, recipients=(Recipient(recipient),), body="8BITMIME"),
-        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="portal", relay_reason="local"),
-        size=len(content), message_id=mail["Message-ID"], policy=policy), content

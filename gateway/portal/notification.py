@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import datetime
 import functools
-import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 import jinja2
 
 from gateway.config import PortalConfig
-from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
-from gateway.spool import new_queue_id
+from gateway.message import QueuedMessage
+from gateway.spool.generated import generated
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,10 +47,4 @@ def build(portal: PortalConfig, *, token: str, recipient: str, expires: float,
     notice["Auto-Submitted"] = "auto-generated"
     notice.set_content(environment.get_template("notification.txt.j2").render(values))
     notice.add_alternative(environment.get_template("notification.html.j2").render(values), subtype="html")
-    content = notice.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    queued = QueuedMessage(
-        queue_id=new_queue_id(), received_at=time.time(),
-        envelope=Envelope(sender="", recipients=(Recipient(recipient),), body="8BITMIME"),
-        client=ClientInfo(address="127.0.0.1", helo=hostname, listener="portal", relay_reason="local"),
-        size=len(content), message_id=notice["Message-ID"])
-    return queued, content
+    return generated(notice, recipient=recipient, hostname=hostname, listener="portal")

@@ -4,12 +4,11 @@ notice itself can travel by ordinary mail."""
 
 from __future__ import annotations
 
-import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
-from gateway.spool import new_queue_id
+from gateway.message import QueuedMessage
+from gateway.spool.generated import generated
 from gateway.stages.dlp.scanner import ScanSummary
 from gateway.stages.dlp.verdict import Verdict
 
@@ -52,10 +51,4 @@ def notification(message: QueuedMessage, verdict: Verdict, summary: ScanSummary 
     notice["Message-ID"] = make_msgid(domain=hostname)
     notice["Auto-Submitted"] = "auto-generated"
     notice.set_content("\n".join(lines))
-    content = notice.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    queued = QueuedMessage(
-        queue_id=new_queue_id(), received_at=time.time(),
-        envelope=Envelope(sender="", recipients=(Recipient(to),)),
-        client=ClientInfo(address="127.0.0.1", helo=hostname, listener=_LISTENER, relay_reason="local"),
-        size=len(content), message_id=notice["Message-ID"])
-    return queued, content
+    return generated(notice, recipient=to, hostname=hostname, listener="dlp-notify")
