@@ -19,6 +19,7 @@ import pysequoia
 
 from gateway import eventlog
 from gateway.crypto import mime
+from gateway.crypto.keyring import DirectoryKeyring
 from gateway.errors import MailwardError
 
 log = logging.getLogger("mailward.keys")
@@ -50,35 +51,15 @@ def addresses_of(certificate: pysequoia.Cert) -> frozenset[str]:
     return frozenset(found)
 
 
-class PgpKeyring:
+class PgpKeyring(DirectoryKeyring[PgpCertificate]):
+    """The OpenPGP certificates of a directory (armored or binary, several per file), by address."""
+
     def __init__(self, directory: Path, revoked: frozenset[str] = frozenset()) -> None:
-        self.directory = directory
-        self._by_address: dict[str, list[PgpCertificate]] = {}
-        for path in sorted(directory.glob("*")) if directory.is_dir() else []:
-            if path.suffix.lower() in _SUFFIXES and path.is_file():
-                self._load(path, revoked)
-
-    def _load(self, path: Path, revoked: frozenset[str]) -> None:
-        try:
+        def read(path: Path) -> list[PgpCertificate]:
             certificates = pysequoia.Cert.split_bytes(path.read_bytes())
-        except (OSError, RuntimeError, ValueError) as exc:
-            eventlog.event(log, "key_unreadable", logging.WARNING, kind="pgp", file=path,
-                           error=type(exc).__name__)
-            return
-        for certificate in certificates:
-            entry = usable(certificate, revoked, str(path))
-            if entry is not None:
-                for address in entry.addresses:
-                    self._by_address.setdefault(address, []).append(entry)
+            return [entry for c in certificates if (entry := usable(c, revoked, str(path))) is not None]
 
-    def find(self, address: str, when: datetime.datetime | None = None) -> PgpCertificate | None:
-        now = when or datetime.datetime.now(datetime.UTC)
-        usable = [c for c in self._by_address.get(address.lower(), []) if c.valid_at(now)]
-        far_future = datetime.datetime.max.replace(tzinfo=datetime.UTC)
-        return max(usable, key=lambda c: c.expires or far_future, default=None)
-
-    def __len__(self) -> int:
-        return len({c.fingerprint for entries in self._by_address.values() for c in entries})
+        super().__init__(directory, "pgp", _SUFFIXES, read)
 
 
 def usable(certificate: pysequoia.Cert, revoked: frozenset[str], source: str) -> PgpCertificate | None:

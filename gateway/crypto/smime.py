@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import eventlog
 from gateway.crypto import mime
+from gateway.crypto.keyring import DirectoryKeyring
 
 log = logging.getLogger("mailward.keys")
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
@@ -46,6 +47,10 @@ class SmimeCertificate:
     addresses: frozenset[str]
     fingerprint: str  # SHA-256, hex
     source: str
+
+    @property
+    def expires(self) -> datetime.datetime:
+        return self.certificate.not_valid_after_utc
 
     def valid_at(self, when: datetime.datetime) -> bool:
         return self.certificate.not_valid_before_utc <= when <= self.certificate.not_valid_after_utc
@@ -98,39 +103,17 @@ def addresses_of(certificate: x509.Certificate) -> frozenset[str]:
     return frozenset(address.strip().lower() for address in found)
 
 
-class SmimeKeyring:
-    """The certificates of a directory, by address. Built once per (re)load."""
+class SmimeKeyring(DirectoryKeyring[SmimeCertificate]):
+    """The certificates of a directory (PEM, several per file, or DER), by address."""
 
     def __init__(self, directory: Path, revoked: frozenset[str] = frozenset()) -> None:
-        self.directory = directory
-        self._by_address: dict[str, list[SmimeCertificate]] = {}
-        for path in sorted(directory.glob("*")) if directory.is_dir() else []:
-            if path.suffix.lower() in (".pem", ".crt", ".cer", ".der") and path.is_file():
-                self._load(path, revoked)
-
-    def _load(self, path: Path, revoked: frozenset[str]) -> None:
-        try:
+        def read(path: Path) -> list[SmimeCertificate]:
             data = path.read_bytes()
             certificates = (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
                             else [x509.load_der_x509_certificate(data)])
-        except (OSError, ValueError) as exc:
-            eventlog.event(log, "key_unreadable", logging.WARNING, kind="smime", file=path,
-                           error=type(exc).__name__)
-            return
-        for certificate in certificates:
-            entry = usable(certificate, revoked, str(path))
-            if entry is not None:
-                for address in entry.addresses:
-                    self._by_address.setdefault(address, []).append(entry)
+            return [entry for c in certificates if (entry := usable(c, revoked, str(path))) is not None]
 
-    def find(self, address: str, when: datetime.datetime | None = None) -> SmimeCertificate | None:
-        """The usable certificate for `address` that stays valid longest, or None."""
-        now = when or datetime.datetime.now(datetime.UTC)
-        usable = [c for c in self._by_address.get(address.lower(), []) if c.valid_at(now)]
-        return max(usable, key=lambda c: c.certificate.not_valid_after_utc, default=None)
-
-    def __len__(self) -> int:
-        return len({c.fingerprint for entries in self._by_address.values() for c in entries})
+        super().__init__(directory, "smime", (".pem", ".crt", ".cer", ".der"), read)
 
 
 def encrypt(message: bytes, certificate: x509.Certificate, neutral_subject: str) -> bytes:
