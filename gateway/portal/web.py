@@ -116,22 +116,27 @@ class PortalApp:
         html = self._templates.get_template(template).render(branding=self.config.branding, **values)
         return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
 
-    def _notice(self, title: str, text: str, status: int) -> web.Response:
-        return self._page("notice.html.j2", status=status, title=title, text=text)
+    def _notice(self, title: str, text: str, status: int) -> web.HTTPException:
+        """A page that ends the request: raise it."""
+        html = self._templates.get_template("notice.html.j2").render(
+            branding=self.config.branding, title=title, text=text)
+        return _ERRORS[status](text=html, content_type="text/html")
 
-    def _lookup(self, token: str) -> tuple[PortalMessage, bytes] | web.Response:
+    def _message(self, request: web.Request) -> tuple[str, PortalMessage, bytes]:
+        """The link's token and its message; a clear page (raised) when there is none."""
+        token = request.match_info["token"]
         if not re.fullmatch(r"[A-Za-z0-9_-]{20,64}", token):
-            return self._notice("Message not found", "This link is not valid.", 404)
+            raise self._notice("Message not found", "This link is not valid.", 404)
         try:
             found = self.store.load(message_id_of(token))
         except PortalError:
-            return self._notice("Message unavailable", "This message cannot be shown.", 500)
+            raise self._notice("Message unavailable", "This message cannot be shown.", 500) from None
         if isinstance(found, Tombstone):
             words = "has expired" if found.reason == "expired" else "was withdrawn by the sender"
-            return self._notice("Message no longer available", f"This secure message {words}.", 410)
+            raise self._notice("Message no longer available", f"This secure message {words}.", 410)
         if found is None:
-            return self._notice("Message not found", "This link is not valid.", 404)
-        return found
+            raise self._notice("Message not found", "This link is not valid.", 404)
+        return token, found[0], found[1]
 
     def _csrf(self, request: web.Request) -> str:
         return request.cookies.get("mw_csrf") or secrets.token_urlsafe(24)
@@ -150,11 +155,7 @@ class PortalApp:
 
     async def start(self, request: web.Request, *, message: str = "",
                     code_sent: bool = False) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
-        record, _ = found
+        token, record, _ = self._message(request)
         csrf = self._csrf(request)
         return self._with_csrf(self._page(
             "start.html.j2", title="You have a secure message", token=token, csrf=csrf,
@@ -163,13 +164,9 @@ class PortalApp:
             expires=_when(record.expires)), csrf)
 
     async def request_code(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
+        _, record, content = self._message(request)
         if await self._form(request) is None:
-            return self._notice("Please try again", "The form expired; open the link again.", 403)
-        record, content = found
+            raise self._notice("Please try again", "The form expired; open the link again.", 403)
         client = request.remote or "unknown"
         now = time.time()
         recent = [t for t in self._code_requests.get(client, []) if now - t < 3600]
@@ -188,14 +185,10 @@ class PortalApp:
                                 code_sent=True)
 
     async def verify(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
+        token, record, content = self._message(request)
         form = await self._form(request)
         if form is None:
-            return self._notice("Please try again", "The form expired; open the link again.", 403)
-        record, content = found
+            raise self._notice("Please try again", "The form expired; open the link again.", 403)
         check = passcode.verify(record, form.get("code", "")[:12])
         self.store.update(check.record, content)
         if not check.ok:
@@ -209,14 +202,10 @@ class PortalApp:
         self._open_session(token, record, request)
 
     async def password_login(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
+        token, record, content = self._message(request)
         form = await self._form(request)
         if form is None:
-            return self._notice("Please try again", "The form expired; open the link again.", 403)
-        record, content = found
+            raise self._notice("Please try again", "The form expired; open the link again.", 403)
         if passcode.locked(record):
             return await self.start(request, message="Too many wrong attempts. The message is locked "
                                                      "for 15 minutes.")
@@ -248,21 +237,28 @@ class PortalApp:
         raise response
 
     async def set_password(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
-        record, _ = found
-        session = self._session(request, record)
-        form = await request.post()
-        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
-            raise web.HTTPForbidden()
+        _, record, _ = self._message(request)
+        form = await self._session_form(request, record)
         try:
-            await asyncio.to_thread(self.passwords.set, record.recipient, str(form.get("password", ""))[:200])
+            await asyncio.to_thread(self.passwords.set, record.recipient, form.get("password", "")[:200])
         except ValueError as exc:
             return await self.read(request, note=str(exc).capitalize() + ".")
         eventlog.event(log, "portal_password_set", message_id=record.message_id, client=request.remote)
         return await self.read(request, note="Your password is set. Use it to open your next messages.")
+
+    def _required_session(self, request: web.Request, record: PortalMessage) -> _Session:
+        session = self._session(request, record)
+        if session is None:
+            raise web.HTTPForbidden()
+        return session
+
+    async def _session_form(self, request: web.Request, record: PortalMessage) -> dict[str, str]:
+        """A posted form of an open session, its CSRF token checked (403 otherwise)."""
+        session = self._required_session(request, record)
+        form = await request.post()
+        if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+            raise web.HTTPForbidden()
+        return {key: str(value) for key, value in form.items()}
 
     def _session(self, request: web.Request, record: PortalMessage) -> _Session | None:
         session = self._sessions.get(request.cookies.get("mw_session", ""))
@@ -271,11 +267,7 @@ class PortalApp:
         return session
 
     async def read(self, request: web.Request, *, replied: bool = False, note: str = "") -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
-        record, content = found
+        token, record, content = self._message(request)
         session = self._session(request, record)
         if session is None:
             raise web.HTTPSeeOther(f"/m/{token}")
@@ -295,13 +287,8 @@ class PortalApp:
         return self._with_csrf(response, session.csrf)
 
     async def body(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
-        record, content = found
-        if self._session(request, record) is None:
-            raise web.HTTPForbidden()
+        _, record, content = self._message(request)
+        self._required_session(request, record)
         html = _parse(content).get_body(("html",))
         markup = _SCRIPT.sub("", html.get_content()) if html is not None else ""
         response = web.Response(text=markup, content_type="text/html", charset="utf-8")
@@ -310,13 +297,8 @@ class PortalApp:
         return response
 
     async def attachment(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
-        record, content = found
-        if self._session(request, record) is None:
-            raise web.HTTPForbidden()
+        _, record, content = self._message(request)
+        self._required_session(request, record)
         attachments = list(_parse(content).iter_attachments())
         index = request.match_info["index"]
         if not index.isdigit() or int(index) >= len(attachments):
@@ -330,16 +312,9 @@ class PortalApp:
                             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
 
     async def reply(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        found = self._lookup(token)
-        if isinstance(found, web.Response):
-            return found
-        record, content = found
-        session = self._session(request, record)
-        form = await request.post()
-        if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
-            raise web.HTTPForbidden()
-        text = str(form.get("text", ""))[:MAX_REPLY].strip()
+        _, record, content = self._message(request)
+        form = await self._session_form(request, record)
+        text = form.get("text", "")[:MAX_REPLY].strip()
         if text:
             await self.send_reply(record, _parse(content), text)
             metrics.PORTAL_EVENTS.labels("replied").inc()
@@ -351,6 +326,10 @@ class PortalApp:
 
     async def css(self, request: web.Request) -> web.Response:
         return web.Response(body=self._css, content_type="text/css")
+
+
+_ERRORS: dict[int, type[web.HTTPException]] = {
+    403: web.HTTPForbidden, 404: web.HTTPNotFound, 410: web.HTTPGone, 500: web.HTTPInternalServerError}
 
 
 def _parse(content: bytes) -> EmailMessage:
