@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trustme
+from aiohttp import web
 
 from gateway.config import Config
 from tests.conftest import RunningGateway, free_port
@@ -65,6 +66,7 @@ class MailWorld:
         self.dns_port = 0
         self.sender_sink: Sink | None = None
         self.last_certificate: trustme.LeafCert | None = None
+        self.runners: list[web.AppRunner] = []
 
     async def start_dns(self, records: dict[tuple[str, str], list[str]], **kwargs: Any) -> LoopbackDns:
         self.dns_server, self.dns_port = await start_dns("127.0.0.53", {**BASE_RECORDS, **records}, **kwargs)
@@ -98,6 +100,19 @@ class MailWorld:
             self._make_config(delivery=settings, **(config or {})))
         return gateway
 
+    async def https(self, host: str, name: str, app: web.Application,
+                    port: int | None = None) -> tuple[web.AppRunner, int]:
+        """Serve `app` over HTTPS on host:port (a free port by default) with a test-CA certificate
+        for `name` (MTA-STS policies, WKD, TLS report collectors). Stopped with the world."""
+        port = port or free_port(host)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert(name).configure_cert(context)
+        await web.TCPSite(runner, host, port, ssl_context=context).start()
+        self.runners.append(runner)
+        return runner, port
+
     def dsns(self) -> list[EmailMessage]:
         assert self.sender_sink is not None
         return [parse(m.content) for m in self.sender_sink.messages if m.sender == ""]
@@ -105,6 +120,8 @@ class MailWorld:
     async def close(self) -> None:
         for server in self.servers:
             server.close()
+        for runner in self.runners:
+            await runner.cleanup()
 
 
 @pytest.fixture

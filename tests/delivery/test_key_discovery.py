@@ -4,8 +4,6 @@ and a protected recipient encrypted with a discovered key, decrypted by gpg."""
 from __future__ import annotations
 
 import base64
-import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +35,6 @@ class WkdServer:
         self.world = world
         self.port = free_port(WKD_HOST)
         self.keys: dict[str, bytes] = {}
-        self.runner: web.AppRunner | None = None
 
     async def serve(self, request: web.Request) -> web.Response:
         key = self.keys.get(request.path)
@@ -48,19 +45,12 @@ class WkdServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self.serve)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.world.ca.issue_cert("openpgpkey.wkd.test").configure_cert(context)
-        await web.TCPSite(self.runner, WKD_HOST, self.port, ssl_context=context).start()
+        await self.world.https(WKD_HOST, "openpgpkey.wkd.test", app, self.port)
 
 
 @pytest.fixture
-async def wkd(world: MailWorld) -> AsyncIterator[WkdServer]:
-    server = WkdServer(world)
-    yield server
-    if server.runner is not None:
-        await server.runner.cleanup()
+def wkd(world: MailWorld) -> WkdServer:
+    return WkdServer(world)
 
 
 def discovery(world: MailWorld, **kwargs: object) -> KeyDiscovery:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -56,22 +54,17 @@ class PolicyServer:
         self.body = body
         app = web.Application()
         app.router.add_get("/.well-known/mta-sts.txt", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.world.ca.issue_cert("mta-sts.sts.test").configure_cert(context)
-        await web.TCPSite(self.runner, POLICY_HOST, self.port, ssl_context=context).start()
+        self.runner, _ = await self.world.https(POLICY_HOST, "mta-sts.sts.test", app, self.port)
 
     async def stop(self) -> None:
+        """Take the policy host away (as an attacker blocking it would)."""
         if self.runner is not None:
             await self.runner.cleanup()
 
 
 @pytest.fixture
-async def policy_server(world: MailWorld) -> AsyncIterator[PolicyServer]:
-    server = PolicyServer(world)
-    yield server
-    await server.stop()
+def policy_server(world: MailWorld) -> PolicyServer:
+    return PolicyServer(world)
 
 
 def sts(mode: str, mx: str = "mx.sts.test") -> str:

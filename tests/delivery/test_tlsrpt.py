@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from aiohttp import web
 
 from gateway.delivery.tlsrpt import TlsReportStore, parse_rua
 from gateway.spool import QueueState
-from tests.conftest import free_port, message, send
+from tests.conftest import message, send
 from tests.delivery.conftest import SENDER, MailWorld, eventually, parse
 from tests.delivery.test_mta_sts import PolicyServer, records, sts
 
@@ -25,10 +23,8 @@ TOMORROW = time.time() + 86400
 
 
 @pytest.fixture
-async def policy_server(world: MailWorld) -> AsyncIterator[PolicyServer]:
-    server = PolicyServer(world)
-    yield server
-    await server.stop()
+def policy_server(world: MailWorld) -> PolicyServer:
+    return PolicyServer(world)
 
 
 async def failing_world(world: MailWorld, policy_server: PolicyServer, rua: str,
@@ -83,23 +79,15 @@ async def test_reports_are_posted_to_an_https_rua(world: MailWorld, policy_serve
 
     app = web.Application()
     app.router.add_post("/tlsrpt", collect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    world.ca.issue_cert("reports.sts.test").configure_cert(context)
-    port = free_port("127.0.0.31")
-    await web.TCPSite(runner, "127.0.0.31", port, ssl_context=context).start()
-    try:
-        rua = f"https://reports.sts.test:{port}/tlsrpt"
-        gateway = await failing_world(world, policy_server, rua, tmp_path)
-        assert world.dns_server is not None
-        world.dns_server.records[("reports.sts.test", "A")] = ["127.0.0.31"]
-        assert await gateway.gateway.delivery.tls_reporter.send_due(TOMORROW) == 1
-        [body] = received
-        report = json.loads(gzip.decompress(body))
-        assert report["policies"][0]["failure-details"][0]["result-type"] == "certificate-host-mismatch"
-    finally:
-        await runner.cleanup()
+    _, port = await world.https("127.0.0.31", "reports.sts.test", app)
+    rua = f"https://reports.sts.test:{port}/tlsrpt"
+    gateway = await failing_world(world, policy_server, rua, tmp_path)
+    assert world.dns_server is not None
+    world.dns_server.records[("reports.sts.test", "A")] = ["127.0.0.31"]
+    assert await gateway.gateway.delivery.tls_reporter.send_due(TOMORROW) == 1
+    [body] = received
+    report = json.loads(gzip.decompress(body))
+    assert report["policies"][0]["failure-details"][0]["result-type"] == "certificate-host-mismatch"
 
 
 def test_counts_survive_a_restart(tmp_path: Path) -> None:
