@@ -9,7 +9,6 @@ be counts and positions. Built-in detectors and the custom ones from policy YAML
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,35 +132,33 @@ def _bare(match: re.Match[str]) -> bool:
     return not match.group("sep")
 
 
-# The digit runs each built-in detector's matches hold (see `scan`). icd10 and mrn, whose matches
-# may hold single digits, scan the whole text, but only when their words occur in it.
-_DIGIT_RUNS = {"ssn": 9, "npi": 10, "payment_card": 13, "aba_routing": 9, "dea": 7, "bank_account": 4,
-               "dob": 4, "medicare_mbi": 2}
-BUILT_IN: tuple[PatternDetector, ...] = tuple(
-    dataclasses.replace(d, digit_run=_DIGIT_RUNS.get(d.name, 0)) for d in (
+# Each states the digit run its matches hold (see `scan`). icd10 and mrn, whose matches may hold
+# single digits, scan the whole text, but only when their words occur in it.
+BUILT_IN: tuple[PatternDetector, ...] = (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
         checksums.ssn, ("ssn", "ss#", "ss #", "s.s.n", "social security", "soc sec", "social sec", "ssa"),
-        context_only_if=_bare, exclude=_OTHER_NUMBERS),
+        context_only_if=_bare, exclude=_OTHER_NUMBERS, digit_run=9),
     PatternDetector(
         "npi", re.compile(r"(?<![\d\-])[12]\d{9}(?![\d\-])"), checksums.npi,
-        ("npi", "national provider", "provider id", "provider number", "prescriber")),
+        ("npi", "national provider", "provider id", "provider number", "prescriber"), digit_run=10),
     PatternDetector(
         "dea", re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z9]\d{7}(?![A-Za-z0-9])"), checksums.dea,
-        ("dea", "registration", "prescriber", "controlled substance")),
+        ("dea", "registration", "prescriber", "controlled substance"), digit_run=7),
     PatternDetector(
         "medicare_mbi",
         re.compile(r"(?<![A-Za-z0-9])[1-9][A-Za-z][A-Za-z0-9]\d-?[A-Za-z][A-Za-z0-9]\d-?[A-Za-z]{2}\d{2}"
-                   r"(?![A-Za-z0-9])"), checksums.mbi),
+                   r"(?![A-Za-z0-9])"), checksums.mbi, digit_run=2),
     PatternDetector(
-        "payment_card", re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), checksums.payment_card),
+        "payment_card", re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), checksums.payment_card,
+        digit_run=13),
     PatternDetector(
         "aba_routing", re.compile(r"(?<![\d\-])\d{9}(?![\d\-])"), checksums.aba_routing,
-        ("routing", "aba", "rtn", "transit", "wire", "ach"), window=40),
+        ("routing", "aba", "rtn", "transit", "wire", "ach"), window=40, digit_run=9),
     PatternDetector(
         "bank_account",
         re.compile(r"(?i)\b(?:account|acct)\.?(?:\s*(?:number|no\.?|#))?\s*[:#]?\s*(\d{4,17})\b"),
-        group=1, required=("account", "acct")),
+        group=1, required=("account", "acct"), digit_run=4),
     PatternDetector(
         "icd10",
         re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])"), None,
@@ -177,8 +174,8 @@ BUILT_IN: tuple[PatternDetector, ...] = tuple(
         "dob",
         re.compile(rf"(?i)\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)"
                    rf"\s*[:\-]?\s*({_DATE})"),
-        _valid_date, group=1, keep_separators=True, required=("dob", "d.o.b", "birth", "born")),
-))
+        _valid_date, group=1, keep_separators=True, required=("dob", "d.o.b", "birth", "born"), digit_run=4),
+)
 
 
 # Detectors whose matches hold a run of digits run only on slices of the text around such runs,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -92,6 +93,7 @@ _INLINE_LIMITS = {"max_inflated": 256 * 1024, "max_text": 256 * 1024, "max_pdf_p
 _INLINE_BUDGET = 0.05
 
 
+@functools.lru_cache(maxsize=8)  # one request per policy version: not rebuilt per message
 def inline_request(request: ScanRequest) -> ScanRequest:
     """`request` with the tight bounds of an on-loop scan."""
     limits = dataclasses.replace(request.limits, **{
