@@ -53,9 +53,13 @@ from gateway.spool.generated import generated
 log = logging.getLogger("mailward.delivery")
 
 _RELAY = re.compile(r"^([^\[]+)\[([^\]]+)\]")  # host[address]:port
-def _host(relay: str) -> str:
+
+
+def _relay_parts(relay: str) -> tuple[str, str | None]:
+    """(host, address) of a ``host[address]:port`` relay string."""
     match = _RELAY.match(relay)
-    return match.group(1) if match else relay
+    return (match.group(1), match.group(2)) if match else ("" if relay == "none" else relay, None)
+
 
 
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
@@ -131,7 +135,7 @@ class DeliveryAgent:
             except ConnectionFailed as failure:
                 if failure.tls_failure:
                     self._report_session(domain, requirement, failure.relay, failure.tls_result)
-                    self.learned.failure(domain, _host(failure.relay), failure.reply.text,
+                    self.learned.failure(domain, _relay_parts(failure.relay)[0], failure.reply.text,
                                          verify_required=requirement.level == "verify")
                 raise
             tls = connection.tls
@@ -164,8 +168,7 @@ class DeliveryAgent:
         """Count a TLS session (or its failure) for the domain's TLS report (RFC 8460)."""
         if self.tls_reports is None:
             return
-        match = _RELAY.match(relay)
-        host, address = (match.group(1), match.group(2)) if match else ("", None)
+        host, address = _relay_parts(relay)
         if dane or result == "tlsa-invalid":
             policy_type, strings = "tlsa", []
         elif requirement.source == "mta-sts":

@@ -127,19 +127,15 @@ class PortalStore:
         except (FileNotFoundError, ValueError, TypeError):
             return None
 
-    def expire(self, now: float | None = None) -> int:
-        """Delete every message past its expiry (a daily job); returns how many."""
+    def expire(self) -> int:
+        """Delete every message past its expiry (an hourly job; `load` deletes an expired
+        message it finds); returns how many."""
         removed = 0
-        for path in self.directory.glob("*.msg"):
-            message_id = path.stem
+        for message_id in self.ids():
             try:
-                loaded = self.load(message_id)
+                removed += isinstance(self.load(message_id), Tombstone)
             except PortalError:
                 continue
-            if isinstance(loaded, Tombstone):
-                removed += 1
-            elif loaded is not None and loaded[0].expires <= (now or time.time()):
-                removed += self.remove(message_id, "expired")
         return removed
 
     def ids(self) -> list[str]:

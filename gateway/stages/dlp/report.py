@@ -23,19 +23,15 @@ _METHOD_WORDS = {"tls": "verified TLS if the MX offers it", "smime": "S/MIME", "
 def protection_plan(address: str, methods: tuple[str, ...], keyrings: Keyrings) -> dict[str, Any]:
     """What delivery will try for a protected recipient, in order, and which keys are on file;
     whether the MX offers verified TLS is only known when delivering (`mailward tls probe`)."""
+    keys = {"smime": keyrings.smime.find(address), "pgp": keyrings.pgp.find(address)}
     steps = []
     for method in methods:
-        if method == "smime":
-            found = keyrings.smime.find(address)
-            steps.append({"method": method, "available": found is not None,
-                          "key": found.fingerprint if found else None})
-        elif method == "pgp":
-            found_pgp = keyrings.pgp.find(address)
-            steps.append({"method": method, "available": found_pgp is not None,
-                          "key": found_pgp.fingerprint if found_pgp else None})
-        else:
-            steps.append({"method": method, "available": None if method == "tls" else True,
-                          "key": None})
+        if method in keys:
+            key = keys[method]
+            steps.append({"method": method, "available": key is not None,
+                          "key": key.fingerprint if key is not None else None})
+        else:  # tls: only known when delivering; portal: always there
+            steps.append({"method": method, "available": None if method == "tls" else True, "key": None})
     return {"required": True, "order": steps}
 
 
