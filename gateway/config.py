@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway import typedyaml
+from gateway.crypto import dkim
 from gateway.errors import ConfigError
 from gateway.typedyaml import ByteSize, Duration, HostPort, IPNetwork
 
@@ -205,17 +206,40 @@ class DkimKeyConfig:
     selector: str
     key_file: Path
     algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+    # The active key of each algorithm signs; an inactive one stays listed (and published in DNS)
+    # while a rotation settles, and `dns check` still checks its record.
+    active: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*", self.selector):
+            return [("selector", "letters, digits, hyphens and dots, as in a DNS name")]
         if not self.key_file.is_file():
             return [("key_file", f"DKIM key file not found: {self.key_file} "
                                  f"(mailward keygen dkim DOMAIN --selector {self.selector})")]
+        try:
+            dkim.load_key(self.key_file, self.algorithm)
+        except dkim.DkimKeyError as exc:
+            return [("key_file", str(exc))]
         return []
 
 
 @dataclass(frozen=True)
 class DomainConfig:
     dkim: tuple[DkimKeyConfig, ...] = ()
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        for algorithm in ("rsa-sha256", "ed25519-sha256"):
+            active = [key.selector for key in self.dkim if key.active and key.algorithm == algorithm]
+            if len(active) > 1:
+                found.append(("dkim", f"{len(active)} active {algorithm} keys ({', '.join(active)}); "
+                                      "one signs, set active: false on the others"))
+        if self.dkim and not any(key.active for key in self.dkim):
+            found.append(("dkim", "no active key: mail from this domain would go unsigned"))
+        selectors = [key.selector for key in self.dkim]
+        if len(set(selectors)) != len(selectors):
+            found.append(("dkim", "a selector is listed twice"))
+        return found
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,16 @@ PORTAL_EVENTS = Counter(
     "mailward_portal_events_total", "Secure portal events: stored, code_sent, code_failed, locked, "
     "viewed, downloaded, replied, expired, revoked.", ["event"], registry=REGISTRY)
 
+DKIM_SIGNATURES = Counter(
+    "mailward_dkim_signatures_total", "DKIM signatures made, by signing domain and algorithm.",
+    ["domain", "algorithm"], registry=REGISTRY)
+DKIM_UNSIGNED = Counter(
+    "mailward_dkim_unsigned_total", "Messages sent without a DKIM signature, by reason (no_domain: "
+    "no configured domain covers the From address; malformed_header).", ["reason"], registry=REGISTRY)
+DKIM_FAILURES = Counter(
+    "mailward_dkim_failures_total", "Signatures that failed (the delivery was deferred), by domain.",
+    ["domain"], registry=REGISTRY)
+
 
 class QueueCollector(Collector):
     """Queue sizes by state, read from the spool the gateway has open."""

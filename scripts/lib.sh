@@ -26,3 +26,13 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+# Node.js and the npm packages of tests/verifiers (mailauth, an independent DKIM verifier).
+ensure_node_verifiers() {
+  command -v npm >/dev/null 2>&1 || ensure_debs nodejs npm
+  local dir=tests/verifiers
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --silent >&2)
+    touch "$dir/node_modules"
+  fi
+}

@@ -38,6 +38,7 @@ from gateway.delivery.client import (
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
 from gateway.delivery.protection import Keyrings, deliver_protected
+from gateway.delivery.signing import DkimSigner, SigningFailed
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.message import (
@@ -62,6 +63,8 @@ def _relay_parts(relay: str) -> tuple[str, str | None]:
 
 
 
+SIGNING_FAILED = Reply(451, "4.3.0", "DKIM signing failed; the message is kept and retried")
+
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
                 RecipientState.BOUNCED: "bounced"}
 
@@ -71,7 +74,7 @@ class DeliveryAgent:
                  connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
                  on_queued: Callable[[str], None], keyrings: Keyrings | None = None,
                  tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None,
-                 portal: PortalHandoff | None = None) -> None:
+                 portal: PortalHandoff | None = None, signer: DkimSigner | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -84,6 +87,7 @@ class DeliveryAgent:
         self.tls_reports = tls_reports
         self.learned = learned or LearnedTls(None, 0.0)
         self.portal = portal
+        self.signer = signer or DkimSigner({})
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
@@ -125,7 +129,12 @@ class DeliveryAgent:
     async def _send(self, domain: str, destinations: Sequence[Destination], message: QueuedMessage,
                     content: bytes, indexes: list[int], requirement: TlsRequirement,
                     protection: str) -> list[Attempt]:
-        """One transaction (or a few, for many recipients) on a cached connection."""
+        """One transaction (or a few, for many recipients) on a cached connection; `content` is
+        DKIM signed here, as the last change before it is sent."""
+        try:
+            content = await self.signer.sign(content, message.queue_id)
+        except SigningFailed:
+            return [Attempt(i, SIGNING_FAILED, protection=protection) for i in indexes]
         key: Hashable = (domain, requirement)
         recipients = [(i, message.envelope.recipients[i]) for i in indexes]
 

@@ -21,6 +21,7 @@ from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
 from gateway.delivery.protection import Keyrings
+from gateway.delivery.signing import DkimSigner
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
@@ -77,7 +78,26 @@ class DeliveryService:
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
                              tls_reports=self.tls_reports, learned=self.learned,
-                             portal=self._portal(config))
+                             portal=self._portal(config), signer=self._signer(config))
+
+    @staticmethod
+    def _signer(config: Config) -> DkimSigner:
+        signer = DkimSigner.load(config.domains)
+        if not signer.keys:
+            eventlog.event(log, "dkim_disabled", logging.WARNING,
+                           note="no domains with DKIM keys: mail goes out unsigned")
+            return signer
+        own = [config.hostname]
+        if config.portal.enabled and config.portal.branding.sender:
+            own.append(config.portal.branding.sender.rpartition("@")[2])
+        for domain in own:
+            if not signer.covers(domain):
+                eventlog.event(log, "dkim_gateway_unsigned", logging.WARNING, domain=domain,
+                               note="mail the gateway writes (DSNs, notifications) from this domain "
+                                    "goes unsigned: add it (or a parent) to domains with a DKIM key")
+        eventlog.event(log, "dkim_keys_loaded", domains=len(signer.keys),
+                       keys=sum(len(keys) for keys in signer.keys.values()))
+        return signer
 
     def _portal(self, config: Config) -> PortalHandoff | None:
         if not config.portal.enabled:

@@ -1,0 +1,165 @@
+"""DKIM signatures (RFC 6376) with rsa-sha256 and ed25519-sha256 (RFC 8463): keys and signing.
+
+dkimpy does what it does well, canonicalisation (relaxed/relaxed), header selection and the
+folding of the DKIM-Signature field; the signature itself is made by OpenSSL through
+`cryptography`, because dkimpy's RSA in pure Python costs milliseconds per message. Several keys
+(dual signing: one RSA and one Ed25519) sign the same message at once and share the body hash.
+
+Which domain signs, and when, is decided by the caller (`gateway.delivery.signing`); this module
+has no policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dkim
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy
+
+from gateway.keyfiles import read_secret
+
+Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+MIN_RSA_BITS = 2048  # RFC 8301 allows 1024; receivers and we want 2048 and up
+
+# Signed once per occurrence when present: what a reader sees and what steers replies and lists.
+SIGNED = ("cc", "reply-to", "in-reply-to", "references", "sender", "content-transfer-encoding",
+          "list-id", "list-unsubscribe", "list-unsubscribe-post", "auto-submitted", "feedback-id")
+# Signed one time more than they occur ("oversigned"), so none can be added after signing: a
+# second From or Subject, or a To that was not there, breaks the signature.
+OVERSIGNED = ("from", "to", "subject", "date", "message-id", "mime-version", "content-type")
+
+_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_HEADER_END = b"\r\n\r\n"
+
+
+class DkimKeyError(ValueError):
+    """A key file that is missing, unreadable, of the wrong type or too weak."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    domain: str
+    selector: str
+    algorithm: Algorithm
+    private_key: PrivateKey
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """Sign the SHA-256 digest of the canonical header data (RFC 8463 §3 for Ed25519, which
+        signs the digest itself rather than the data)."""
+        if isinstance(self.private_key, rsa.RSAPrivateKey):
+            return self.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        return self.private_key.sign(digest)
+
+
+def load_key(path: Path, algorithm: Algorithm) -> PrivateKey:
+    """The private key in `path` (PEM, 0600), checked against the configured algorithm."""
+    try:
+        pem = read_secret(path)
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise DkimKeyError(f"{path}: not a PEM private key without a passphrase ({exc})") from None
+    except OSError as exc:  # KeyFileError says what to do (mode, missing file)
+        raise DkimKeyError(str(exc)) from None
+    if algorithm == "rsa-sha256":
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise DkimKeyError(f"{path}: algorithm rsa-sha256 needs an RSA key")
+        if key.key_size < MIN_RSA_BITS:
+            raise DkimKeyError(f"{path}: RSA key of {key.key_size} bits; use {MIN_RSA_BITS} or more "
+                               f"(mailward keygen dkim)")
+        return key
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise DkimKeyError(f"{path}: algorithm ed25519-sha256 needs an Ed25519 key")
+    return key
+
+
+def generate_key(algorithm: Algorithm, bits: int = MIN_RSA_BITS) -> PrivateKey:
+    if algorithm == "rsa-sha256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def public_key_data(key: PrivateKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey) -> str:
+    """The p= value: base64 of the SubjectPublicKeyInfo (RSA) or of the raw 32 bytes (Ed25519)."""
+    public = key.public_key() if isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)) else key
+    if isinstance(public, rsa.RSAPublicKey):
+        raw = public.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    else:
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def txt_record(key: PrivateKey) -> str:
+    """The TXT record to publish at ``SELECTOR._domainkey.DOMAIN``."""
+    kind = "rsa" if isinstance(key, rsa.RSAPrivateKey) else "ed25519"
+    return f"v=DKIM1; k={kind}; p={public_key_data(key)}"
+
+
+def crlf(content: bytes) -> bytes:
+    """CRLF line ends throughout, as the SMTP client sends them; what is signed is what is sent."""
+    if content.count(b"\n") == content.count(b"\r\n"):
+        return content
+    return _BARE_LF.sub(b"\r\n", content)
+
+
+def header_names(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """The h= list: each signed field once per occurrence, the oversigned ones once more."""
+    present: dict[str, int] = {}
+    for name, _value in headers:
+        key = name.decode("ascii", "replace").lower()
+        present[key] = present.get(key, 0) + 1
+    names = [name for name in OVERSIGNED for _ in range(present.get(name, 0) + 1)]
+    names += [name for name in SIGNED for _ in range(present.get(name, 0))]
+    return [name.encode("ascii") for name in names]
+
+
+def sign(content: bytes, keys: Sequence[SigningKey], *, now: float | None = None) -> bytes:
+    """DKIM-Signature fields (one per key, CRLF-terminated) for `content` (CRLF line ends).
+    Raises dkim.MessageFormatError for a header block that is not RFC 5322."""
+    end = content.find(_HEADER_END)
+    head, body = (content, b"") if end < 0 else (content[:end + 2], content[end + 4:])
+    headers, _ = dkim.rfc822_parse(head + b"\r\n")
+    headers = [(name, value) for name, value in headers]
+    include = header_names(headers)
+    body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+    canonical = _RELAXED.canonicalize_headers(headers)
+    timestamp = str(int(time.time() if now is None else now)).encode("ascii")
+    fields_out = []
+    for key in keys:
+        fields = [(b"v", b"1"), (b"a", key.algorithm.encode("ascii")), (b"c", b"relaxed/relaxed"),
+                  (b"d", key.domain.encode("ascii")), (b"s", key.selector.encode("ascii")),
+                  (b"t", timestamp), (b"h", b" : ".join(include)), (b"bh", body_hash),
+                  # A placeholder as long as a signature forces b= onto lines of its own, so
+                  # folding the real value later leaves the hashed tags as they were.
+                  (b"b", b"0" * 60)]
+        fields_out.append(_signature_field(key, fields, include, canonical))
+    return b"".join(fields_out)
+
+
+def _signature_field(key: SigningKey, fields: list[tuple[bytes, bytes]], include: list[bytes],
+                     canonical: list[tuple[bytes, bytes]]) -> bytes:
+    name = b"DKIM-Signature"
+    value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name))
+    value = dkim.RE_BTAG.sub(b"\\1", value)
+    hasher = hashlib.sha256()
+    dkim.hash_headers(hasher, _RELAXED, canonical, include, (name, b" " + value), None)
+    fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
+    signed: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(name))
+    return name + b": " + signed

@@ -1,0 +1,106 @@
+"""DKIM signing at delivery: the last change to a message, made to the exact bytes that are sent
+(after encryption, for each copy), with the keys of the domain in its From header.
+
+The signing domain is the From address's domain or the nearest parent listed in ``domains``
+(mail.example.com signs as example.com, which DMARC's relaxed alignment accepts). Mail the
+gateway writes itself (DSNs, notifications) comes from an address at ``hostname``, so it is
+signed by the entry that covers the gateway's own name. Mail from a domain with no entry goes
+out unsigned and is counted (`mailward_dkim_unsigned_total`); a configured key that cannot be
+loaded stops start-up (config validation), never a silent unsigned send.
+
+Keys are loaded once per (re)load. Bodies above `OFFLOAD_SIZE` are hashed in a thread so a large
+message does not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+from collections.abc import Mapping, Sequence
+
+import dkim as dkimpy
+
+from gateway import eventlog, metrics
+from gateway.config import DomainConfig
+from gateway.crypto import dkim
+
+log = logging.getLogger("mailward.dkim")
+
+OFFLOAD_SIZE = 256 * 1024
+_FROM = re.compile(rb"^From[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+class SigningFailed(Exception):
+    """The signature could not be made (a key or OpenSSL problem); the delivery is retried."""
+
+
+class DkimSigner:
+    def __init__(self, keys: Mapping[str, Sequence[dkim.SigningKey]]) -> None:
+        self.keys = {domain.lower().rstrip("."): tuple(found) for domain, found in keys.items() if found}
+
+    @classmethod
+    def load(cls, domains: Mapping[str, DomainConfig]) -> DkimSigner:
+        """The active keys of every domain (raises DkimKeyError; config validation checked them)."""
+        return cls({domain: [dkim.SigningKey(domain.lower(), key.selector, key.algorithm,
+                                             dkim.load_key(key.key_file, key.algorithm))
+                             for key in config.dkim if key.active]
+                    for domain, config in domains.items()})
+
+    def signing_domain(self, address_domain: str) -> str | None:
+        """The configured domain that signs for `address_domain`: itself or its nearest parent."""
+        labels = address_domain.lower().rstrip(".").split(".")
+        for start in range(len(labels) - 1):
+            candidate = ".".join(labels[start:])
+            if candidate in self.keys:
+                return candidate
+        return None
+
+    def covers(self, address_domain: str) -> bool:
+        return self.signing_domain(address_domain) is not None
+
+    async def sign(self, content: bytes, queue_id: str) -> bytes:
+        """`content` with CRLF line ends and the DKIM-Signature fields of its From domain on top;
+        unchanged (but for line ends) when no configured domain covers it."""
+        content = dkim.crlf(content)
+        if not self.keys:
+            return content
+        domain = self.signing_domain(from_domain(content) or "")
+        if domain is None:
+            metrics.DKIM_UNSIGNED.labels("no_domain").inc()
+            return content
+        keys = self.keys[domain]
+        try:
+            if len(content) > OFFLOAD_SIZE:
+                fields = await asyncio.get_running_loop().run_in_executor(None, dkim.sign, content, keys)
+            else:
+                fields = dkim.sign(content, keys)
+        except dkimpy.MessageFormatError:
+            # Not RFC 5322 (a header line without a colon): it cannot carry a signature that
+            # verifies, and refusing it here would only delay the same result.
+            metrics.DKIM_UNSIGNED.labels("malformed_header").inc()
+            eventlog.event(log, "dkim_unsigned", logging.WARNING, queue_id=queue_id, domain=domain,
+                           reason="malformed_header")
+            return content
+        except Exception as exc:  # fail closed: the caller defers, nothing goes out unsigned
+            metrics.DKIM_FAILURES.labels(domain=domain).inc()
+            eventlog.event(log, "dkim_failed", logging.ERROR, queue_id=queue_id, domain=domain,
+                           error=type(exc).__name__)
+            raise SigningFailed(domain) from exc
+        for key in keys:
+            metrics.DKIM_SIGNATURES.labels(domain=domain, algorithm=key.algorithm).inc()
+        return fields + content
+
+
+def from_domain(content: bytes) -> str | None:
+    """The domain of the (first) From address in the header block, or None."""
+    end = content.find(b"\r\n\r\n")
+    match = _FROM.search(content, 0, end if end >= 0 else len(content))
+    if match is None:
+        return None
+    value = match.group(1).decode("utf-8", "replace").replace("\r\n", "")
+    for _name, address in email.utils.getaddresses([value]):
+        if "@" in address:
+            return address.rpartition("@")[2].strip().rstrip(">").lower() or None
+    return None
