@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy
 
+from gateway.errors import KeyFileError
 from gateway.keyfiles import read_secret
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -67,11 +68,12 @@ def load_key(path: Path, algorithm: Algorithm) -> PrivateKey:
     """The private key in `path` (PEM, 0600), checked against the configured algorithm."""
     try:
         pem = read_secret(path)
+    except KeyFileError as exc:  # it says what to do (mode, missing file)
+        raise DkimKeyError(str(exc)) from None
+    try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise DkimKeyError(f"{path}: not a PEM private key without a passphrase ({exc})") from None
-    except OSError as exc:  # KeyFileError says what to do (mode, missing file)
-        raise DkimKeyError(str(exc)) from None
     if algorithm == "rsa-sha256":
         if not isinstance(key, rsa.RSAPrivateKey):
             raise DkimKeyError(f"{path}: algorithm rsa-sha256 needs an RSA key")

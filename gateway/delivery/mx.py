@@ -123,6 +123,10 @@ class MxResolver:
         self._store(name, "TXT", strings, answer)
         return strings
 
+    async def exchangers(self, domain: str) -> list[str]:
+        """The MX host names of `domain` by preference ([] for none or a null MX)."""
+        return [host for _, host in sorted(await self._mx(domain.lower().rstrip("."))) if host]
+
     def routed(self, domain: str) -> bool:
         """Whether `domain` goes to a `delivery.routes` next hop instead of its MX hosts."""
         return domain.lower().rstrip(".") in self._routes

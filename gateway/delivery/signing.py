@@ -18,7 +18,7 @@ import asyncio
 import email.utils
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import dkim as dkimpy
 
@@ -29,7 +29,7 @@ from gateway.crypto import dkim
 log = logging.getLogger("mailward.dkim")
 
 OFFLOAD_SIZE = 256 * 1024
-_FROM = re.compile(rb"^From[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_FROM = re.compile(rb"^From[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 class SigningFailed(Exception):
@@ -49,13 +49,7 @@ class DkimSigner:
                     for domain, config in domains.items()})
 
     def signing_domain(self, address_domain: str) -> str | None:
-        """The configured domain that signs for `address_domain`: itself or its nearest parent."""
-        labels = address_domain.lower().rstrip(".").split(".")
-        for start in range(len(labels) - 1):
-            candidate = ".".join(labels[start:])
-            if candidate in self.keys:
-                return candidate
-        return None
+        return nearest_domain(self.keys, address_domain)
 
     def covers(self, address_domain: str) -> bool:
         return self.signing_domain(address_domain) is not None
@@ -91,6 +85,18 @@ class DkimSigner:
         for key in keys:
             metrics.DKIM_SIGNATURES.labels(domain=domain, algorithm=key.algorithm).inc()
         return fields + content
+
+
+def nearest_domain(configured: Iterable[str], address_domain: str) -> str | None:
+    """The configured domain that signs for `address_domain`: itself or its nearest parent
+    (never a top-level domain alone)."""
+    names = {name.lower().rstrip(".") for name in configured}
+    labels = address_domain.lower().rstrip(".").split(".")
+    for start in range(len(labels) - 1):
+        candidate = ".".join(labels[start:])
+        if candidate in names:
+            return candidate
+    return None
 
 
 def from_domain(content: bytes) -> str | None:

@@ -1,0 +1,116 @@
+"""DKIM keys and signatures as pure logic: header lists, key checks, the signing domain, and
+signatures that dkimpy's verifier accepts (the end-to-end tests use independent verifiers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.config import parse_config
+from gateway.crypto import dkim
+from gateway.delivery.signing import DkimSigner, from_domain
+from gateway.errors import ConfigErrors
+from gateway.keyfiles import write_secret
+from tests.dkimverify import make_key
+
+MESSAGE = (b"From: Clinic <clinic@example.com>\r\nTo: pat@example.org\r\nSubject: Hello\r\n"
+           b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nBody  text \r\n\r\n")
+
+
+def test_header_list_oversigns_the_fixed_set_and_signs_others_per_occurrence() -> None:
+    headers = [(b"From", b""), (b"To", b""), (b"To", b""), (b"Cc", b""), (b"Received", b""),
+               (b"X-Mailer", b"")]
+    names = [n.decode() for n in dkim.header_names(headers)]
+    assert names.count("from") == 2 and names.count("to") == 3 and names.count("subject") == 1
+    assert names.count("cc") == 1
+    assert "received" not in names and "x-mailer" not in names
+
+
+def test_rsa_signature_verifies_with_dkimpy(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "example.com", "s1")
+    signing = dkim.SigningKey("example.com", "s1", "rsa-sha256", dkim.load_key(key.key_file, "rsa-sha256"))
+    signed = dkim.sign(MESSAGE, [signing]) + MESSAGE
+
+    def verifies(content: bytes) -> bool:
+        try:
+            return bool(dkimpy.DKIM(content).verify(dnsfunc=lambda name, timeout=5: key.record.encode()))
+        except dkimpy.ValidationError:
+            return False
+
+    assert verifies(signed)
+    # Trailing blank lines do not count (relaxed body); a changed body does.
+    assert verifies(signed + b"\r\n\r\n")
+    assert not verifies(signed + b"P.S.\r\n")
+
+
+def test_bare_line_feeds_become_crlf_before_signing() -> None:
+    assert dkim.crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
+    already = b"a\r\nb\r\n"
+    assert dkim.crlf(already) is already
+
+
+def test_weak_or_mismatched_or_readable_keys_are_refused(tmp_path: Path) -> None:
+    weak = tmp_path / "weak.pem"
+    write_secret(weak, dkim.key_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))
+    with pytest.raises(dkim.DkimKeyError, match="1024 bits"):
+        dkim.load_key(weak, "rsa-sha256")
+    ed = make_key(tmp_path, "example.com", "e1", "ed25519-sha256")
+    with pytest.raises(dkim.DkimKeyError, match="needs an RSA key"):
+        dkim.load_key(ed.key_file, "rsa-sha256")
+    os.chmod(ed.key_file, 0o644)
+    with pytest.raises(dkim.DkimKeyError, match="chmod 600"):
+        dkim.load_key(ed.key_file, "ed25519-sha256")
+    garbage = tmp_path / "garbage.pem"
+    write_secret(garbage, b"not a key")
+    with pytest.raises(dkim.DkimKeyError, match="not a PEM private key"):
+        dkim.load_key(garbage, "ed25519-sha256")
+
+
+def test_txt_record_carries_the_public_key_for_its_algorithm(tmp_path: Path) -> None:
+    assert make_key(tmp_path, "example.com", "r", "rsa-sha256").record.startswith("v=DKIM1; k=rsa; p=MII")
+    ed = make_key(tmp_path, "example.com", "e", "ed25519-sha256").record
+    assert ed.startswith("v=DKIM1; k=ed25519; p=") and len(ed.rpartition("p=")[2]) == 44
+
+
+def test_signing_domain_is_the_from_domain_or_its_nearest_configured_parent(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "example.com", "s1")
+    signing = dkim.SigningKey("example.com", "s1", "rsa-sha256", dkim.load_key(key.key_file, "rsa-sha256"))
+    signer = DkimSigner({"example.com": [signing], "lab.example.com": [signing]})
+    assert signer.signing_domain("example.com") == "example.com"
+    assert signer.signing_domain("results.lab.example.com") == "lab.example.com"
+    assert signer.signing_domain("mail.example.com") == "example.com"
+    assert signer.signing_domain("example.org") is None
+    assert signer.signing_domain("com") is None
+
+
+def test_from_domain_reads_folded_and_named_addresses() -> None:
+    assert from_domain(b"To: a@x.org\r\nFROM: \"Roe, Jane\"\r\n <jane@Lab.Example.com>\r\n\r\nFrom: b@c.d\r\n") \
+        == "lab.example.com"
+    assert from_domain(b"To: a@x.org\r\n\r\nFrom: b@c.d\r\n") is None
+
+
+def config_with(tmp_path: Path, keys: str) -> None:
+    parse_config(f"domains:\n  example.com:\n    dkim:\n{keys}", file=str(tmp_path / "c.yaml"),
+                 base_dir=tmp_path)
+
+
+def test_config_refuses_two_active_keys_of_one_algorithm(tmp_path: Path) -> None:
+    make_key(tmp_path, "example.com", "a")
+    make_key(tmp_path, "example.com", "b")
+    with pytest.raises(ConfigErrors, match="2 active rsa-sha256 keys"):
+        config_with(tmp_path, "      - {selector: a, key_file: example.com.a.pem}\n"
+                              "      - {selector: b, key_file: example.com.b.pem}\n")
+    config_with(tmp_path, "      - {selector: a, key_file: example.com.a.pem, active: false}\n"
+                          "      - {selector: b, key_file: example.com.b.pem}\n")
+
+
+def test_config_names_a_missing_or_wrong_key_file_with_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigErrors, match=r"c.yaml:4: .*DKIM key file not found.*keygen dkim"):
+        config_with(tmp_path, "      - {selector: s1, key_file: missing.pem}\n")
+    make_key(tmp_path, "example.com", "e1", "ed25519-sha256")
+    with pytest.raises(ConfigErrors, match="needs an RSA key"):
+        config_with(tmp_path, "      - {selector: e1, key_file: example.com.e1.pem}\n")
