@@ -108,3 +108,24 @@ def test_keygen_spool_writes_a_private_key_and_rotates(tmp_path: Path) -> None:
     rotated = mailward(config, "keygen", "spool", "--rotate")
     assert rotated.returncode == 0 and "1 older key(s) kept" in rotated.stdout
     assert len(key_file.read_text().split()) == 2
+
+
+def test_keygen_dkim_writes_a_private_key_and_prints_its_record(tmp_path: Path) -> None:
+    config = tmp_path / "mailward.yaml"
+    config.write_text("spool: {key_file: keys/spool.key}\n")
+    made = mailward(config, "keygen", "dkim", "Example.com", "--selector", "s1", "--algorithm", "ed25519")
+    assert made.returncode == 0, made.stderr
+    key_file = tmp_path / "keys" / "dkim" / "example.com.s1.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert 's1._domainkey.example.com. IN TXT ( "v=DKIM1; k=ed25519; p=' in made.stdout
+    assert "algorithm: ed25519-sha256" in made.stdout
+    # The config snippet it prints is accepted as it stands.
+    snippet = made.stdout.split("under domains:\n")[1].split("and check")[0]
+    config.write_text(f"spool: {{key_file: keys/spool.key}}\ndomains:\n{snippet}")
+    assert mailward(config, "check-config").returncode == 0
+    again = mailward(config, "keygen", "dkim", "example.com", "--selector", "s1")
+    assert again.returncode == 1 and "pick a new selector" in again.stderr
+    rsa = mailward(config, "keygen", "dkim", "example.com", "--selector", "s2")
+    assert rsa.returncode == 0 and "k=rsa; p=MII" in rsa.stdout
+    # A long RSA record is split into strings of at most 255 characters for the zone file.
+    assert all(len(part) <= 255 for part in rsa.stdout.split('"')[1::2])

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import Config, find_config_file, load_config, parse_config
 from gateway.errors import ConfigError, ConfigErrors
+from tests.dkimverify import make_key
 
 
 def parse(text: str, tmp_path: Path) -> Config:
@@ -102,9 +103,11 @@ def test_check_config_reports_bad_type_as_file_line_and_exits_1(tmp_path: Path) 
 
 def test_check_config_accepts_the_shipped_example(tmp_path: Path) -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
-    for referenced in ("tls/mailward.crt", "tls/mailward.key", "keys/dkim/example.com.s1.pem"):
+    for referenced in ("tls/mailward.crt", "tls/mailward.key"):
         (tmp_path / referenced).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / referenced).write_text("")
+    make_key(tmp_path / "keys" / "dkim", "example.com", "s1")
+    make_key(tmp_path / "keys" / "dkim", "example.com", "e1", "ed25519-sha256")
     config = parse_config(example.read_text(), file=str(example), base_dir=tmp_path)
     assert config.hostname == "mailward.example.com"
 
