@@ -4,6 +4,7 @@
     scripts/bench relay [--messages N] [--sessions S] [--size BYTES]
     scripts/bench dlp   (see scripts/bench_dlp.py)
     scripts/bench crypto (see scripts/bench_crypto.py)
+    scripts/bench dkim (see scripts/bench_dkim.py)
 
 Mailward runs with the shipped DLP policies (policies/), as it would be deployed.
 
@@ -398,6 +399,7 @@ def main() -> None:
     relay.add_argument("--rounds", type=int, default=1, help="alternate the two this many times")
     sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")
     sub.add_parser("crypto", help="S/MIME and PGP encryption of 50 KB messages vs openssl and gpg")
+    sub.add_parser("dkim", help="DKIM signatures per second (RSA-2048, Ed25519) vs openssl speed")
     args = parser.parse_args()
     if args.what == "ingest":
         bench_ingest(args)
@@ -407,6 +409,10 @@ def main() -> None:
         import bench_crypto
 
         bench_crypto.run()
+    elif args.what == "dkim":
+        import bench_dkim
+
+        bench_dkim.run()
     else:
         import bench_dlp
 

@@ -56,7 +56,8 @@ async def _run(*command: str) -> bytes:
     return out
 
 
-async def mailauth(content: bytes, dns_port: int, tmp_path: Path, host: str = "127.0.0.53") -> list[dict[str, str]]:
+async def mailauth(content: bytes, dns_port: int, tmp_path: Path,
+                   host: str = "127.0.0.53") -> list[dict[str, str]]:
     """Per signature: domain, selector, algorithm, result ("pass", "fail", "neutral"...), comment."""
     path = tmp_path / "to-verify.eml"
     path.write_bytes(content)

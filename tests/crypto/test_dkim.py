@@ -9,6 +9,7 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from dkim.canonicalization import CanonicalizationPolicy
 
 from gateway.config import parse_config
 from gateway.crypto import dkim
@@ -88,8 +89,8 @@ def test_signing_domain_is_the_from_domain_or_its_nearest_configured_parent(tmp_
 
 
 def test_from_domain_reads_folded_and_named_addresses() -> None:
-    assert from_domain(b"To: a@x.org\r\nFROM: \"Roe, Jane\"\r\n <jane@Lab.Example.com>\r\n\r\nFrom: b@c.d\r\n") \
-        == "lab.example.com"
+    folded = b"To: a@x.org\r\nFROM: \"Roe, Jane\"\r\n <jane@Lab.Example.com>\r\n\r\nFrom: b@c.d\r\n"
+    assert from_domain(folded) == "lab.example.com"
     assert from_domain(b"To: a@x.org\r\n\r\nFrom: b@c.d\r\n") is None
 
 
@@ -114,3 +115,10 @@ def test_config_names_a_missing_or_wrong_key_file_with_its_line(tmp_path: Path) 
     make_key(tmp_path, "example.com", "e1", "ed25519-sha256")
     with pytest.raises(ConfigErrors, match="needs an RSA key"):
         config_with(tmp_path, "      - {selector: e1, key_file: example.com.e1.pem}\n")
+
+
+@pytest.mark.parametrize("body", [b"", b"\r\n", b"\r\n\r\n", b"a\r\n", b"a", b"a \r\n\r\n", b"a  b\r\n",
+                                  b"a\tb\r\n\r\n", b"a b\r\nc\r\n\r\n\r\n", b"end ", b"x\r\n \r\n"])
+def test_relaxed_body_matches_dkimpy_on_every_shape(body: bytes) -> None:
+    assert dkim.relaxed_body(body) == CanonicalizationPolicy.from_c_value(b"relaxed/relaxed") \
+        .canonicalize_body(body)

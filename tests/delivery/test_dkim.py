@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gateway import metrics
 from tests.conftest import HOSTNAME, RunningGateway, send
 from tests.crypto.keys import GnuPG, smime_identity
@@ -176,3 +178,25 @@ async def test_dsns_are_signed_with_the_gateways_own_domain(world: MailWorld, tm
     [report] = await eventually(lambda: [m for m in world.sender_sink.messages if m.sender == ""])  # type: ignore[union-attr]
     assert report.content.startswith(b"DKIM-Signature:")
     assert await signed.verify(report.content) == [(HOSTNAME, "ed25519-sha256", "pass")]
+
+
+async def test_a_reload_swaps_in_the_new_active_key_and_refuses_a_broken_one(
+        world: MailWorld, tmp_path: Path) -> None:
+    signed = SignedWorld(world, tmp_path)
+    old, new = signed.key("hospital.test", "old"), signed.key("hospital.test", "new")
+    gateway = await signed.start({"hospital.test": [old]})
+    content = await signed.relay(gateway, b.message("Before", sender=SENDER, to="pat@clinic.test"))
+    assert b"s=old;" in content
+    config_file = gateway.gateway.config.source
+    assert config_file is not None
+    settings = yaml.safe_load(config_file.read_text())
+    settings["domains"]["hospital.test"]["dkim"] = [{**old.config, "active": False}, new.config]
+    config_file.write_text(yaml.safe_dump(settings))
+    assert gateway.gateway.reload()
+    content = await signed.relay(gateway, b.message("After", sender=SENDER, to="pat@clinic.test"))
+    assert b"s=new;" in content and b"s=old;" not in content
+    assert await signed.verify(content) == [("hospital.test", "rsa-sha256", "pass")]
+    new.key_file.chmod(0o644)  # a key others can read is refused; the running keys stay
+    assert not gateway.gateway.reload()
+    content = await signed.relay(gateway, b.message("Still", sender=SENDER, to="pat@clinic.test"))
+    assert b"s=new;" in content
