@@ -55,8 +55,10 @@ class PortalWorld:
 
 
 async def start_portal_world(world: MailWorld, tmp_path: Path, *, scheme: str = "http",
-                             **portal: object) -> PortalWorld:
-    await world.start_dns(RECORDS)
+                             records: dict[tuple[str, str], list[str]] | None = None,
+                             config: dict[str, object] | None = None, **portal: object) -> PortalWorld:
+    """`records` are added to the DNS, `config` to the gateway's, `portal` to its portal section."""
+    await world.start_dns({**RECORDS, **(records or {})})
     clinic = await world.sink("127.0.0.28", tls_name="mx.clinic-tls.test")
     patient = await world.sink("127.0.0.21")
     (tmp_path / "policies").mkdir()
@@ -69,5 +71,6 @@ async def start_portal_world(world: MailWorld, tmp_path: Path, *, scheme: str = 
         "portal": {"enabled": True, "listen": f"127.0.0.1:{port}", "base_url": base,
                    "store_dir": str(tmp_path / "portal"), "key_file": str(tmp_path / "portal.key"),
                    "branding": {"organization": "Example Clinic",
-                                "support_contact": "the patient line, +1 555 0100"}, **portal}})
+                                "support_contact": "the patient line, +1 555 0100"}, **portal},
+        **(config or {})})
     return PortalWorld(gateway, clinic, patient, base, tmp_path / "portal")

@@ -5,15 +5,18 @@ for plain, 8-bit, S/MIME, PGP and DSN messages; Ed25519 and dual signatures; tam
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from gateway import metrics
 from tests.conftest import HOSTNAME, RunningGateway, send
 from tests.crypto.keys import GnuPG, smime_identity
 from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.portal_world import start_portal_world
 from tests.dkimverify import PublishedKey, mail_dkim, mailauth, make_key
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
@@ -200,3 +203,24 @@ async def test_a_reload_swaps_in_the_new_active_key_and_refuses_a_broken_one(
     assert not gateway.gateway.reload()
     content = await signed.relay(gateway, b.message("Still", sender=SENDER, to="pat@clinic.test"))
     assert b"s=new;" in content
+
+
+async def test_portal_notifications_and_passcodes_are_signed_with_the_gateways_domain(
+        world: MailWorld, tmp_path: Path) -> None:
+    key = make_key(tmp_path, HOSTNAME, "gw")
+    portal = await start_portal_world(world, tmp_path, records=dict([key.dns]),
+                                      config={"domains": {HOSTNAME: {"dkim": [key.config]}}})
+    link = await portal.send_results()
+    [notice] = portal.patient.messages
+    assert b"no-reply@mailward.test" in notice.content
+    results = await mailauth(notice.content, world.dns_port, tmp_path)
+    assert [(r["domain"], r["result"]) for r in results] == [(HOSTNAME, "pass")]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await (await browser.get(link)).text()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        await browser.post(f"{link}/code", data={"csrf": csrf.group(1)})
+    code_mail = await eventually(lambda: next(
+        (m for m in portal.patient.messages if b"Subject: Your passcode" in m.content), None))
+    results = await mailauth(code_mail.content, world.dns_port, tmp_path)
+    assert [(r["domain"], r["result"]) for r in results] == [(HOSTNAME, "pass")]
