@@ -16,6 +16,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
@@ -23,6 +24,8 @@ from wsgiref.simple_server import WSGIServer
 from aiohttp import web
 
 from gateway import certs, eventlog, metrics
+from gateway.audit import reader as audit_reader
+from gateway.audit.events import Audit
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
 from gateway.errors import MailwardError
@@ -45,6 +48,7 @@ from gateway.workers import DeliveryProcess, die_with_parent
 
 log = logging.getLogger("mailward")
 PORTAL_SWEEP_INTERVAL = 3600.0
+AUDIT_PRUNE_INTERVAL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ class Gateway:
         self._metrics_server: WSGIServer | None = None
         self._portal_runner: web.AppRunner | None = None
         self._portal_sweeper: asyncio.Task[None] | None = None
+        self._audit_pruner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.audit = Audit.off()
 
     @property
     def config(self) -> Config:
@@ -106,6 +112,7 @@ class Gateway:
     async def start(self) -> None:
         config = self.config
         self.spool = open_spool(config.spool, create_key=self.role != "delivery")
+        self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
         if self.role != "delivery":
             # Before listening: nobody else writes incoming/ yet.
             eventlog.event(log, "spool_recovered", unfinished_writes=self.spool.recover_writes())
@@ -114,8 +121,9 @@ class Gateway:
             requeued, quarantined, orphans = self.spool.recover_active()
             eventlog.event(log, "spool_recovered", requeued=requeued, quarantined=quarantined,
                            orphan_journals=orphans)
-            self.delivery = DeliveryService(config, self.spool)
+            self.delivery = DeliveryService(config, self.spool, audit=self.audit)
             await self.delivery.start()
+            self._audit_pruner = asyncio.create_task(self._prune_audit())
             if self.role == "delivery":
                 return
         else:
@@ -125,7 +133,7 @@ class Gateway:
         if self._loaded.policies.files:
             await self.scan_pool.start()
         self._report_policies(self._loaded)
-        self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted)
+        self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted, audit=self.audit)
         for listener in config.listeners:
             server = await asyncio.get_running_loop().create_server(
                 lambda listener=listener: self._protocol(listener),  # type: ignore[misc]
@@ -146,8 +154,8 @@ class Gateway:
         portal = self.config.portal
         store = open_store(portal.store_dir, portal.key_file, create_key=True)
         handoff = PortalHandoff(store, portal, self.config.hostname, self._enqueue_generated)
-        app = PortalApp(store, portal, send_code=handoff.send_code,
-                        send_reply=handoff.send_reply).application()
+        app = PortalApp(store, portal, send_code=handoff.send_code, send_reply=handoff.send_reply,
+                        audit=self.audit).application()
         self._portal_runner = web.AppRunner(app, access_log=None)
         await self._portal_runner.setup()
         context = None
@@ -166,9 +174,25 @@ class Gateway:
         while True:
             expired = await asyncio.get_running_loop().run_in_executor(None, store.expire)
             if expired:
-                metrics.PORTAL_EVENTS.labels("expired").inc(expired)
-                eventlog.event(log, "portal_expired", messages=expired)
+                metrics.PORTAL_EVENTS.labels("expired").inc(len(expired))
+                eventlog.event(log, "portal_expired", messages=len(expired))
+                await self.audit.write(*({"event": "portal_expired", "queue_id": None, "portal_id": portal_id}
+                                         for portal_id in expired))
             await asyncio.sleep(PORTAL_SWEEP_INTERVAL)
+
+    async def _prune_audit(self) -> None:
+        """Daily: delete audit files past `audit.retention` (the delivery side does it, once)."""
+        log_file = self.audit.log
+        while log_file is not None:
+            try:
+                deleted = await asyncio.get_running_loop().run_in_executor(
+                    None, audit_reader.prune, log_file, float(self.config.audit.retention), time.time())
+            except OSError as exc:
+                eventlog.event(log, "audit_prune_failed", logging.ERROR, error=str(exc))
+            else:
+                if deleted:
+                    eventlog.event(log, "audit_pruned", files=len(deleted))
+            await asyncio.sleep(AUDIT_PRUNE_INTERVAL)
 
     async def _enqueue_generated(self, message: QueuedMessage, content: bytes) -> None:
         """Queue a message the gateway writes itself (portal passcodes and replies)."""
@@ -272,8 +296,9 @@ class Gateway:
         if self._waker is not None:
             self._waker.close()
         self.scan_pool.close()
-        if self._portal_sweeper is not None:
-            self._portal_sweeper.cancel()
+        for task in (self._portal_sweeper, self._audit_pruner):
+            if task is not None:
+                task.cancel()
         if self._portal_runner is not None:
             await self._portal_runner.cleanup()
         if self._metrics_server is not None:
@@ -281,6 +306,7 @@ class Gateway:
             self._metrics_server.server_close()
         if self.spool is not None:
             self.spool.close()
+        self.audit.close()
         eventlog.event(log, "stopped", unfinished_sessions=len(self.tracker.open))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, eventlog
+from gateway.audit import commands as audit_commands
 from gateway.config import Config, find_config_file, load_config
 from gateway.errors import ConfigError, MailwardError
 from gateway.message import QueuedMessage
@@ -125,6 +126,25 @@ def _parser() -> argparse.ArgumentParser:
                                                  "beside the spool key)")
     k_dkim.set_defaults(handler=cmd_keygen_dkim)
 
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        title="audit commands", metavar="ACTION", required=True)
+    a_verify = audit.add_parser("verify", help="prove the hash chain intact; names the first bad record")
+    a_verify.add_argument("--json", action="store_true", help="print one JSON object")
+    a_search = audit.add_parser("search", help="records of messages by id, address or time")
+    a_export = audit.add_parser("export", help="records of a period as JSON Lines or CSV, with a summary")
+    for sub in (a_search, a_export):
+        sub.add_argument("--since", help="from this time (ISO 8601, UTC unless it says)")
+        sub.add_argument("--until", help="until this time (excluded)")
+    a_search.add_argument("--queue-id")
+    a_search.add_argument("--message-id")
+    a_search.add_argument("--sender")
+    a_search.add_argument("--recipient")
+    a_export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    a_export.add_argument("--output", type=Path, help="write the records here (default: stdout)")
+    a_verify.set_defaults(handler=audit_commands.cmd_verify)
+    a_search.set_defaults(handler=audit_commands.cmd_search)
+    a_export.set_defaults(handler=audit_commands.cmd_export)
+
     dns = commands.add_parser("dns", help="sender domains' DNS").add_subparsers(
         title="DNS commands", metavar="ACTION", required=True)
     d_check = dns.add_parser("check", help="SPF, DKIM, DMARC, MTA-STS and TLS-RPT records against "
@@ -226,7 +246,11 @@ def cmd_portal_revoke(config: Config, args: argparse.Namespace) -> int:
         raise MailwardError(f"{args.message_id}: {exc}") from None
     if not existed:
         raise MailwardError(f"{args.message_id}: no such portal message (already revoked or expired?)")
-    print(f"{args.message_id}: revoked by {getpass.getuser()}")
+    from gateway.audit.events import Audit, os_user
+
+    Audit.open(config.audit).write_sync({"event": "portal_revoked", "queue_id": None,
+                                         "portal_id": args.message_id, "user": os_user(), "by": "admin"})
+    print(f"{args.message_id}: revoked by {os_user()}")
     return EXIT_OK
 
 
@@ -345,18 +369,23 @@ def _apply_and_wake(spool: Spool, ids: list[str], change: Callable[[str], str], 
 
 
 def cmd_queue_change(config: Config, args: argparse.Namespace) -> int:
+    from gateway.audit.events import Audit, admin
+
     spool = _spool(config)
+    audit = Audit.open(config.audit)
 
     def change(queue_id: str) -> str:
         if args.action == "hold":
             previous = spool.move(queue_id, QueueState.HOLD, only_from=(
                 QueueState.INCOMING, QueueState.DEFERRED, QueueState.ACTIVE, QueueState.HOLD))
-            return f"held (was {previous.value})"
-        if args.action == "release":
+            outcome, event = f"held (was {previous.value})", "held"
+        elif args.action == "release":
             spool.move(queue_id, QueueState.INCOMING, only_from=(QueueState.HOLD,))
-            return "released"
-        previous = spool.remove(queue_id)
-        return f"deleted (was {previous.value})"
+            outcome, event = "released", "released"
+        else:
+            outcome, event = f"deleted (was {spool.remove(queue_id).value})", "deleted"
+        audit.write_sync(admin(event, queue_id))
+        return outcome
 
     if args.action == "release":
         return _apply_and_wake(spool, args.queue_ids, change, args.json)

@@ -270,8 +270,57 @@ class KeysConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
+    enabled: bool = True
     dir: Path = Path("var/audit")
     retention: Duration = Duration(6 * 31536000)
+    key_file: Path = Path("var/keys/audit.key")  # HMAC key of the chain (0600, made on first start)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if int(self.retention) < 86400:
+            return [("retention", "at least 1d")]
+        return []
+
+
+WEBHOOK_EVENTS = ("received", "delivered", "deferred", "bounced", "expired", "held", "released",
+                  "deleted", "protection", "portal_stored", "portal_viewed", "portal_downloaded",
+                  "portal_replied", "portal_code_failed", "portal_locked", "portal_expired",
+                  "portal_revoked")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One receiver of delivery events: POSTed JSON, signed with HMAC-SHA256 under the secret."""
+
+    url: str
+    secret_file: Path
+    events: tuple[str, ...] = ("delivered", "bounced", "expired", "deferred", "held", "portal_viewed")
+    name: str = ""  # in logs and the cursor file name; default: the URL's host
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.url.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+            found.append(("url", "events carry addresses: use https:// (http only on loopback)"))
+        unknown = sorted(set(self.events) - set(WEBHOOK_EVENTS) - {"*"})
+        if unknown:
+            found.append(("events", f"unknown event(s) {', '.join(unknown)}; "
+                                    f"known: {', '.join(WEBHOOK_EVENTS)}"))
+        if not self.secret_file.is_file():
+            found.append(("secret_file", f"file not found: {self.secret_file}"))
+        return found
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The JSON status API (`docs/openapi.yaml`); off unless `listen` is set."""
+
+    listen: HostPort | None = None
+    tokens_file: Path = Path("var/keys/api-tokens")  # one bearer token per line (0600)
+    search_days: int = 7  # how far back finished messages are looked up in the audit log
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.listen is not None and not self.tokens_file.is_file():
+            return [("tokens_file", f"file not found: {self.tokens_file} (one token per line, 0600)")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -338,6 +387,8 @@ class Config:
     policies_dir: Path = Path("policies")
     dlp: DlpConfig = DlpConfig()
     audit: AuditConfig = AuditConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    api: ApiConfig = ApiConfig()
     portal: PortalConfig = PortalConfig()
     metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

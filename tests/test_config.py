@@ -103,7 +103,7 @@ def test_check_config_reports_bad_type_as_file_line_and_exits_1(tmp_path: Path) 
 
 def test_check_config_accepts_the_shipped_example(tmp_path: Path) -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
-    for referenced in ("tls/mailward.crt", "tls/mailward.key"):
+    for referenced in ("tls/mailward.crt", "tls/mailward.key", "keys/webhook.secret"):
         (tmp_path / referenced).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / referenced).write_text("")
     make_key(tmp_path / "keys" / "dkim", "example.com", "s1")

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 
 from gateway import eventlog, metrics
+from gateway.audit import events as audit_events
+from gateway.audit.events import Audit
 from gateway.config import DeliveryConfig
 from gateway.delivery import dsn, receipt, retry
 from gateway.delivery.attempt import Attempt
@@ -67,6 +69,7 @@ SIGNING_FAILED = Reply(451, "4.3.0", "DKIM signing failed; the message is kept a
 
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
                 RecipientState.BOUNCED: "bounced"}
+_AUDIT_EVENT = {"sent": "delivered"}  # log and metrics say "sent" (as Postfix does)
 
 
 class DeliveryAgent:
@@ -74,7 +77,8 @@ class DeliveryAgent:
                  connector: Connector, connections: ConnectionCache, tls_policy: TlsPolicy,
                  on_queued: Callable[[str], None], keyrings: Keyrings | None = None,
                  tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None,
-                 portal: PortalHandoff | None = None, signer: DkimSigner | None = None) -> None:
+                 portal: PortalHandoff | None = None, signer: DkimSigner | None = None,
+                 audit: Audit | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -88,6 +92,7 @@ class DeliveryAgent:
         self.learned = learned or LearnedTls(None, 0.0)
         self.portal = portal
         self.signer = signer or DkimSigner({})
+        self.audit = audit or Audit.off()
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
@@ -132,7 +137,7 @@ class DeliveryAgent:
         """One transaction (or a few, for many recipients) on a cached connection; `content` is
         DKIM signed here, as the last change before it is sent."""
         try:
-            content = await self.signer.sign(content, message.queue_id)
+            content, signature = await self.signer.sign(content, message.queue_id)
         except SigningFailed:
             return [Attempt(i, SIGNING_FAILED, protection=protection) for i in indexes]
         key: Hashable = (domain, requirement)
@@ -170,7 +175,8 @@ class DeliveryAgent:
                 continue
             break
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
-                        connection.passes_dsn, protection=protection) for i in indexes]
+                        connection.passes_dsn, protection=protection, remote_ip=connection.address,
+                        egress_ip=connection.egress_ip, dkim=signature) for i in indexes]
 
     def _report_session(self, domain: str, requirement: TlsRequirement, relay: str, result: str | None,
                         *, dane: bool = False) -> None:
@@ -192,6 +198,8 @@ class DeliveryAgent:
         warn = retry.due_for_delay_warning(message.received_at, now, self.config.delay_warning)
         statuses: dict[int, RecipientStatus] = {}
         reports: list[dsn.DsnRecipient] = []
+        records = [audit_events.signed(message.queue_id, dkim)
+                   for dkim in dict.fromkeys(a.dkim for a in attempts if a.dkim)]
         for attempt in attempts:
             before = message.statuses[attempt.index]
             recipient = message.envelope.recipients[attempt.index]
@@ -206,9 +214,22 @@ class DeliveryAgent:
                 state, now, before.attempts + 1, status, str(attempt.reply),
                 warned=before.warned or (report is not None and report.action == "delayed"),
                 protection=attempt.protection_used if state is RecipientState.DELIVERED else "")
-            self._log(message, recipient, attempt, state, status, now, expired)
+            word = "expired" if expired and state is RecipientState.BOUNCED and attempt.reply.code < 500 \
+                else _STATUS_WORD.get(state, state.value)
+            self._log(message, recipient, attempt, word, status, now)
+            if message.policy.protects(attempt.index):
+                records.append(audit_events.protection(message, attempt))
+            records.append(audit_events.attempt(message, _AUDIT_EVENT.get(word, word), attempt, status,
+                                                before.attempts + 1))
         if reports:
-            await self._queue_report(message, content, reports, now)
+            records.append(await self._queue_report(message, content, reports, now))
+        if any(attempt.hold for attempt in attempts):
+            records.append({"event": "held", "queue_id": message.queue_id, "reason": "portal_unavailable",
+                            "recipients": [message.envelope.recipients[a.index].address
+                                           for a in attempts if a.hold]})
+        # Durable before the spool moves on: a crash after this repeats the delivery, not the
+        # silence about it.
+        await self.audit.write(*records)
         remaining = [i for i in message.pending_recipients()
                      if not statuses.get(i, message.statuses[i]).state.final]
         if not remaining:
@@ -254,7 +275,7 @@ class DeliveryAgent:
             will_retry_until=message.received_at + self.config.max_queue_age if action == "delayed" else None)
 
     async def _queue_report(self, message: QueuedMessage, content: bytes,
-                            reports: list[dsn.DsnRecipient], now: float) -> None:
+                            reports: list[dsn.DsnRecipient], now: float) -> dict[str, object]:
         """Queue a DSN to the envelope sender, from the null sender, like any accepted message."""
         report = dsn.build(hostname=self.hostname, message=message,
                            headers=dsn.original_headers(content), entries=reports, now=now)
@@ -264,11 +285,11 @@ class DeliveryAgent:
         eventlog.event(log, "dsn_queued", queue_id=message.queue_id, dsn_queue_id=queued.queue_id,
                        action=reports[0].action, recipients=len(reports))
         self.on_queued(queued.queue_id)
+        return {"event": "dsn", "queue_id": message.queue_id, "dsn_queue_id": queued.queue_id,
+                "action": reports[0].action, "recipients": [r.recipient.address for r in reports]}
 
-    def _log(self, message: QueuedMessage, recipient: Recipient, attempt: Attempt,
-             state: RecipientState, status: str, now: float, expired: bool) -> None:
-        word = "expired" if expired and state is RecipientState.BOUNCED and attempt.reply.code < 500 \
-            else _STATUS_WORD.get(state, state.value)
+    def _log(self, message: QueuedMessage, recipient: Recipient, attempt: Attempt, word: str,
+             status: str, now: float) -> None:
         eventlog.event(
             log, "delivery", queue_id=message.queue_id, to=f"<{recipient.address}>", relay=attempt.relay,
             delay=f"{now - message.received_at:.2f}", dsn=status, status=word,

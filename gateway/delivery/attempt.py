@@ -18,6 +18,10 @@ class Attempt:
     protection: str = ""  # tls-verified, tls, smime, pgp, portal, none; "" = from the TLS session
     tls_failure: bool = False  # the connection could not meet the TLS requirement
     hold: bool = False  # the message goes to hold/ for an admin (the portal is not there yet)
+    remote_ip: str | None = None
+    egress_ip: str | None = None  # our source address on the connection
+    dkim: str = ""  # "domain:selector,selector" of the signatures on what was sent
+    note: str = ""  # for protected recipients: why stronger methods were not used
 
     @property
     def protection_used(self) -> str:

@@ -159,6 +159,15 @@ class SmtpConnection:
         return "dsn" in self._client.esmtp_extensions
 
     @property
+    def egress_ip(self) -> str | None:
+        """Our end of the connection: the source address the receiver sees."""
+        try:
+            sockname = self._client.get_transport_info("sockname")
+        except (AttributeError, aiosmtplib.SMTPException):
+            return None
+        return str(sockname[0]) if sockname else None
+
+    @property
     def relay(self) -> str:
         """``host[ip]:port`` as Postfix logs it."""
         return f"{self.destination.host}[{self.address}]:{self.destination.port}"

@@ -111,7 +111,9 @@ async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Seq
         reasons = "; ".join(tried[index]) or "no method in the policy's order"
         attempts.append(Attempt(index, Reply(450, "4.7.5", f"no protection available: {reasons}"),
                                 protection="none"))
-    return attempts
+    # Why the stronger methods were passed over, for the audit record of each recipient.
+    return [dataclasses.replace(a, note="; ".join(tried[a.index])) if tried.get(a.index) else a
+            for a in attempts]
 
 
 def _keep_tls_failures(results: list[Attempt], attempts: list[Attempt],

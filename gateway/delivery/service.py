@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 from gateway import eventlog
+from gateway.audit.events import Audit
 from gateway.config import Config
 from gateway.crypto.discovery import KeyDiscovery
 from gateway.delivery.agent import DeliveryAgent
@@ -36,7 +37,9 @@ TLS_REPORT_INTERVAL = 3600.0  # finished days are reported within the hour after
 
 
 class DeliveryService:
-    def __init__(self, config: Config, spool: Spool, *, tls_policy: TlsPolicy | None = None) -> None:
+    def __init__(self, config: Config, spool: Spool, *, tls_policy: TlsPolicy | None = None,
+                 audit: Audit | None = None) -> None:
+        self.audit = audit or Audit.off()
         delivery = config.delivery
         self.paused = delivery.paused
         self.connections = ConnectionCache(
@@ -78,7 +81,7 @@ class DeliveryService:
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
                              tls_reports=self.tls_reports, learned=self.learned,
-                             portal=self._portal(config), signer=self._signer(config))
+                             portal=self._portal(config), signer=self._signer(config), audit=self.audit)
 
     @staticmethod
     def _signer(config: Config) -> DkimSigner:
@@ -103,7 +106,7 @@ class DeliveryService:
         if not config.portal.enabled:
             return None
         store = open_store(config.portal.store_dir, config.portal.key_file, create_key=True)
-        return PortalHandoff(store, config.portal, config.hostname, self._enqueue)
+        return PortalHandoff(store, config.portal, config.hostname, self._enqueue, self.audit)
 
     @staticmethod
     def _discovery(config: Config, resolver: MxResolver) -> KeyDiscovery | None:

@@ -54,16 +54,17 @@ class DkimSigner:
     def covers(self, address_domain: str) -> bool:
         return self.signing_domain(address_domain) is not None
 
-    async def sign(self, content: bytes, queue_id: str) -> bytes:
-        """`content` with CRLF line ends and the DKIM-Signature fields of its From domain on top;
-        unchanged (but for line ends) when no configured domain covers it."""
+    async def sign(self, content: bytes, queue_id: str) -> tuple[bytes, str]:
+        """`content` with CRLF line ends and the DKIM-Signature fields of its From domain on top,
+        and what signed it ("domain:selector,selector"); unchanged (but for line ends) and ""
+        when no configured domain covers it."""
         content = dkim.crlf(content)
         if not self.keys:
-            return content
+            return content, ""
         domain = self.signing_domain(from_domain(content) or "")
         if domain is None:
             metrics.DKIM_UNSIGNED.labels("no_domain").inc()
-            return content
+            return content, ""
         keys = self.keys[domain]
         try:
             if len(content) > OFFLOAD_SIZE:
@@ -76,7 +77,7 @@ class DkimSigner:
             metrics.DKIM_UNSIGNED.labels("malformed_header").inc()
             eventlog.event(log, "dkim_unsigned", logging.WARNING, queue_id=queue_id, domain=domain,
                            reason="malformed_header")
-            return content
+            return content, ""
         except Exception as exc:  # fail closed: the caller defers, nothing goes out unsigned
             metrics.DKIM_FAILURES.labels(domain=domain).inc()
             eventlog.event(log, "dkim_failed", logging.ERROR, queue_id=queue_id, domain=domain,
@@ -84,7 +85,7 @@ class DkimSigner:
             raise SigningFailed(domain) from exc
         for key in keys:
             metrics.DKIM_SIGNATURES.labels(domain=domain, algorithm=key.algorithm).inc()
-        return fields + content
+        return fields + content, f"{domain}:{','.join(key.selector for key in keys)}"
 
 
 def nearest_domain(configured: Iterable[str], address_domain: str) -> str | None:

@@ -12,6 +12,8 @@ effect for the next command without dropping connections.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from aiosmtpd.smtp import TLSSetupException
 
 from gateway import eventlog, metrics
+from gateway.audit import events as audit_events
+from gateway.audit.events import Audit
 from gateway.certs import peer_names
 from gateway.config import LimitsConfig
 from gateway.errors import Hold, Outcome
@@ -33,6 +37,7 @@ from gateway.ingress.users import UserStore
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
 from gateway.pipeline import Pipeline, PipelineItem
 from gateway.spool import QueueState, Spool, new_queue_id
+from gateway.stages.dlp.scanner import ScanSummary
 
 log = logging.getLogger("mailward.smtpd")
 
@@ -58,10 +63,11 @@ class IngressHandler:
     """aiosmtpd handler shared by every listener."""
 
     def __init__(self, settings: IngressSettings, spool: Spool,
-                 on_accepted: AcceptedHook | None = None) -> None:
+                 on_accepted: AcceptedHook | None = None, audit: Audit | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.on_accepted = on_accepted
+        self.audit = audit or Audit.off()
 
     # -- aiosmtpd hooks -----------------------------------------------------------------------
 
@@ -157,10 +163,23 @@ class IngressHandler:
         content = received_header(client, settings.hostname, queue_id, envelope.rcpt_tos,
                                   smtputf8=envelope.smtp_utf8) + item.content
         message = dataclasses.replace(item.message, size=len(content))
-        try:
-            await self.spool.store(message, content, state)
-        except Exception as exc:
-            log.error("event=queue_write_failed queue_id=%s error=%s", queue_id, exc)
+        records = [audit_events.received(message)]
+        if "dlp" in item.notes or message.policy.action != "allow":
+            summary = item.notes.get("dlp")
+            scanned = summary if isinstance(summary, ScanSummary) else None
+            records.append(audit_events.policy(message, scanned))
+        # The message and its audit records are made durable side by side; the 250 needs both.
+        stored, audited = await asyncio.gather(self.spool.store(message, content, state),
+                                               self.audit.write(*records), return_exceptions=True)
+        if isinstance(stored, BaseException) or isinstance(audited, BaseException):
+            failed = stored if isinstance(stored, BaseException) else audited
+            log.error("event=queue_write_failed queue_id=%s error=%s", queue_id, failed)
+            with contextlib.suppress(Exception):  # undo the half that worked, as far as possible
+                if not isinstance(stored, BaseException):
+                    await self.spool.offload(self.spool.remove, queue_id)
+                else:
+                    await self.audit.write({"event": "not_queued", "queue_id": queue_id,
+                                            "reason": "queue_write_failed"})
             return replies.QUEUE_WRITE_ERROR
         eventlog.event(log, "queued" if state is QueueState.INCOMING else "held", queue_id=queue_id,
                        client=client.address, listener=client.listener, relay=client.relay_reason,

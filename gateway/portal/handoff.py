@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from gateway import eventlog, metrics
+from gateway.audit.events import Audit
 from gateway.config import PortalConfig
 from gateway.message import PolicyDecision, QueuedMessage
 from gateway.portal import notification
@@ -22,8 +23,10 @@ Enqueue = Callable[[QueuedMessage, bytes], Awaitable[None]]
 
 
 class PortalHandoff:
-    def __init__(self, store: PortalStore, config: PortalConfig, hostname: str, enqueue: Enqueue) -> None:
+    def __init__(self, store: PortalStore, config: PortalConfig, hostname: str, enqueue: Enqueue,
+                 audit: Audit | None = None) -> None:
         self.store = store
+        self.audit = audit or Audit.off()
         self.config = config
         self.hostname = hostname
         self.enqueue = enqueue
@@ -38,6 +41,9 @@ class PortalHandoff:
         metrics.PORTAL_EVENTS.labels("stored").inc()
         eventlog.event(log, "portal_stored", queue_id=message.queue_id, message_id=record.message_id,
                        to=f"<{recipient}>", notice_queue_id=notice.queue_id)
+        await self.audit.write({"event": "portal_stored", "queue_id": message.queue_id,
+                                "portal_id": record.message_id, "recipient": recipient,
+                                "notice_queue_id": notice.queue_id, "expires": int(record.expires)})
         return record.message_id
 
     async def send_code(self, record: PortalMessage, code: str) -> None:

@@ -127,13 +127,14 @@ class PortalStore:
         except (FileNotFoundError, ValueError, TypeError):
             return None
 
-    def expire(self) -> int:
+    def expire(self) -> list[str]:
         """Delete every message past its expiry (an hourly job; `load` deletes an expired
-        message it finds); returns how many."""
-        removed = 0
+        message it finds); returns their ids."""
+        removed = []
         for message_id in self.ids():
             try:
-                removed += isinstance(self.load(message_id), Tombstone)
+                if isinstance(self.load(message_id), Tombstone):
+                    removed.append(message_id)
             except PortalError:
                 continue
         return removed

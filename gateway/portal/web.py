@@ -33,6 +33,7 @@ import jinja2
 from aiohttp import web
 
 from gateway import eventlog, metrics
+from gateway.audit.events import Audit
 from gateway.config import PortalConfig
 from gateway.portal import passcode
 from gateway.portal.passwords import RecipientPasswords
@@ -61,8 +62,9 @@ class _Session:
 
 class PortalApp:
     def __init__(self, store: PortalStore, config: PortalConfig, *, send_code: SendCode,
-                 send_reply: SendReply) -> None:
+                 send_reply: SendReply, audit: Audit | None = None) -> None:
         self.store = store
+        self.audit = audit or Audit.off()
         self.config = config
         self.send_code = send_code
         self.send_reply = send_reply
@@ -179,8 +181,7 @@ class PortalApp:
         code, record = passcode.issue(record, now)
         self.store.update(record, content)
         await self.send_code(record, code)
-        metrics.PORTAL_EVENTS.labels("code_sent").inc()
-        eventlog.event(log, "portal_code_sent", message_id=record.message_id, client=client)
+        await self._event("code_sent", record, client)
         return await self.start(request, message=f"We sent a passcode to {_mask(record.recipient)}.",
                                 code_sent=True)
 
@@ -192,14 +193,13 @@ class PortalApp:
         check = passcode.verify(record, form.get("code", "")[:12])
         self.store.update(check.record, content)
         if not check.ok:
-            metrics.PORTAL_EVENTS.labels("locked" if check.reason == "locked" else "code_failed").inc()
-            eventlog.event(log, "portal_code_failed", logging.WARNING, message_id=record.message_id,
-                           client=request.remote, reason=check.reason)
+            await self._event("locked" if check.reason == "locked" else "code_failed", record,
+                              request.remote, logging.WARNING, reason=check.reason)
             words = {"locked": "Too many wrong passcodes. The message is locked for 15 minutes.",
                      "expired": "That passcode has expired. Request a new one.",
                      "none": "Request a passcode first."}.get(check.reason, "That passcode is not right.")
             return await self.start(request, message=words, code_sent=check.reason != "locked")
-        self._open_session(token, record, request)
+        await self._open_session(token, record, request)
 
     async def password_login(self, request: web.Request) -> web.Response:
         token, record, content = self._message(request)
@@ -211,26 +211,33 @@ class PortalApp:
                                                      "for 15 minutes.")
         password = form.get("password", "")[:200]
         if await asyncio.to_thread(self.passwords.check, record.recipient, password):
-            self._open_session(token, record, request)
+            await self._open_session(token, record, request)
         # A wrong password counts like a wrong passcode towards the lockout.
         failures = record.failed_codes + 1
         locked = failures >= passcode.MAX_FAILURES
         self.store.update(record, content, failed_codes=0 if locked else failures,
                           locked_until=time.time() + passcode.LOCKOUT if locked else record.locked_until)
-        metrics.PORTAL_EVENTS.labels("locked" if locked else "code_failed").inc()
-        eventlog.event(log, "portal_password_failed", logging.WARNING, message_id=record.message_id,
-                       client=request.remote)
+        await self._event("locked" if locked else "code_failed", record, request.remote, logging.WARNING,
+                          reason="password")
         text = "Too many wrong attempts. The message is locked for 15 minutes." if locked else \
             "That password is not right."
         return await self.start(request, message=text)
 
-    def _open_session(self, token: str, record: PortalMessage, request: web.Request) -> NoReturn:
+    async def _event(self, name: str, record: PortalMessage, client: str | None,
+                     level: int = logging.INFO, **fields: object) -> None:
+        """A portal event: counted, logged, and audited (durably, before the page answers)."""
+        metrics.PORTAL_EVENTS.labels(name).inc()
+        eventlog.event(log, f"portal_{name}", level, message_id=record.message_id, client=client, **fields)
+        await self.audit.write({"event": f"portal_{name}", "queue_id": record.queue_id or None,
+                                "portal_id": record.message_id, "recipient": record.recipient,
+                                "client": client, **fields})
+
+    async def _open_session(self, token: str, record: PortalMessage, request: web.Request) -> NoReturn:
         """Open the message: a session cookie bound to it, and a redirect to the read page."""
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = _Session(record.message_id, time.time() + SESSION_TTL,
                                               secrets.token_urlsafe(24))
-        metrics.PORTAL_EVENTS.labels("viewed").inc()
-        eventlog.event(log, "portal_viewed", message_id=record.message_id, client=request.remote)
+        await self._event("viewed", record, request.remote)
         response = web.HTTPSeeOther(f"/m/{token}/read")
         response.set_cookie("mw_session", session_id, httponly=True, samesite="Strict", secure=self.secure,
                             path="/m/", max_age=int(SESSION_TTL))
@@ -305,8 +312,7 @@ class PortalApp:
             raise web.HTTPNotFound()
         part = attachments[int(index)]
         name = (part.get_filename() or f"attachment-{int(index) + 1}").replace('"', "")
-        metrics.PORTAL_EVENTS.labels("downloaded").inc()
-        eventlog.event(log, "portal_downloaded", message_id=record.message_id, client=request.remote)
+        await self._event("downloaded", record, request.remote, attachment=int(index) + 1)
         return web.Response(body=part.get_payload(decode=True) or b"",
                             content_type="application/octet-stream",
                             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
@@ -317,8 +323,7 @@ class PortalApp:
         text = form.get("text", "")[:MAX_REPLY].strip()
         if text:
             await self.send_reply(record, _parse(content), text)
-            metrics.PORTAL_EVENTS.labels("replied").inc()
-            eventlog.event(log, "portal_replied", message_id=record.message_id, client=request.remote)
+            await self._event("replied", record, request.remote)
         return await self.read(request, replied=bool(text))
 
     async def health(self, request: web.Request) -> web.Response:

@@ -60,7 +60,7 @@ def test_expired_message_is_deleted_when_read_or_swept(tmp_path: Path) -> None:
     _, second = store.store(b"y", recipient="a@b.example", sender="c@d.example", ttl=0.0)
     gone = store.load(first.message_id)
     assert isinstance(gone, Tombstone) and gone.reason == "expired"
-    assert store.expire() == 1 and store.ids() == []
+    assert len(store.expire()) == 1 and store.ids() == []
     assert isinstance(store.load(second.message_id), Tombstone)
 
 

@@ -1,0 +1,82 @@
+"""``mailward audit verify|search|export``: the compliance officer's view of the audit log."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.audit import reader
+from gateway.audit.log import load_key
+from gateway.config import Config
+from gateway.errors import MailwardError
+
+EXIT_OK, EXIT_FAIL = 0, 1
+
+
+def _key(config: Config) -> bytes:
+    if not config.audit.key_file.exists():
+        raise MailwardError(f"{config.audit.key_file}: no audit key (the gateway makes it on first start)")
+    return load_key(config.audit.key_file, create=False)
+
+
+def _time(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise MailwardError(f"{text!r}: expected an ISO 8601 time such as 2026-11-30 or "
+                            "2026-11-30T14:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    result = reader.verify(config.audit.dir, _key(config))
+    if args.json:
+        print(json.dumps({"ok": not result.problems, "records": result.records, "files": result.files,
+                          "first_seq": result.first_seq, "last_seq": result.last_seq,
+                          "problems": [{"where": p.where, "seq": p.seq, "message": p.message}
+                                       for p in result.problems]}, indent=1))
+    elif result.problems:
+        for problem in result.problems:
+            print(f"audit: {problem}")
+    else:
+        print(f"audit: chain intact: {result.records} records in {result.files} file(s), "
+              f"seq {result.first_seq or 0} to {result.last_seq}")
+    return EXIT_FAIL if result.problems else EXIT_OK
+
+
+def _query(args: argparse.Namespace) -> reader.Query:
+    return reader.Query(queue_id=getattr(args, "queue_id", None),
+                        message_id=getattr(args, "message_id", None), sender=getattr(args, "sender", None),
+                        recipient=getattr(args, "recipient", None), since=_time(args.since),
+                        until=_time(args.until))
+
+
+def _jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    records = reader.search(config.audit.dir, _query(args))
+    sys.stdout.write(_jsonl(records))
+    return EXIT_OK if records else EXIT_FAIL
+
+
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
+    if not (args.since or args.until):
+        raise MailwardError("give --since and/or --until: an export covers a period")
+    records = reader.search(config.audit.dir, _query(args))
+    text = reader.to_csv(records) if args.format == "csv" else _jsonl(records)
+    output: Path | None = args.output
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+    print(json.dumps({"summary": reader.summary(records)}, indent=1), file=sys.stderr if output is None
+          else sys.stdout)
+    return EXIT_OK

@@ -1,0 +1,218 @@
+"""The audit log on disk: append-only daily JSON Lines files in `audit.dir`, one hash chain across
+them, written by every Mailward process (ingest, delivery, the CLI) under one lock.
+
+Durability: `write` returns once the records are written and fsync'd. Callers await it before
+the step it records becomes visible (the 250 to the client, a message leaving the spool), so an
+acknowledged event is never lost. Writers in one process share one fsync (group commit); the
+file lock (`flock` on ``.lock``) orders writers across processes, and each writer re-reads the
+chain's tail when another process appended since its last write.
+
+A crash can leave a partial last line (never acknowledged): the next writer cuts it off. The
+head file (``head.json``: the latest seq and hash, MAC'd, rewritten at most once a second) lets
+`verify` notice a log cut short at a line boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway import eventlog
+from gateway.audit.chain import GENESIS, line, seal
+from gateway.durable import fsync_dir, write_atomic
+from gateway.keyfiles import read_secret, write_secret
+
+log = logging.getLogger("mailward.audit")
+
+FILE_PREFIX, FILE_SUFFIX = "audit-", ".jsonl"
+HEAD_FILE = "head.json"
+HEAD_INTERVAL = 1.0
+TAIL_READ = 1024 * 1024  # a record is far smaller; the tail read needs one whole line
+
+
+def file_name(day: datetime.date) -> str:
+    return f"{FILE_PREFIX}{day.isoformat()}{FILE_SUFFIX}"
+
+
+def file_day(name: str) -> datetime.date | None:
+    if not (name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)):
+        return None
+    try:
+        return datetime.date.fromisoformat(name[len(FILE_PREFIX):-len(FILE_SUFFIX)])
+    except ValueError:
+        return None
+
+
+def log_files(directory: Path) -> list[Path]:
+    """The audit files, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if file_day(p.name) is not None)
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def load_key(path: Path, *, create: bool) -> bytes:
+    """The audit HMAC key (hex in a 0600 file), made on first use when `create`."""
+    if create and not path.exists():
+        write_secret(path, os.urandom(32).hex().encode("ascii") + b"\n")
+    return bytes.fromhex(read_secret(path).decode("ascii").strip())
+
+
+def head_mac(key: bytes, seq: int, digest: str) -> str:
+    return hmac.new(key, f"head:{seq}:{digest}".encode(), hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, directory: Path, key: bytes, *, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.key = key
+        self.clock = clock
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The tail as this process last left it; compared with the file under the lock.
+        self._file: Path | None = None
+        self._size = -1
+        self._seq = 0
+        self._hash = GENESIS
+        self._head_written = 0.0
+        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
+
+    # -- writing --------------------------------------------------------------------------------
+
+    async def write(self, *records: dict[str, Any]) -> None:
+        """Append `records` (event fields; ts is set now) durably; returns once fsync'd."""
+        if not records:
+            return
+        now = self.clock()
+        stamped = [{"ts": rfc3339(now), **record} for record in records]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((stamped, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = loop.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await loop.run_in_executor(self._executor, self.append,
+                                               [r for records, _ in batch for r in records])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._flushing = False
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Seal and append `records` now (blocking: a thread, or the CLI)."""
+        with self._locked():
+            today = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).date()
+            path = self.directory / file_name(today)
+            self._sync_tail(path)
+            data = bytearray()
+            for record in records:
+                record.setdefault("ts", rfc3339(self.clock()))
+                self._seq += 1
+                sealed = seal({"seq": self._seq, **record, "prev": self._hash}, self.key)
+                self._hash = sealed["hash"]
+                data += line(sealed)
+            created = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+                self._size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.directory)
+            self._file = path
+            if self.clock() - self._head_written >= HEAD_INTERVAL:
+                self._write_head()
+
+    def _write_head(self) -> None:
+        head = {"seq": self._seq, "hash": self._hash, "mac": head_mac(self.key, self._seq, self._hash)}
+        write_atomic(self.directory / HEAD_FILE, json.dumps(head).encode(), mode=0o600)
+        self._head_written = self.clock()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _sync_tail(self, path: Path) -> None:
+        """Make (seq, hash) the chain's real tail: another process may have appended, or a crash
+        left a partial line. Cheap when nothing changed: one stat."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if path == self._file and size == self._size:
+            return
+        files = log_files(self.directory)
+        for candidate in reversed(files):
+            last = self._last_line(candidate)
+            if last is not None:
+                record = json.loads(last)
+                self._seq, self._hash = int(record["seq"]), str(record["hash"])
+                break
+        else:
+            self._seq, self._hash = 0, GENESIS
+        self._file, self._size = path, size
+
+    def _last_line(self, path: Path) -> bytes | None:
+        """The last complete line of `path`; a partial line after it (a crash mid-write, never
+        acknowledged) is cut off."""
+        with open(path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - TAIL_READ)
+            handle.seek(start)
+            tail = handle.read()
+            if tail and not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n") + 1
+                handle.truncate(start + cut)
+                os.fsync(handle.fileno())
+                eventlog.event(log, "audit_partial_line_removed", logging.WARNING, file=path.name,
+                               bytes=len(tail) - cut)
+                tail = tail[:cut]
+            lines = tail.splitlines()
+            return lines[-1] if lines else None
+
+    def close(self) -> None:
+        if self._seq:
+            with contextlib.suppress(OSError), self._locked():
+                self._sync_tail(self._file or self.directory / "none")
+                self._write_head()
+        self._executor.shutdown(wait=True)
+        os.close(self._lock_fd)
