@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 import ssl
 from pathlib import Path
@@ -71,6 +72,19 @@ async def test_portal_delivery_notification_passcode_read_download_and_reply(
     reply_message = email.message_from_bytes(reply.content, policy=email.policy.default)
     assert reply_message["Subject"] == "Re: Lab results for Jane Roe"
     assert "Thank you!" in reply_message.get_content()
+
+    # Each step is in the audit trail, tied to the queue id and portal id, without content.
+    directory = gateway.gateway.audit.directory
+    assert directory is not None
+    records = [json.loads(line) for path in sorted(directory.glob("audit-*.jsonl"))
+               for line in path.read_text().splitlines()]
+    portal_events = [r for r in records if r["event"].startswith("portal_")]
+    assert [r["event"] for r in portal_events] == ["portal_stored", "portal_code_sent", "portal_viewed",
+                                                   "portal_downloaded", "portal_replied"]
+    assert {r["portal_id"] for r in portal_events} == {portal_events[0]["portal_id"]}
+    assert all(r["recipient"] == PATIENT and r["queue_id"] for r in portal_events)
+    assert not any(MARKER.encode() in path.read_bytes() or b"Jane Roe" in path.read_bytes()
+                   for path in directory.iterdir())
 
 
 async def test_portal_serves_https_with_its_own_certificate(world: MailWorld, tmp_path: Path,
