@@ -94,8 +94,8 @@ def test_a_rewritten_chain_without_the_key_fails_the_mac(tmp_path: Path) -> None
     assert "MAC does not verify" in problem(tmp_path / "forged")
 
 
-@pytest.mark.parametrize("where", ["middle file mid-line", "middle file at a line end", "last file at a line end",
-                                   "last file mid-line"])
+@pytest.mark.parametrize("where", ["middle file mid-line", "middle file at a line end",
+                                   "last file at a line end", "last file mid-line"])
 def test_a_truncated_file_is_detected(tmp_path: Path, where: str) -> None:
     write_days(tmp_path)
     files = log_files(tmp_path)
