@@ -8,11 +8,14 @@ Postfix's qshape), so they are right even while the CLI moves messages.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -52,6 +55,14 @@ PORTAL_EVENTS = Counter(
     "mailward_portal_events_total", "Secure portal events: stored, code_sent, code_failed, locked, "
     "viewed, downloaded, replied, expired, revoked.", ["event"], registry=REGISTRY)
 
+TLS_SESSIONS = Counter(
+    "mailward_tls_sessions_total", "Outbound SMTP connections, by TLS version (none without TLS) "
+    "and verification (verified, dane, unverified, none).", ["version", "verification"],
+    registry=REGISTRY)
+TLS_FAILURES = Counter(
+    "mailward_tls_failures_total", "Outbound connections that could not get the TLS their "
+    "requirement asked for (no STARTTLS, a certificate that does not verify, a failed handshake), "
+    "by the requirement (encrypt, verify).", ["required"], registry=REGISTRY)
 DKIM_SIGNATURES = Counter(
     "mailward_dkim_signatures_total", "DKIM signatures made, by signing domain and algorithm.",
     ["domain", "algorithm"], registry=REGISTRY)
@@ -69,27 +80,56 @@ class QueueCollector(Collector):
     spool: Spool | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("mailward_queue_messages", "Messages in the spool, by state.",
-                                   labels=["state"])
+        messages = GaugeMetricFamily("mailward_queue_messages", "Messages in the spool, by state.",
+                                     labels=["state"])
+        size = GaugeMetricFamily("mailward_spool_bytes", "Bytes of spool files (encrypted messages), "
+                                 "by state.", labels=["state"])
+        oldest = GaugeMetricFamily("mailward_queue_oldest_message_age_seconds", "Age of the oldest "
+                                   "message in each state (0 when empty).", labels=["state"])
         if self.spool is not None:
-            for state, count in self.spool.counts().items():
-                family.add_metric([state.value], count)
-        yield family
+            now = time.time()
+            for state, (count, total, arrived) in self.spool.usage().items():
+                messages.add_metric([state.value], count)
+                size.add_metric([state.value], total)
+                oldest.add_metric([state.value], max(0.0, now - arrived) if arrived else 0.0)
+        yield from (messages, size, oldest)
 
 
 QUEUE = QueueCollector()
 REGISTRY.register(QUEUE)
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds are not events
+
+
 def serve(host: str, port: int, spool: Spool) -> WSGIServer:
-    """Start the /metrics endpoint in a background thread; returns the server (to shut down).
-    With a delivery process beside this one, the counters of both processes are added up from
-    PROMETHEUS_MULTIPROC_DIR (see `cli.cmd_run`)."""
+    """Start ``/metrics`` and ``/healthz`` in a background thread; returns the server (to shut
+    down). With a delivery process beside this one, the counters of both processes are added up
+    from PROMETHEUS_MULTIPROC_DIR (see `cli.cmd_run`). ``/healthz`` answers 200 while the spool
+    directory is writable, else 503."""
     QUEUE.spool = spool
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(QUEUE)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    exposition = make_wsgi_app(registry)
+
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            healthy = os.access(spool.directory, os.W_OK)
+            start_response("200 OK" if healthy else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n" if healthy else b"spool not writable\n"]
+        result: Iterable[bytes] = exposition(environ, start_response)
+        return result
+
+    server = make_server(host, port, application, _Server, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

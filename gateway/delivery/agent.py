@@ -148,11 +148,15 @@ class DeliveryAgent:
                 connection = await self.connector.open(destinations, requirement)
             except ConnectionFailed as failure:
                 if failure.tls_failure:
+                    metrics.TLS_FAILURES.labels(requirement.level).inc()
                     self._report_session(domain, requirement, failure.relay, failure.tls_result)
                     self.learned.failure(domain, _relay_parts(failure.relay)[0], failure.reply.text,
                                          verify_required=requirement.level == "verify")
                 raise
             tls = connection.tls
+            metrics.TLS_SESSIONS.labels(tls.version or "none", "none" if tls.version is None else
+                                        "dane" if tls.dane else "verified" if tls.verified else
+                                        "unverified").inc()
             if tls.version is not None:
                 self._report_session(domain, requirement, connection.relay, None, dane=tls.dane)
             self.learned.success(domain, connection.destination.host, version=tls.version,

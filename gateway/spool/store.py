@@ -25,6 +25,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -342,6 +343,26 @@ class Spool:
 
     def counts(self) -> dict[QueueState, int]:
         return {state: len(self.ids(state)) for state in QueueState}
+
+    def usage(self) -> dict[QueueState, tuple[int, int, float | None]]:
+        """Per state: messages, bytes on disk, and when the oldest arrived (from its queue id)."""
+        found: dict[QueueState, tuple[int, int, float | None]] = {}
+        for state in QueueState:
+            count = size = 0
+            oldest: str | None = None
+            try:
+                entries = list(os.scandir(self.directory / state.value))
+            except FileNotFoundError:
+                entries = []
+            for entry in entries:
+                if not is_queue_id(entry.name):
+                    continue
+                count += 1
+                with contextlib.suppress(FileNotFoundError):  # moved on meanwhile
+                    size += entry.stat().st_size
+                oldest = entry.name if oldest is None or entry.name < oldest else oldest
+            found[state] = (count, size, int(oldest[:13], 16) / 1e6 if oldest else None)
+        return found
 
 
 def _read_prefix(path: Path) -> bytes:
