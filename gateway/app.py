@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway import certs, eventlog, metrics
 from gateway.audit import reader as audit_reader
 from gateway.audit.events import Audit
+from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
 from gateway.errors import MailwardError
@@ -97,6 +98,7 @@ class Gateway:
         self._portal_runner: web.AppRunner | None = None
         self._portal_sweeper: asyncio.Task[None] | None = None
         self._audit_pruner: asyncio.Task[None] | None = None
+        self.webhooks: WebhookDispatcher | None = None
         self._stopping = asyncio.Event()
         self.audit = Audit.off()
 
@@ -124,6 +126,13 @@ class Gateway:
             self.delivery = DeliveryService(config, self.spool, audit=self.audit)
             await self.delivery.start()
             self._audit_pruner = asyncio.create_task(self._prune_audit())
+            if config.webhooks:
+                # Cursors are positions in the audit log, so they live beside it.
+                self.webhooks = WebhookDispatcher(list(config.webhooks), config.audit.dir,
+                                                  config.audit.dir / ".webhooks",
+                                                  ssl_context=_client_tls(config))
+                self.audit.observers.append(self.webhooks.wake)
+                self.webhooks.start()
             if self.role == "delivery":
                 return
         else:
@@ -296,6 +305,8 @@ class Gateway:
         if self._waker is not None:
             self._waker.close()
         self.scan_pool.close()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for task in (self._portal_sweeper, self._audit_pruner):
             if task is not None:
                 task.cancel()
@@ -308,6 +319,14 @@ class Gateway:
             self.spool.close()
         self.audit.close()
         eventlog.event(log, "stopped", unfinished_sessions=len(self.tracker.open))
+
+
+def _client_tls(config: Config) -> ssl.SSLContext:
+    """HTTPS to webhook receivers: the system's trust anchors plus `delivery.ca_file`."""
+    context = ssl.create_default_context()
+    if config.delivery.ca_file is not None:
+        context.load_verify_locations(cafile=str(config.delivery.ca_file))
+    return context
 
 
 def _keep_listeners(new: Config, running: Config) -> Config:

@@ -399,6 +399,8 @@ class Config:
         found = []
         if not self.listeners:
             found.append(("listeners", "at least one listener is needed"))
+        if self.webhooks and not self.audit.enabled:
+            found.append(("webhooks", "webhooks read their events from the audit log: set audit.enabled"))
         seen: set[tuple[str, int]] = set()
         for i, listener in enumerate(self.listeners):
             if (listener.address, listener.port) in seen:

@@ -210,9 +210,12 @@ class AuditLog:
             return lines[-1] if lines else None
 
     def close(self) -> None:
+        if self._lock_fd < 0:
+            return
         if self._seq:
             with contextlib.suppress(OSError), self._locked():
                 self._sync_tail(self._file or self.directory / "none")
                 self._write_head()
         self._executor.shutdown(wait=True)
         os.close(self._lock_fd)
+        self._lock_fd = -1
