@@ -45,6 +45,7 @@ from gateway.spool.wakeup import BatchingWaker
 from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanpool import ScanPool
 from gateway.stages.dlp.stage import DlpStage, dlp_settings
+from gateway.statusapi import StatusApi
 from gateway.workers import DeliveryProcess, die_with_parent
 
 log = logging.getLogger("mailward")
@@ -99,6 +100,7 @@ class Gateway:
         self._portal_sweeper: asyncio.Task[None] | None = None
         self._audit_pruner: asyncio.Task[None] | None = None
         self.webhooks: WebhookDispatcher | None = None
+        self._api_runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self.audit = Audit.off()
 
@@ -156,6 +158,12 @@ class Gateway:
                                                  config.metrics.listen.port, self.spool)
         if config.portal.enabled:
             await self._start_portal()
+        if config.api.listen is not None:
+            self._api_runner = web.AppRunner(StatusApi(config.api, self.spool, self.audit.directory)
+                                             .application(), access_log=None)
+            await self._api_runner.setup()
+            await web.TCPSite(self._api_runner, config.api.listen.host, config.api.listen.port).start()
+            eventlog.event(log, "api_listening", address=config.api.listen)
 
     async def _start_portal(self) -> None:
         """The recipients' web app on `portal.listen`, with its own certificate or behind a TLS
@@ -310,8 +318,9 @@ class Gateway:
         for task in (self._portal_sweeper, self._audit_pruner):
             if task is not None:
                 task.cancel()
-        if self._portal_runner is not None:
-            await self._portal_runner.cleanup()
+        for runner in (self._portal_runner, self._api_runner):
+            if runner is not None:
+                await runner.cleanup()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
