@@ -347,15 +347,18 @@ def peak_rss_tree_mb(pid: int) -> float:
 def bench_relay(args: argparse.Namespace) -> None:
     base = ROOT / "bench-out"
     base.mkdir(exist_ok=True)
-    rounds: dict[str, list[Result]] = {"mailward": [], "postfix": []}
-    for name in ["mailward", "postfix"] * args.rounds:  # alternated, so drift hits both alike
+    contenders = ["mailward", "postfix"] + (["mailward-no-audit"] if args.audit_off else [])
+    rounds: dict[str, list[Result]] = {name: [] for name in contenders}
+    for name in contenders * args.rounds:  # alternated, so drift hits all alike
         sink = SmtpSink()
         try:
             with tempfile.TemporaryDirectory(dir=base, prefix=f"relay-{name}-") as tmp:
-                if name == "mailward":
+                if name.startswith("mailward"):
                     delivery = (f'{{{NO_DNS}, routes: {{"example.org": "{SINK_HOST}:{sink.port}"}}, '
                                 f"max_connections_per_destination: {args.sessions}}}")
-                    target = mailward_gateway(Path(tmp), delivery)
+                    extra = (f"policies_dir: {ROOT / 'policies'}\naudit: {{enabled: false}}\n"
+                             if name == "mailward-no-audit" else "")
+                    target = mailward_gateway(Path(tmp), delivery, extra)
                 else:
                     target = postfix_instance(Path(tmp), (SINK_HOST, sink.port))
                 with target as (port, _, proc):
@@ -376,12 +379,14 @@ def bench_relay(args: argparse.Namespace) -> None:
     print(f"\nrelay: {args.messages} messages of {args.size} bytes, {args.sessions} sessions, "
           f"smtp-source -> relay -> smtp-sink on {SINK_HOST}, end to end, fsync on both"
           + (f"; median of {args.rounds} alternating rounds" if args.rounds > 1 else ""))
-    print(f"{'':<10}{'msg/s':>10}{'seconds':>10}{'peak RSS MB':>13}")
+    print(f"{'':<18}{'msg/s':>10}{'seconds':>10}{'peak RSS MB':>13}")
     for r in results:
         rss = f"{r.peak_rss_mb:13.0f}" if r.peak_rss_mb else f"{'-':>13}"
-        print(f"{r.name:<10}{r.rate:10.0f}{r.seconds:10.2f}{rss}")
-    ours, reference = results
+        print(f"{r.name:<18}{r.rate:10.0f}{r.seconds:10.2f}{rss}")
+    ours, reference = results[0], results[1]
     print(f"ratio mailward/postfix: end-to-end throughput {ours.rate / reference.rate:.2f}x")
+    if args.audit_off:
+        print(f"ratio audit on/off: {ours.rate / results[2].rate:.2f}x")
 
 
 def main() -> None:
@@ -397,6 +402,8 @@ def main() -> None:
     relay.add_argument("--sessions", type=int, default=20)
     relay.add_argument("--size", type=int, default=5120)
     relay.add_argument("--rounds", type=int, default=1, help="alternate the two this many times")
+    relay.add_argument("--audit-off", action="store_true",
+                       help="also run Mailward with the audit log off, for its cost")
     sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")
     sub.add_parser("crypto", help="S/MIME and PGP encryption of 50 KB messages vs openssl and gpg")
     sub.add_parser("dkim", help="DKIM signatures per second (RSA-2048, Ed25519) vs openssl speed")

@@ -30,7 +30,8 @@ async def test_status_api_answers_with_a_token_and_refuses_without(world: MailWo
     gateway = await world.gateway({"api": {"listen": f"127.0.0.1:{port}", "tokens_file": str(tokens)}},
                                   retry_schedule=["1h"])
     replies = []
-    for to, message_id in (("pat@clinic.test", "<one@hospital.test>"), ("busy@clinic.test", "<two@hospital.test>")):
+    for to, message_id in (("pat@clinic.test", "<one@hospital.test>"),
+                           ("busy@clinic.test", "<two@hospital.test>")):
         code, text = await send(gateway.client(), SENDER, [to],
                                 b.message("note", sender=SENDER, to=to, message_id=message_id))
         assert code == 250
