@@ -28,16 +28,13 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def seal(record: dict[str, Any], key: bytes) -> dict[str, Any]:
-    """`record` (with seq, ts, event, prev set) with its hash and mac."""
-    digest = hashlib.sha256(canonical(record)).hexdigest()
-    record["hash"] = digest
-    record["mac"] = hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
-    return record
-
-
-def line(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+def seal(record: dict[str, Any], key: bytes) -> tuple[str, bytes]:
+    """The hash of `record` (with seq, ts, event, prev set) and its line for the file: the
+    canonical JSON itself with hash and mac added at the end (so it is serialised once)."""
+    body = canonical(record)
+    digest = hashlib.sha256(body).hexdigest()
+    mac = hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+    return digest, body[:-1] + f',"hash":"{digest}","mac":"{mac}"}}\n'.encode("ascii")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import eventlog
-from gateway.audit.chain import GENESIS, line, seal
+from gateway.audit.chain import GENESIS, seal
 from gateway.durable import fsync_dir, write_atomic
 from gateway.keyfiles import read_secret, write_secret
 
@@ -39,7 +39,7 @@ log = logging.getLogger("mailward.audit")
 FILE_PREFIX, FILE_SUFFIX = "audit-", ".jsonl"
 HEAD_FILE = "head.json"
 HEAD_INTERVAL = 1.0
-TAIL_READ = 1024 * 1024  # a record is far smaller; the tail read needs one whole line
+TAIL_STEP = 16 * 1024  # first read back from the end; records are far smaller
 
 
 def file_name(day: datetime.date) -> str:
@@ -141,9 +141,8 @@ class AuditLog:
             for record in records:
                 record.setdefault("ts", rfc3339(self.clock()))
                 self._seq += 1
-                sealed = seal({"seq": self._seq, **record, "prev": self._hash}, self.key)
-                self._hash = sealed["hash"]
-                data += line(sealed)
+                self._hash, sealed = seal({"seq": self._seq, **record, "prev": self._hash}, self.key)
+                data += sealed
             created = not path.exists()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -193,21 +192,35 @@ class AuditLog:
 
     def _last_line(self, path: Path) -> bytes | None:
         """The last complete line of `path`; a partial line after it (a crash mid-write, never
-        acknowledged) is cut off."""
+        acknowledged) is cut off. Reads backwards in growing steps: records are small."""
         with open(path, "r+b") as handle:
             size = handle.seek(0, os.SEEK_END)
-            start = max(0, size - TAIL_READ)
-            handle.seek(start)
-            tail = handle.read()
-            if tail and not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n") + 1
-                handle.truncate(start + cut)
-                os.fsync(handle.fileno())
-                eventlog.event(log, "audit_partial_line_removed", logging.WARNING, file=path.name,
-                               bytes=len(tail) - cut)
-                tail = tail[:cut]
-            lines = tail.splitlines()
-            return lines[-1] if lines else None
+            step = TAIL_STEP
+            while True:
+                start = max(0, size - step)
+                handle.seek(start)
+                tail = handle.read(size - start)
+                end = tail.rfind(b"\n")
+                if end >= 0 and end + 1 < len(tail):  # a partial line after the last newline
+                    handle.truncate(start + end + 1)
+                    os.fsync(handle.fileno())
+                    eventlog.event(log, "audit_partial_line_removed", logging.WARNING, file=path.name,
+                                   bytes=len(tail) - end - 1)
+                    size, tail = start + end + 1, tail[:end + 1]
+                    continue
+                if end < 0 and start > 0:
+                    step *= 4
+                    continue
+                if end < 0:  # nothing but a partial line, or an empty file
+                    if tail:
+                        handle.truncate(0)
+                        os.fsync(handle.fileno())
+                    return None
+                begin = tail.rfind(b"\n", 0, end) + 1
+                if begin == 0 and start > 0:
+                    step *= 4  # the whole last line is not in this window yet
+                    continue
+                return tail[begin:end]
 
     def close(self) -> None:
         if self._lock_fd < 0:

@@ -168,18 +168,10 @@ class IngressHandler:
             summary = item.notes.get("dlp")
             scanned = summary if isinstance(summary, ScanSummary) else None
             records.append(audit_events.policy(message, scanned))
-        # The message and its audit records are made durable side by side; the 250 needs both.
-        stored, audited = await asyncio.gather(self.spool.store(message, content, state),
-                                               self.audit.write(*records), return_exceptions=True)
-        if isinstance(stored, BaseException) or isinstance(audited, BaseException):
-            failed = stored if isinstance(stored, BaseException) else audited
-            log.error("event=queue_write_failed queue_id=%s error=%s", queue_id, failed)
-            with contextlib.suppress(Exception):  # undo the half that worked, as far as possible
-                if not isinstance(stored, BaseException):
-                    await self.spool.offload(self.spool.remove, queue_id)
-                else:
-                    await self.audit.write({"event": "not_queued", "queue_id": queue_id,
-                                            "reason": "queue_write_failed"})
+        if state is QueueState.HOLD:
+            records.append({"event": "held", "queue_id": queue_id, "reason": "policy",
+                            "rules": list(message.policy.rules)})
+        if not await self._make_durable(message, content, state, records):
             return replies.QUEUE_WRITE_ERROR
         eventlog.event(log, "queued" if state is QueueState.INCOMING else "held", queue_id=queue_id,
                        client=client.address, listener=client.listener, relay=client.relay_reason,
@@ -191,6 +183,32 @@ class IngressHandler:
             self.on_accepted(message)
         await self._queue_generated(item)
         return replies.QUEUED.format(queue_id=queue_id)
+
+    async def _make_durable(self, message: QueuedMessage, content: bytes, state: QueueState,
+                            records: list[dict[str, object]]) -> bool:
+        """Store the message and write its audit records side by side (the 250 needs both); on
+        a failure undo the half that worked, as far as possible, and say so."""
+        stored: object = None
+        audited: object = None
+        if self.audit.log is None:
+            try:
+                await self.spool.store(message, content, state)
+            except Exception as exc:
+                stored = exc
+        else:
+            stored, audited = await asyncio.gather(self.spool.store(message, content, state),
+                                                   self.audit.write(*records), return_exceptions=True)
+        if not isinstance(stored, BaseException) and not isinstance(audited, BaseException):
+            return True
+        failed = stored if isinstance(stored, BaseException) else audited
+        log.error("event=queue_write_failed queue_id=%s error=%s", message.queue_id, failed)
+        with contextlib.suppress(Exception):
+            if not isinstance(stored, BaseException):
+                await self.spool.offload(self.spool.remove, message.queue_id)
+            else:
+                await self.audit.write({"event": "not_queued", "queue_id": message.queue_id,
+                                        "reason": "queue_write_failed"})
+        return False
 
     async def _queue_generated(self, item: PipelineItem) -> None:
         """Queue what the stages generated (compliance notifications). A failure here is logged
