@@ -68,7 +68,8 @@ def _build(config: Config, scan_pool: ScanPool) -> _Loaded:
     settings = IngressSettings(hostname=config.hostname, limits=config.limits,
                                relay=RelayPolicy.from_config(config.relay),
                                users=UserStore(config.relay.users_file),
-                               pipeline=Pipeline((dlp,)))
+                               pipeline=Pipeline((dlp,)), pools=frozenset(config.delivery.pools),
+                               pool_header=config.delivery.pool_selection.header)
     return _Loaded(config, settings, certs.server_context(config), dlp.settings.policies)
 
 

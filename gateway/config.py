@@ -12,6 +12,8 @@ Lookup order (SPEC §3): ``-c FILE``, ``$MAILWARD_CONFIG``, ``./mailward.yaml``,
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import ipaddress
 import os
 import re
 import socket
@@ -115,8 +117,94 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
-class ReservedSection:
-    """A section whose entries a later capability defines; only ``{}`` is accepted today."""
+class EgressIpConfig:
+    """One source address of a pool: connections bind it and greet with its own EHLO name (whose
+    PTR record should name it back)."""
+
+    address: str
+    ehlo: str
+    weight: int = 1  # share of the pool's new connections
+    warmup: str | None = None  # a schedule in delivery.warmup; none: fully warm
+    warmup_start: str | None = None  # YYYY-MM-DD, day 1 of the schedule
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            found.append(("address", "an IP address of this machine"))
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", self.ehlo):
+            found.append(("ehlo", "a host name"))
+        if self.weight < 1:
+            found.append(("weight", "at least 1"))
+        if self.warmup is not None:
+            try:
+                datetime.date.fromisoformat(self.warmup_start or "")
+            except ValueError:
+                found.append(("warmup_start", "the first day of the warm-up, YYYY-MM-DD"))
+        return found
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    ips: tuple[EgressIpConfig, ...]
+    # marketing: List-Unsubscribe (RFC 8058 one-click) is added and each recipient gets its own copy.
+    stream: Literal["transactional", "marketing"] = "transactional"
+    # When an IP reaches its warm-up cap for a provider: spill to another IP of the pool, or wait.
+    at_cap: Literal["spill", "wait"] = "spill"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.ips:
+            return [("ips", "a pool needs at least one IP")]
+        return []
+
+
+@dataclass(frozen=True)
+class PoolSelectionConfig:
+    """Which pool a message leaves from: the X-Mailward-Pool header of a relaying client (removed
+    before sending), else the DLP rule's `pool`, else its sender domain's, else `default`."""
+
+    default: str | None = None  # none: the first pool listed
+    sender_domains: Mapping[str, str] = field(default_factory=_empty_mapping)
+    header: bool = True
+
+
+@dataclass(frozen=True)
+class WarmupSchedule:
+    # Messages per day and destination provider for day 1, 2, ...; no cap after the last day.
+    per_day: tuple[int, ...]
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.per_day or any(n < 1 for n in self.per_day):
+            return [("per_day", "daily caps of 1 or more")]
+        return []
+
+
+@dataclass(frozen=True)
+class ShapingRule:
+    """Limits for one destination: the entry's name as a recipient domain, `domains`, or every
+    domain whose MX hosts match `mx` (a provider group such as all Google-hosted domains)."""
+
+    mx: tuple[str, ...] = ()  # MX host name patterns, e.g. "*.google.com"
+    domains: tuple[str, ...] = ()
+    max_connections: int | None = None  # at once, from all our IPs together
+    messages_per_connection: int | None = None
+    per_minute: int | None = None  # messages
+    per_hour: int | None = None
+    backoff: Duration = Duration(60)  # pause after a throttling reply (421/451), doubled while they last
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [(key, "at least 1") for key in ("max_connections", "messages_per_connection",
+                                                 "per_minute", "per_hour")
+                if getattr(self, key) is not None and getattr(self, key) < 1]
+
+
+@dataclass(frozen=True)
+class SuppressionConfig:
+    file: Path = Path("var/suppression.sqlite")
+    # Hard bounces are suppressed for the sender domain that met them, or for everyone.
+    scope: Literal["sender_domain", "global"] = "sender_domain"
+    dsn: bool = True  # tell the sender when a suppressed recipient is dropped
 
 
 @dataclass(frozen=True)
@@ -159,8 +247,13 @@ class DeliveryConfig:
     tls_cache_ttl: Duration = Duration(600)  # a verified-TLS failure is trusted this long
     mta_sts_port: int = 443  # HTTPS port of mta-sts.DOMAIN (tests point it elsewhere)
     separate_process: bool = True  # `mailward run` delivers from a second process (a second core)
-    pools: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
-    shaping: Mapping[str, ReservedSection] = field(default_factory=_empty_mapping)
+    pools: Mapping[str, PoolConfig] = field(default_factory=_empty_mapping)
+    pool_selection: PoolSelectionConfig = PoolSelectionConfig()
+    warmup: Mapping[str, WarmupSchedule] = field(default_factory=_empty_mapping)
+    warmup_file: Path = Path("var/warmup.json")  # the day's counts per IP and provider
+    shaping: Mapping[str, ShapingRule] = field(default_factory=_empty_mapping)
+    suppression: SuppressionConfig = SuppressionConfig()
+    egress_state_file: Path = Path("var/egress-state.json")  # IPs drained or disabled at runtime
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -171,6 +264,16 @@ class DeliveryConfig:
                    "max_messages_per_connection", "max_active") if getattr(self, key) < 1]
         found += _port_problems("smtp_port", self.smtp_port, lowest=1)
         found += _port_problems("mta_sts_port", self.mta_sts_port, lowest=1)
+        selection = self.pool_selection
+        for where, chosen in [("pool_selection.default", selection.default)] + [
+                (f"pool_selection.sender_domains.{d}", p) for d, p in selection.sender_domains.items()]:
+            if chosen is not None and chosen not in self.pools:
+                found.append((where, f"no pool {chosen!r} in delivery.pools"))
+        for name, pool in self.pools.items():
+            for i, ip in enumerate(pool.ips):
+                if ip.warmup is not None and ip.warmup not in self.warmup:
+                    found.append((f"pools.{name}.ips[{i}].warmup", f"no schedule {ip.warmup!r} in "
+                                                                   "delivery.warmup"))
         return found
 
 
@@ -310,6 +413,17 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Addresses at `hostname` the gateway answers for itself, from anyone: complaint reports
+    (ARF, RFC 5965) and mailto: unsubscribes (unsubscribe+TOKEN@hostname)."""
+
+    fbl_address: str | None = None  # e.g. fbl@mailward.example.com; register it with the providers
+    unsubscribe_local_part: str = "unsubscribe"
+    unsubscribe_url: str | None = None  # one-click base; default: portal.base_url + "/u"
+    key_file: Path = Path("var/keys/unsubscribe.key")  # signs unsubscribe tokens (0600, made on first use)
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """The JSON status API (`docs/openapi.yaml`); off unless `listen` is set."""
 
@@ -389,6 +503,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     webhooks: tuple[WebhookConfig, ...] = ()
     api: ApiConfig = ApiConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     portal: PortalConfig = PortalConfig()
     metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

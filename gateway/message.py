@@ -101,6 +101,7 @@ class PolicyDecision:
     # How to protect them, strongest first: tls (verified), smime, pgp, portal.
     methods: tuple[str, ...] = ("tls", "smime", "pgp", "portal")
     receipt: bool = False  # tell the sender how each recipient was protected, once all are final
+    pool: str | None = None  # the egress pool a rule asks for (e.g. a marketing stream)
 
     def protects(self, index: int) -> bool:
         return index in self.protect
@@ -117,6 +118,8 @@ class QueuedMessage:
     size: int
     message_id: str | None = None  # the Message-ID header, for search; not PHI
     policy: PolicyDecision = PolicyDecision()
+    # The egress pool chosen at ingress (X-Mailward-Pool header or DLP rule); None: by sender domain.
+    pool: str | None = None
     statuses: tuple[RecipientStatus, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +141,7 @@ class QueuedMessage:
             size=data["size"],
             message_id=data.get("message_id"),
             policy=_policy_from_dict(data.get("policy", {})),
+            pool=data.get("pool"),
         )
 
     def with_statuses(self, statuses: tuple[RecipientStatus, ...]) -> QueuedMessage:
@@ -153,4 +157,4 @@ def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:
                               protect=tuple(data.get("protect", ())))
     if "methods" in data:
         decision = dataclasses.replace(decision, methods=tuple(data["methods"]))
-    return dataclasses.replace(decision, receipt=bool(data.get("receipt", False)))
+    return dataclasses.replace(decision, receipt=bool(data.get("receipt", False)), pool=data.get("pool"))

@@ -55,6 +55,24 @@ PORTAL_EVENTS = Counter(
     "mailward_portal_events_total", "Secure portal events: stored, code_sent, code_failed, locked, "
     "viewed, downloaded, replied, expired, revoked.", ["event"], registry=REGISTRY)
 
+DELIVERY_FAILURES = Counter(
+    "mailward_delivery_failures_total", "4xx/5xx results per recipient, by class (bad_mailbox, "
+    "mailbox_full, policy, throttled, dns, tls, other) and result (deferred, bounced, expired).",
+    ["class", "result"], registry=REGISTRY)
+SENDER_OUTCOMES = Counter(
+    "mailward_sender_outcomes_total", "Results per recipient by egress pool and sender domain "
+    "(configured ones; others are \"other\"): sent, deferred, bounced, expired, dropped; with "
+    "complaints, the base of bounce and complaint rates.", ["pool", "sender_domain", "result"],
+    registry=REGISTRY)
+COMPLAINTS = Counter(
+    "mailward_complaints_total", "Feedback loop complaints (ARF reports), by egress pool and sender "
+    "domain.", ["pool", "sender_domain"], registry=REGISTRY)
+SUPPRESSED = Counter(
+    "mailward_suppressions_total", "Addresses added to the suppression list, by reason (bounce, "
+    "complaint, unsubscribe, manual).", ["reason"], registry=REGISTRY)
+SUPPRESSED_DROPS = Counter(
+    "mailward_suppressed_recipients_total", "Recipients not attempted because they are suppressed.",
+    registry=REGISTRY)
 TLS_SESSIONS = Counter(
     "mailward_tls_sessions_total", "Outbound SMTP connections, by TLS version (none without TLS) "
     "and verification (verified, dane, unverified, none).", ["version", "verification"],

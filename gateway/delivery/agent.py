@@ -38,11 +38,16 @@ from gateway.delivery.client import (
     TlsRequirement,
 )
 from gateway.delivery.connections import ConnectionCache
+from gateway.delivery.egress import EgressPools
 from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
+from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.protection import Keyrings, deliver_protected
+from gateway.delivery.shaping import Shaper
 from gateway.delivery.signing import DkimSigner, SigningFailed
+from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
+from gateway.delivery.traffic import Deferral, Route, Traffic
 from gateway.message import (
     QueuedMessage,
     Recipient,
@@ -78,7 +83,8 @@ class DeliveryAgent:
                  on_queued: Callable[[str], None], keyrings: Keyrings | None = None,
                  tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None,
                  portal: PortalHandoff | None = None, signer: DkimSigner | None = None,
-                 audit: Audit | None = None) -> None:
+                 audit: Audit | None = None, traffic: Traffic | None = None,
+                 suppression: SuppressionList | None = None, outcomes: Outcomes | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -93,20 +99,44 @@ class DeliveryAgent:
         self.portal = portal
         self.signer = signer or DkimSigner({})
         self.audit = audit or Audit.off()
+        self.traffic = traffic or Traffic(EgressPools.load(config, hostname), Shaper({}), None)
+        self.suppression = suppression
+        self.outcomes = outcomes or Outcomes(suppression, scope=config.suppression.scope, sender_domains=())
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
         message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
+        suppressed = await self.spool.offload(self._suppressed, message)
         # Recipients that policy says must be protected travel apart from the others: they get
         # the protection methods of the policy's order (see `protection`), never plaintext.
         by_domain: dict[tuple[str, bool], list[int]] = {}
         for index in message.pending_recipients():
+            if index in suppressed:
+                continue
             domain = message.envelope.recipients[index].address.rpartition("@")[2].lower()
             by_domain.setdefault((domain, message.policy.protects(index)), []).append(index)
         groups = await asyncio.gather(*(
             self._deliver_domain(domain, message, content, indexes, protect=protect)
             for (domain, protect), indexes in by_domain.items()))
-        await self._settle(message, content, [attempt for group in groups for attempt in group])
+        await self._settle(message, content,
+                           [*suppressed.values(), *(attempt for group in groups for attempt in group)])
+
+    def _suppressed(self, message: QueuedMessage) -> dict[int, Attempt]:
+        """Pending recipients on the suppression list, each with its final answer (a thread)."""
+        if self.suppression is None or not message.envelope.sender:
+            return {}  # DSNs and notices from <> go to our own senders
+        sender_domain = message.envelope.sender.rpartition("@")[2].lower()
+        found = {}
+        for index in message.pending_recipients():
+            entry = self.suppression.find(message.envelope.recipients[index].address, sender_domain)
+            if entry is not None:
+                scope = "every sender" if entry.scope == "*" else entry.scope
+                day = time.strftime("%Y-%m-%d", time.gmtime(entry.at))
+                reply = Reply(550, "5.7.1", f"recipient is on the suppression list for {scope} "
+                                            f"({entry.reason}, {day})")
+                found[index] = Attempt(index, reply, drop=not self.config.suppression.dsn)
+        metrics.SUPPRESSED_DROPS.inc(len(found))
+        return found
 
     async def _deliver_domain(self, domain: str, message: QueuedMessage, content: bytes,
                               indexes: list[int], *, protect: bool = False) -> list[Attempt]:
@@ -122,30 +152,59 @@ class DeliveryAgent:
                                               source=requirement.source or "requiretls")
             protect = False
 
+        route = self.traffic.route(message, domain, destinations)
+
         async def send(to: list[int], body: bytes, needs: TlsRequirement, protection: str) -> list[Attempt]:
-            return await self._send(domain, destinations, message, body, to, needs, protection)
+            return await self._send(domain, destinations, route, message, body, to, needs, protection)
 
         if protect:
             return await deliver_protected(message, content, indexes, requirement, self.keyrings, send,
                                            learned_failure=self.learned.recent_verify_failure(domain),
                                            portal=self.portal)
+        if route.marketing:
+            # Each recipient gets its own unsubscribe link, so its own copy.
+            sent = await asyncio.gather(*(
+                send([i], self.traffic.unsubscribe_headers(route, message.envelope.recipients[i].address,
+                                                          message.envelope.sender) + content,
+                     requirement, "") for i in indexes))
+            return [attempt for attempts in sent for attempt in attempts]
         return await send(indexes, content, requirement, "")
 
-    async def _send(self, domain: str, destinations: Sequence[Destination], message: QueuedMessage,
-                    content: bytes, indexes: list[int], requirement: TlsRequirement,
-                    protection: str) -> list[Attempt]:
-        """One transaction (or a few, for many recipients) on a cached connection; `content` is
-        DKIM signed here, as the last change before it is sent."""
+    async def _send(self, domain: str, destinations: Sequence[Destination], route: Route,
+                    message: QueuedMessage, content: bytes, indexes: list[int],
+                    requirement: TlsRequirement, protection: str) -> list[Attempt]:
+        """One transaction (or a few, for many recipients) on a cached connection from the IP
+        that traffic shaping and warm-up admit; `content` is DKIM signed here, as the last change
+        before it is sent."""
+        pool = route.pool.name
+        admitted = await self.traffic.admit(route, time.time())
+        if isinstance(admitted, Deferral):
+            return [Attempt(i, admitted.reply, protection=protection, pool=pool,
+                            retry_after=admitted.retry_after) for i in indexes]
         try:
             content, signature = await self.signer.sign(content, message.queue_id)
         except SigningFailed:
-            return [Attempt(i, SIGNING_FAILED, protection=protection) for i in indexes]
-        key: Hashable = (domain, requirement)
+            return [Attempt(i, SIGNING_FAILED, protection=protection, pool=pool) for i in indexes]
+        shaped = route.destination
+        key: Hashable = (shaped.name, requirement, admitted.address)
         recipients = [(i, message.envelope.recipients[i]) for i in indexes]
+        shaper = self.traffic.shaper
 
         async def open_connection() -> SmtpConnection:
+            await shaper.connection_slot(shaped, lambda: self.connections.evict(
+                lambda k: isinstance(k, tuple) and k[0] == shaped.name))
             try:
-                connection = await self.connector.open(destinations, requirement)
+                connection = await self.connector.open(destinations, requirement,
+                                                       (admitted.address, admitted.ehlo))
+            except BaseException:
+                shaper.release(shaped)
+                raise
+            connection.on_close.append(lambda: shaper.release(shaped))
+            return connection
+
+        async def open_reported() -> SmtpConnection:
+            try:
+                connection = await open_connection()
             except ConnectionFailed as failure:
                 if failure.tls_failure:
                     metrics.TLS_FAILURES.labels(requirement.level).inc()
@@ -165,22 +224,25 @@ class DeliveryAgent:
 
         for fresh_only in (False, True):
             try:
-                async with self.connections.connection(key, open_connection,
-                                                       fresh=fresh_only) as connection:
+                async with self.connections.connection(
+                        key, open_reported, fresh=fresh_only,
+                        max_messages=shaped.messages_per_connection) as connection:
                     reused = connection.messages > 0
                     replies = await connection.deliver(message.envelope, recipients, content)
             except ConnectionFailed as failure:
+                self.traffic.observe(route, [failure.reply], time.time())
                 return [Attempt(i, failure.reply, failure.relay, tls_failure=failure.tls_failure,
-                                protection=protection if not failure.tls_failure else "")
+                                protection=protection if not failure.tls_failure else "", pool=pool)
                         for i in indexes]
             # A cached connection that the server had meanwhile closed fails before DATA; that is
             # not the recipient's problem, so try once more on a new connection.
             if reused and connection.broken and not connection.reached_data and not fresh_only:
                 continue
             break
+        self.traffic.observe(route, list(replies.values()), time.time())
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
                         connection.passes_dsn, protection=protection, remote_ip=connection.address,
-                        egress_ip=connection.egress_ip, dkim=signature) for i in indexes]
+                        egress_ip=connection.egress_ip, dkim=signature, pool=pool) for i in indexes]
 
     def _report_session(self, domain: str, requirement: TlsRequirement, relay: str, result: str | None,
                         *, dane: bool = False) -> None:
@@ -208,7 +270,9 @@ class DeliveryAgent:
             before = message.statuses[attempt.index]
             recipient = message.envelope.recipients[attempt.index]
             state, status = attempt.reply.state, attempt.reply.status
-            if state is RecipientState.DEFERRED and expired:
+            if attempt.drop:
+                state = RecipientState.DROPPED
+            elif state is RecipientState.DEFERRED and expired:
                 state = RecipientState.BOUNCED
                 status = status if status not in ("4.0.0", "4.3.0") else "4.4.7"
             report = self._report_for(message, recipient, attempt, state, status, before, warn, now)
@@ -223,8 +287,11 @@ class DeliveryAgent:
             self._log(message, recipient, attempt, word, status, now)
             if message.policy.protects(attempt.index):
                 records.append(audit_events.protection(message, attempt))
-            records.append(audit_events.attempt(message, _AUDIT_EVENT.get(word, word), attempt, status,
-                                                before.attempts + 1))
+            bounce_class, extra = await self.spool.offload(self.outcomes.account, message, attempt, state,
+                                                           word, status)
+            record = audit_events.attempt(message, _AUDIT_EVENT.get(word, word), attempt, status,
+                                          before.attempts + 1)
+            records += [{**record, "class": bounce_class} if bounce_class else record, *extra]
         if reports:
             records.append(await self._queue_report(message, content, reports, now))
         if any(attempt.hold for attempt in attempts):
@@ -257,6 +324,9 @@ class DeliveryAgent:
         attempts_made = max(statuses[i].attempts for i in remaining)
         due = retry.next_attempt(now, attempts_made, self.config.retry_schedule)
         # Never wait past the expiry time: the attempt then is the one that bounces.
+        held_back = [a.retry_after for a in attempts if a.retry_after and a.index in remaining]
+        if held_back:  # shaping or warm-up said when: come back then, not on the retry schedule
+            due = now + min(held_back)
         due = min(due, message.received_at + self.config.max_queue_age + 1)
         await self.spool.offload(self.spool.defer, message.queue_id, due)
 
@@ -298,4 +368,4 @@ class DeliveryAgent:
             log, "delivery", queue_id=message.queue_id, to=f"<{recipient.address}>", relay=attempt.relay,
             delay=f"{now - message.received_at:.2f}", dsn=status, status=word,
             protection=attempt.protection_used, tls=str(attempt.tls), reply=str(attempt.reply))
-        metrics.DELIVERIES.labels(result=word, protection=attempt.protection_used, pool="default").inc()
+        metrics.DELIVERIES.labels(result=word, protection=attempt.protection_used, pool=attempt.pool).inc()

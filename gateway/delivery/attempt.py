@@ -22,6 +22,9 @@ class Attempt:
     egress_ip: str | None = None  # our source address on the connection
     dkim: str = ""  # "domain:selector,selector" of the signatures on what was sent
     note: str = ""  # for protected recipients: why stronger methods were not used
+    pool: str = "default"  # the egress pool it left from
+    retry_after: float = 0.0  # held back by shaping or warm-up: try again after this many seconds
+    drop: bool = False  # suppressed, and the sender is not told: no DSN
 
     @property
     def protection_used(self) -> str:

@@ -152,6 +152,7 @@ class SmtpConnection:
         self.last_used = time.monotonic()
         self.broken = False  # a network error or timeout: do not reuse
         self.reached_data = False  # the last deliver() sent DATA (a retry could duplicate)
+        self.on_close: list[Callable[[], None]] = []  # e.g. shaping's count of open connections
 
     @property
     def passes_dsn(self) -> bool:
@@ -265,6 +266,9 @@ class SmtpConnection:
             if not self.broken and self._client.is_connected:
                 await self._client.quit(timeout=2.0)
         self._client.close()
+        for callback in self.on_close:
+            callback()
+        self.on_close.clear()
 
 
 class Connector:
@@ -277,9 +281,11 @@ class Connector:
         self._verifying, self._any_certificate = tls_contexts(ca_file)
         self._tlsa = tlsa  # DANE: authenticated TLSA records of an MX host, or None to skip DANE
 
-    async def open(self, destinations: Sequence[Destination], requirement: TlsRequirement) -> SmtpConnection:
-        """A connection to the first host that takes one; raises ConnectionFailed with the last
-        reason when none does."""
+    async def open(self, destinations: Sequence[Destination], requirement: TlsRequirement,
+                   source: tuple[str | None, str] = (None, "")) -> SmtpConnection:
+        """A connection to the first host that takes one, from `source` (our address, or None
+        for the system's choice, and the EHLO name, or "" for ours); raises ConnectionFailed
+        with the last reason when none does."""
         last = ConnectionFailed(Reply(451, "4.4.1", "no destination host to try"))
         tls_failure = None
         allowed = [d for d in destinations if requirement.allows(d.host)]
@@ -290,16 +296,16 @@ class Connector:
         for destination in allowed:
             for address in destination.addresses:
                 try:
-                    return await self._open_one(destination, address, requirement)
+                    return await self._open_one(destination, address, requirement, source)
                 except ConnectionFailed as failure:
                     last = failure
                     tls_failure = tls_failure or (failure if failure.tls_failure else None)
         raise tls_failure or last  # a TLS failure says more than a host that was down
 
-    async def _open_one(self, destination: Destination, address: str,
-                        requirement: TlsRequirement) -> SmtpConnection:
+    async def _open_one(self, destination: Destination, address: str, requirement: TlsRequirement,
+                        source: tuple[str | None, str] = (None, "")) -> SmtpConnection:
         relay = f"{destination.host}[{address}]:{destination.port}"
-        client = await self._greet(destination, address, relay)
+        client = await self._greet(destination, address, relay, source)
         if requirement.level == "none":
             return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
         try:
@@ -379,10 +385,13 @@ class Connector:
         client = await self._greet(destination, address, relay)
         return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
 
-    async def _greet(self, destination: Destination, address: str, relay: str) -> aiosmtplib.SMTP:
+    async def _greet(self, destination: Destination, address: str, relay: str,
+                     source: tuple[str | None, str] = (None, "")) -> aiosmtplib.SMTP:
         """Connect, read the greeting, EHLO. A 4xx/5xx greeting or EHLO is a ConnectionFailed."""
+        source_ip, ehlo = source
         client = aiosmtplib.SMTP(hostname=address, port=destination.port, start_tls=False,
-                                 local_hostname=self._ehlo_name, timeout=self._timeouts.command)
+                                 local_hostname=ehlo or self._ehlo_name, timeout=self._timeouts.command,
+                                 source_address=(source_ip, 0) if source_ip else None)
         try:
             await client.connect(timeout=self._timeouts.connect)
             client.timeout = self._timeouts.command

@@ -33,9 +33,15 @@ class ConnectionCache:
         self._reaper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
+    def evict(self, matches: Callable[[Hashable], bool]) -> None:
+        """Close the idle connections whose key `matches` (to make room under a shaping limit)."""
+        for key in [k for k in self._idle if matches(k)]:
+            for connection in self._idle.pop(key):
+                self._close_soon(connection)
+
     @contextlib.asynccontextmanager
-    async def connection(self, key: Hashable, opener: Opener, *,
-                         fresh: bool = False) -> AsyncIterator[SmtpConnection]:
+    async def connection(self, key: Hashable, opener: Opener, *, fresh: bool = False,
+                         max_messages: int | None = None) -> AsyncIterator[SmtpConnection]:
         """A connection for `key` for the duration of the block (a new one with `fresh`); returned
         for reuse afterwards unless it broke. `opener`'s ConnectionFailed passes through."""
         if self._reaper is None:
@@ -50,7 +56,7 @@ class ConnectionCache:
                 try:
                     yield connection
                 finally:
-                    self._give_back(key, connection)
+                    self._give_back(key, connection, max_messages)
         finally:
             self._users[key] -= 1
 
@@ -64,8 +70,9 @@ class ConnectionCache:
             self._close_soon(connection)
         return None
 
-    def _give_back(self, key: Hashable, connection: SmtpConnection) -> None:
-        if connection.broken or connection.messages >= self._max_messages:
+    def _give_back(self, key: Hashable, connection: SmtpConnection, max_messages: int | None = None) -> None:
+        limit = min(self._max_messages, max_messages or self._max_messages)
+        if connection.broken or connection.messages >= limit:
             self._close_soon(connection)
         else:
             self._idle[key].append(connection)

@@ -21,11 +21,14 @@ from gateway.delivery.agent import DeliveryAgent
 from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
+from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.protection import Keyrings
 from gateway.delivery.signing import DkimSigner
+from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
+from gateway.delivery.traffic import Traffic
 from gateway.message import QueuedMessage
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import open_store
@@ -53,6 +56,8 @@ class DeliveryService:
         self.tls_reporter: TlsReporter | None = None
         self._reporting: asyncio.Task[None] | None = None
         self.spool = spool
+        self.suppression = SuppressionList(delivery.suppression.file)
+        self.traffic: Traffic | None = None  # throttling state and warm-up counts outlive reloads
         self.agent = self._agent(config, spool)
         # Through a lambda, so that a reload's new agent serves the next deliveries.
         self.scheduler = Scheduler(spool, lambda queue_id: self.agent.deliver(queue_id),
@@ -76,12 +81,17 @@ class DeliveryService:
                 contact=reports.contact, sender=reports.sender or f"tlsrpt-noreply@{config.hostname}",
                 hostname=config.hostname, enqueue=self._enqueue,
                 ssl_context=tls_contexts(str(delivery.ca_file) if delivery.ca_file else None)[0])
+        self.traffic = Traffic.load(config, self.traffic.shaper if self.traffic else None,
+                                    self.traffic.pools if self.traffic else None)
+        outcomes = Outcomes(self.suppression, scope=delivery.suppression.scope,
+                            sender_domains=[*config.relay.sender_domains, *config.domains])
         return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
                              connections=self.connections, tls_policy=tls_policy,
                              on_queued=lambda queue_id: self.scheduler.notify([queue_id]),
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
                              tls_reports=self.tls_reports, learned=self.learned,
-                             portal=self._portal(config), signer=self._signer(config), audit=self.audit)
+                             portal=self._portal(config), signer=self._signer(config), audit=self.audit,
+                             traffic=self.traffic, suppression=self.suppression, outcomes=outcomes)
 
     @staticmethod
     def _signer(config: Config) -> DkimSigner:
@@ -160,3 +170,6 @@ class DeliveryService:
         if not self.paused:
             await self.scheduler.stop(timeout)
         await self.connections.close()
+        if self.traffic is not None:
+            self.traffic.close()
+        self.suppression.close()

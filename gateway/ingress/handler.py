@@ -30,6 +30,7 @@ from gateway.certs import peer_names
 from gateway.config import LimitsConfig
 from gateway.errors import Hold, Outcome
 from gateway.ingress import replies
+from gateway.ingress.pools import take_pool_header
 from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
 from gateway.ingress.relay import RelayPolicy
@@ -57,6 +58,8 @@ class IngressSettings:
     relay: RelayPolicy
     users: UserStore
     pipeline: Pipeline = Pipeline(())
+    pools: frozenset[str] = frozenset()  # pools a client may name in X-Mailward-Pool
+    pool_header: bool = True
 
 
 class IngressHandler:
@@ -144,13 +147,14 @@ class IngressHandler:
             tls_version=session.tls_version, tls_cipher=session.tls_cipher,
             cert_subject=session.cert_name)
         assert envelope.original_content is not None and envelope.mail_from is not None
+        asked_pool, original = take_pool_header(envelope.original_content)
         item = PipelineItem(QueuedMessage(
             queue_id=queue_id, received_at=time.time(),
             envelope=Envelope(sender=envelope.mail_from, recipients=tuple(envelope.recipients),
                               body=envelope.body_type, smtputf8=envelope.smtp_utf8,
                               ret=envelope.ret, envid=envelope.envid, requiretls=envelope.requiretls),
             client=client, size=len(envelope.original_content),
-            message_id=_message_id(envelope.original_content)), envelope.original_content)
+            message_id=_message_id(original)), original)
         state = QueueState.INCOMING
         try:
             await settings.pipeline.run(item)
@@ -162,7 +166,14 @@ class IngressHandler:
             return outcome.reply
         content = received_header(client, settings.hostname, queue_id, envelope.rcpt_tos,
                                   smtputf8=envelope.smtp_utf8) + item.content
-        message = dataclasses.replace(item.message, size=len(content))
+        pool = item.message.policy.pool
+        if settings.pool_header and asked_pool is not None:
+            if asked_pool in settings.pools:
+                pool = asked_pool
+            else:
+                eventlog.event(log, "unknown_pool", logging.WARNING, queue_id=queue_id, pool=asked_pool,
+                               note="X-Mailward-Pool names no configured pool; the usual choice applies")
+        message = dataclasses.replace(item.message, size=len(content), pool=pool)
         records = [audit_events.received(message)]
         if "dlp" in item.notes or message.policy.action != "allow":
             summary = item.notes.get("dlp")

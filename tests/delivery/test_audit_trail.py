@@ -88,7 +88,7 @@ async def test_every_event_is_audited_verifiable_searchable_and_free_of_content(
     by_queue = {queue_id: [r["event"] for r in records if r.get("queue_id") == queue_id]
                 for queue_id in (protected, bounced, deferred)}
     assert by_queue[protected] == ["received", "policy", "signed", "protection", "delivered"]
-    assert by_queue[bounced] == ["received", "policy", "signed", "bounced", "dsn"]
+    assert by_queue[bounced] == ["received", "policy", "signed", "bounced", "suppressed", "dsn"]
     assert by_queue[deferred] == ["received", "policy", "signed", "deferred", "held", "released", "signed",
                                   "deferred", "held", "deleted"]
     received = next(r for r in records if r["event"] == "received" and r["queue_id"] == protected)

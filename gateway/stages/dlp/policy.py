@@ -133,6 +133,7 @@ class Rule:
     # For "encrypt": the protection methods to try per recipient, strongest first.
     protection: tuple[Method, ...] = PROTECTION_ORDER
     receipt: bool = False  # mail the sender how each recipient was protected, once delivered
+    pool: str | None = None  # send from this egress pool (delivery.pools), e.g. a marketing stream
 
     @property
     def rank(self) -> int:

@@ -61,7 +61,7 @@ class DlpStage:
         item.notes[self.name] = summary
         item.message = dataclasses.replace(message, policy=PolicyDecision(
             action=verdict.action, rules=verdict.applied, protect=verdict.protect,
-            methods=verdict.methods, receipt=verdict.receipt))
+            methods=verdict.methods, receipt=verdict.receipt, pool=verdict.pool))
         item.add_headers(verdict.headers)
         for address in verdict.notify:
             item.generated.append(notification(item.message, verdict, summary, to=address,

@@ -32,6 +32,7 @@ class Verdict:
     reply: str = ""  # the text of the 5xx when the action is block
     methods: tuple[str, ...] = PROTECTION_ORDER  # protection order, from the deciding encrypt rule
     receipt: bool = False  # a rule asks for a protection receipt to the sender
+    pool: str | None = None  # a rule asks for an egress pool
     error: str | None = None  # why on_error decided: "timeout" or "scan_failed"
     recipient_actions: tuple[str, ...] = ()  # per recipient, in envelope order
 
@@ -80,6 +81,7 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
         reply=blocking.reply if blocking is not None else "",
         methods=encrypting.protection if encrypting is not None else PROTECTION_ORDER,
         receipt=any(rule.receipt for _, rule in everything),
+        pool=next((rule.pool for _, rule in everything if rule.pool), None),
         recipient_actions=tuple(actions))
 
 

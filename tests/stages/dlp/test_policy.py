@@ -53,7 +53,7 @@ def test_shipped_policies_encrypt_phi_and_block_bulk_ssn() -> None:
 def test_unknown_key_is_reported_at_its_line(tmp_path: Path) -> None:
     text = "match: first\nrules:\n  - name: a\n    action: encrypt\n    colour: red\n"
     assert errors_of(tmp_path, text) == [f"{tmp_path}/bad.yaml:5: rules[0].colour: unknown key "
-                                         "(allowed here: action, name, notify, protection, receipt, "
+                                         "(allowed here: action, name, notify, pool, protection, receipt, "
                                          "reply, severity, tag, when)"]
 
 

@@ -1,0 +1,203 @@
+"""Egress pools: which source IP (and EHLO name) a delivery leaves from, and IP warm-up.
+
+A message belongs to one pool (chosen at ingress, see `ingress.pools`). For each connection the
+pool's IPs are weighed (`weight`) among those that are active (not drained or disabled with
+``mailward pool``) and under their warm-up cap for the destination provider today. An IP at its
+cap either spills to another of the pool or, with ``at_cap: wait``, the delivery waits for the
+next day (UTC). Without configured pools there is one implicit pool whose connections use the
+system's source address and `hostname` as EHLO name.
+
+Warm-up counters (messages per IP, provider and UTC day) are kept in `delivery.warmup_file`,
+saved at most once a second and at shutdown, so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gateway.config import DeliveryConfig
+from gateway.durable import write_atomic
+
+IpState = Literal["active", "drain", "disabled"]
+SAVE_INTERVAL = 1.0
+STATE_CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class EgressIp:
+    address: str | None  # None: the system picks the source address
+    ehlo: str
+    weight: int = 1
+    schedule: tuple[int, ...] = ()  # warm-up daily caps; () for none
+    start: datetime.date | None = None
+
+    def cap(self, day: datetime.date) -> int | None:
+        """Messages allowed per provider on `day`, or None for no cap."""
+        if not self.schedule or self.start is None:
+            return None
+        index = (day - self.start).days
+        if index < 0:
+            return 0  # not started yet
+        return self.schedule[index] if index < len(self.schedule) else None
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    ips: tuple[EgressIp, ...]
+    stream: str = "transactional"
+    at_cap: str = "spill"
+
+
+class Wait:
+    """No IP of the pool may send to this provider today; try again at `until`."""
+
+    def __init__(self, until: float, reason: str) -> None:
+        self.until, self.reason = until, reason
+
+
+def utc_day(now: float) -> datetime.date:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+
+
+def next_utc_midnight(now: float) -> float:
+    day = utc_day(now) + datetime.timedelta(days=1)
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC).timestamp()
+
+
+class WarmupCounters:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.day = ""
+        self.counts: dict[str, dict[str, int]] = {}  # ip -> provider -> messages today
+        self._saved_at = 0.0
+        self._dirty = False
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
+            data = json.loads(path.read_text())
+            self.day, self.counts = str(data["day"]), {ip: dict(p) for ip, p in data["counts"].items()}
+
+    def _roll(self, now: float) -> None:
+        today = utc_day(now).isoformat()
+        if today != self.day:
+            self.day, self.counts = today, {}
+
+    def get(self, ip: str, provider: str, now: float) -> int:
+        self._roll(now)
+        return self.counts.get(ip, {}).get(provider, 0)
+
+    def add(self, ip: str, provider: str, now: float) -> None:
+        self._roll(now)
+        per_ip = self.counts.setdefault(ip, {})
+        per_ip[provider] = per_ip.get(provider, 0) + 1
+        self._dirty = True
+        if now - self._saved_at >= SAVE_INTERVAL:
+            self.save(now)
+
+    def save(self, now: float | None = None) -> None:
+        if not self._dirty:
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps({"day": self.day, "counts": self.counts}).encode())
+        self._saved_at, self._dirty = now if now is not None else time.time(), False
+
+
+def read_ip_states(path: Path) -> dict[str, IpState]:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        data = json.loads(path.read_text())
+        return {str(ip): state for ip, state in data.items() if state in ("drain", "disabled")}
+    return {}
+
+
+def write_ip_state(path: Path, address: str, state: IpState) -> None:
+    """`mailward pool drain|disable|enable IP`: the running gateway reads it within a second."""
+    states = read_ip_states(path)
+    if state == "active":
+        states.pop(address, None)
+    else:
+        states[address] = state
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(states, sort_keys=True).encode())
+
+
+class EgressPools:
+    def __init__(self, pools: Mapping[str, Pool], default: str, sender_domains: Mapping[str, str],
+                 counters: WarmupCounters, state_file: Path) -> None:
+        self.pools = dict(pools)
+        self.default = default
+        self.sender_domains = {d.lower(): p for d, p in sender_domains.items()}
+        self.counters = counters
+        self.state_file = state_file
+        self._states: dict[str, IpState] = {}
+        self._states_checked = 0.0
+        self._states_mtime = -1.0
+
+    @classmethod
+    def load(cls, config: DeliveryConfig, hostname: str,
+             counters: WarmupCounters | None = None) -> EgressPools:
+        pools = {}
+        for name, pool in config.pools.items():
+            ips = tuple(EgressIp(ip.address, ip.ehlo, ip.weight,
+                                 config.warmup[ip.warmup].per_day if ip.warmup else (),
+                                 datetime.date.fromisoformat(ip.warmup_start) if ip.warmup_start else None)
+                        for ip in pool.ips)
+            pools[name] = Pool(name, ips, pool.stream, pool.at_cap)
+        if not pools:
+            pools["default"] = Pool("default", (EgressIp(None, hostname),))
+        default = config.pool_selection.default or next(iter(pools))
+        return cls(pools, default, config.pool_selection.sender_domains,
+                   counters or WarmupCounters(config.warmup_file), config.egress_state_file)
+
+    def pool(self, name: str | None) -> Pool:
+        return self.pools.get(name or "", self.pools[self.default])
+
+    def pool_for_sender(self, sender: str) -> str:
+        domain = sender.rpartition("@")[2].lower()
+        return self.sender_domains.get(domain, self.default)
+
+    def states(self, now: float) -> dict[str, IpState]:
+        if now - self._states_checked >= STATE_CHECK_INTERVAL:
+            self._states_checked = now
+            try:
+                mtime = os.stat(self.state_file).st_mtime
+            except FileNotFoundError:
+                mtime = 0.0
+            if mtime != self._states_mtime:
+                self._states_mtime = mtime
+                self._states = read_ip_states(self.state_file)
+        return self._states
+
+    def choose(self, pool: Pool, provider: str, now: float) -> EgressIp | Wait:
+        """An IP of `pool` for one more message to `provider`, counted against its warm-up cap."""
+        states = self.states(now)
+        active = [ip for ip in pool.ips if ip.address is None or states.get(ip.address) is None]
+        if not active:
+            return Wait(now + 300, f"every IP of pool {pool.name} is drained or disabled")
+        day = utc_day(now)
+        under = [ip for ip in active
+                 if (cap := ip.cap(day)) is None or self.counters.get(str(ip.address), provider, now) < cap]
+        if pool.at_cap == "wait":
+            # Each IP keeps its own share: a message waits for its IP rather than moving.
+            chosen = random.choices(active, weights=[ip.weight for ip in active])[0]  # noqa: S311 - load spreading
+            if chosen not in under:
+                return Wait(next_utc_midnight(now), f"warm-up cap of {chosen.address} for {provider} "
+                                                    "reached today")
+        elif not under:
+            return Wait(next_utc_midnight(now), f"warm-up caps of pool {pool.name} for {provider} "
+                                                "reached today")
+        else:
+            chosen = random.choices(under, weights=[ip.weight for ip in under])[0]  # noqa: S311 - load spreading
+        if chosen.schedule:
+            self.counters.add(str(chosen.address), provider, now)
+        return chosen
+
+    def close(self) -> None:
+        self.counters.save()

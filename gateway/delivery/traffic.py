@@ -1,0 +1,105 @@
+"""How a delivery goes out: the egress pool and IP, the destination's shaping, and the marketing
+stream's unsubscribe headers, in one object the delivery agent asks before each transaction.
+
+`Route` is decided once per recipient domain: the message's pool and the shaped destination
+(a `delivery.shaping` rule, or the domain itself). `admit` is asked before each transaction: it
+answers with a deferral when the destination is paused after throttling, its rate budget is spent
+for longer than a few seconds, or no IP of the pool may send to it today (warm-up); otherwise it
+names the IP to leave from. `observe` feeds the replies back (throttling pauses the destination).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.config import Config
+from gateway.delivery.bounces import classify
+from gateway.delivery.client import Reply
+from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
+from gateway.delivery.mx import Destination
+from gateway.delivery.shaping import MAX_WAIT, ShapedDestination, Shaper
+from gateway.delivery.unsubscribe import UnsubscribeLinks
+from gateway.delivery.unsubscribe import load_key as load_unsubscribe_key
+from gateway.message import QueuedMessage
+
+
+@dataclass(frozen=True)
+class Route:
+    pool: Pool
+    destination: ShapedDestination
+
+    @property
+    def provider(self) -> str:
+        """The warm-up counter's destination: a shaping rule's name, else "other"."""
+        return self.destination.name if self.destination.rule is not None else "other"
+
+    @property
+    def marketing(self) -> bool:
+        return self.pool.stream == "marketing"
+
+
+@dataclass(frozen=True)
+class Deferral:
+    reply: Reply
+    retry_after: float  # seconds
+
+
+class Traffic:
+    def __init__(self, pools: EgressPools, shaper: Shaper, links: UnsubscribeLinks | None) -> None:
+        self.pools = pools
+        self.shaper = shaper
+        self.links = links
+
+    @classmethod
+    def load(cls, config: Config, shaper: Shaper | None = None, pools: EgressPools | None = None) -> Traffic:
+        """From config; `shaper` and `pools` carry state (throttling, counters) over a reload."""
+        links = None
+        if any(pool.stream == "marketing" for pool in config.delivery.pools.values()):
+            feedback = config.feedback
+            url = feedback.unsubscribe_url or (f"{config.portal.base_url.rstrip('/')}/u"
+                                               if config.portal.enabled else None)
+            links = UnsubscribeLinks(load_unsubscribe_key(feedback.key_file), url_base=url,
+                                     hostname=config.hostname, local_part=feedback.unsubscribe_local_part)
+        if shaper is None or shaper.rules != dict(config.delivery.shaping):
+            shaper = Shaper(config.delivery.shaping)
+        fresh = EgressPools.load(config.delivery, config.hostname,
+                                 pools.counters if pools is not None else None)
+        return cls(fresh, shaper, links)
+
+    def route(self, message: QueuedMessage, domain: str, destinations: Sequence[Destination]) -> Route:
+        name = message.pool or self.pools.pool_for_sender(message.envelope.sender)
+        return Route(self.pools.pool(name), self.shaper.destination(domain, destinations))
+
+    async def admit(self, route: Route, now: float) -> EgressIp | Deferral:
+        """The IP for one more transaction to `route`, or why it must wait."""
+        destination = route.destination
+        paused = self.shaper.paused(destination, now)
+        if paused:
+            return Deferral(Reply(451, "4.7.0", f"{destination.name} asked us to slow down; paused for "
+                                                f"{paused:.0f}s"), paused)
+        wait = self.shaper.take(destination, now)
+        if wait > MAX_WAIT:
+            return Deferral(Reply(451, "4.7.0", f"rate limit for {destination.name} reached"), wait)
+        if wait:
+            await asyncio.sleep(wait)
+        chosen = self.pools.choose(route.pool, route.provider, now)
+        if isinstance(chosen, Wait):
+            return Deferral(Reply(451, "4.7.0", chosen.reason), max(1.0, chosen.until - now))
+        return chosen
+
+    def observe(self, route: Route, replies: Sequence[Reply], now: float) -> None:
+        """Throttling replies pause the destination; deliveries let it back gradually."""
+        if any(classify(r.code, r.status, r.text) == "throttled" for r in replies if r.code >= 400):
+            self.shaper.throttled(route.destination, now)
+        elif any(r.code < 300 for r in replies):
+            self.shaper.delivered(route.destination)
+
+    def unsubscribe_headers(self, route: Route, recipient: str, sender: str) -> bytes:
+        if not route.marketing or self.links is None:
+            return b""
+        return self.links.headers(recipient, sender.rpartition("@")[2] or self.links.hostname)
+
+    def close(self) -> None:
+        self.pools.close()
