@@ -29,7 +29,10 @@ from gateway.audit.events import Audit
 from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
+from gateway.delivery.suppression import SuppressionList
+from gateway.delivery.traffic import unsubscribe_links
 from gateway.errors import MailwardError
+from gateway.ingress.feedback import Feedback, OneClick
 from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSettings
 from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
@@ -102,6 +105,8 @@ class Gateway:
         self._audit_pruner: asyncio.Task[None] | None = None
         self.webhooks: WebhookDispatcher | None = None
         self._api_runner: web.AppRunner | None = None
+        self.feedback: Feedback | None = None
+        self.suppression: SuppressionList | None = None
         self._stopping = asyncio.Event()
         self.audit = Audit.off()
 
@@ -118,6 +123,9 @@ class Gateway:
         config = self.config
         self.spool = open_spool(config.spool, create_key=self.role != "delivery")
         self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
+        if self.role != "delivery":
+            # Before the delivery side starts: it reads the unsubscribe key this may create.
+            self.feedback = self._feedback(config)
         if self.role != "delivery":
             # Before listening: nobody else writes incoming/ yet.
             eventlog.event(log, "spool_recovered", unfinished_writes=self.spool.recover_writes())
@@ -145,7 +153,8 @@ class Gateway:
         if self._loaded.policies.files:
             await self.scan_pool.start()
         self._report_policies(self._loaded)
-        self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted, audit=self.audit)
+        self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted, audit=self.audit,
+                                      feedback=self.feedback)
         for listener in config.listeners:
             server = await asyncio.get_running_loop().create_server(
                 lambda listener=listener: self._protocol(listener),  # type: ignore[misc]
@@ -166,14 +175,29 @@ class Gateway:
             await web.TCPSite(self._api_runner, config.api.listen.host, config.api.listen.port).start()
             eventlog.event(log, "api_listening", address=config.api.listen)
 
+    def _feedback(self, config: Config) -> Feedback | None:
+        """The gateway's own addresses (complaint reports, mailto: unsubscribes), if configured."""
+        links = unsubscribe_links(config)
+        if config.feedback.fbl_address is None and links is None:
+            return None
+        self.suppression = SuppressionList(config.delivery.suppression.file)
+        return Feedback(hostname=config.hostname, fbl_address=config.feedback.fbl_address,
+                        unsubscribe_local_part=config.feedback.unsubscribe_local_part, links=links,
+                        suppression=self.suppression,
+                        sender_domains=[*config.relay.sender_domains, *config.domains],
+                        pool_of_ip={ip.address: name for name, pool in config.delivery.pools.items()
+                                    for ip in pool.ips})
+
     async def _start_portal(self) -> None:
         """The recipients' web app on `portal.listen`, with its own certificate or behind a TLS
         reverse proxy (see the README); it shares the portal store with delivery."""
         portal = self.config.portal
         store = open_store(portal.store_dir, portal.key_file, create_key=True)
         handoff = PortalHandoff(store, portal, self.config.hostname, self._enqueue_generated)
+        one_click = OneClick(self.feedback, self.audit.write) \
+            if self.feedback is not None and self.feedback.links is not None else None
         app = PortalApp(store, portal, send_code=handoff.send_code, send_reply=handoff.send_reply,
-                        audit=self.audit).application()
+                        audit=self.audit, unsubscribe=one_click).application()
         self._portal_runner = web.AppRunner(app, access_log=None)
         await self._portal_runner.setup()
         context = None
@@ -328,6 +352,8 @@ class Gateway:
         if self.spool is not None:
             self.spool.close()
         self.audit.close()
+        if self.suppression is not None:
+            self.suppression.close()
         eventlog.event(log, "stopped", unfinished_sessions=len(self.tracker.open))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from gateway import __version__, eventlog
 from gateway.audit import commands as audit_commands
 from gateway.config import Config, find_config_file, load_config
+from gateway.delivery import commands as delivery_commands
 from gateway.errors import ConfigError, MailwardError
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
@@ -144,6 +145,30 @@ def _parser() -> argparse.ArgumentParser:
     a_verify.set_defaults(handler=audit_commands.cmd_verify)
     a_search.set_defaults(handler=audit_commands.cmd_search)
     a_export.set_defaults(handler=audit_commands.cmd_export)
+
+    suppress = commands.add_parser("suppress", help="the suppression list").add_subparsers(
+        title="suppression commands", metavar="ACTION", required=True)
+    s_add = suppress.add_parser("add", help="stop mail to an address")
+    s_remove = suppress.add_parser("remove", help="allow mail to an address again")
+    for sub in (s_add, s_remove):
+        sub.add_argument("address")
+        sub.add_argument("--domain", help="only for this sender domain (default: add for all; "
+                                          "remove every entry)")
+        sub.set_defaults(handler=delivery_commands.cmd_suppress, action=sub.prog.split()[-1])
+    s_add.add_argument("--reason", help="e.g. legal, request (default: manual)")
+    s_list = suppress.add_parser("list", help="entries, newest first")
+    s_list.add_argument("--json", action="store_true")
+    s_list.set_defaults(handler=delivery_commands.cmd_suppress, action="list")
+    pool = commands.add_parser("pool", help="egress IPs").add_subparsers(
+        title="pool commands", metavar="ACTION", required=True)
+    p_status = pool.add_parser("status", help="pools, IPs, their state and today's warm-up counts")
+    p_status.add_argument("--json", action="store_true")
+    p_status.set_defaults(handler=delivery_commands.cmd_pool, action="status")
+    for name, helptext in (("drain", "no new connections from this IP (open ones finish)"),
+                           ("disable", "take this IP out of use"), ("enable", "use this IP again")):
+        sub = pool.add_parser(name, help=helptext)
+        sub.add_argument("address")
+        sub.set_defaults(handler=delivery_commands.cmd_pool, action=name)
 
     dns = commands.add_parser("dns", help="sender domains' DNS").add_subparsers(
         title="DNS commands", metavar="ACTION", required=True)

@@ -46,6 +46,17 @@ class Deferral:
     retry_after: float  # seconds
 
 
+def unsubscribe_links(config: Config) -> UnsubscribeLinks | None:
+    """The unsubscribe links of marketing streams, when a pool is one."""
+    if not any(pool.stream == "marketing" for pool in config.delivery.pools.values()):
+        return None
+    feedback = config.feedback
+    url = feedback.unsubscribe_url or (f"{config.portal.base_url.rstrip('/')}/u"
+                                       if config.portal.enabled else None)
+    return UnsubscribeLinks(load_unsubscribe_key(feedback.key_file), url_base=url,
+                            hostname=config.hostname, local_part=feedback.unsubscribe_local_part)
+
+
 class Traffic:
     def __init__(self, pools: EgressPools, shaper: Shaper, links: UnsubscribeLinks | None) -> None:
         self.pools = pools
@@ -55,13 +66,7 @@ class Traffic:
     @classmethod
     def load(cls, config: Config, shaper: Shaper | None = None, pools: EgressPools | None = None) -> Traffic:
         """From config; `shaper` and `pools` carry state (throttling, counters) over a reload."""
-        links = None
-        if any(pool.stream == "marketing" for pool in config.delivery.pools.values()):
-            feedback = config.feedback
-            url = feedback.unsubscribe_url or (f"{config.portal.base_url.rstrip('/')}/u"
-                                               if config.portal.enabled else None)
-            links = UnsubscribeLinks(load_unsubscribe_key(feedback.key_file), url_base=url,
-                                     hostname=config.hostname, local_part=feedback.unsubscribe_local_part)
+        links = unsubscribe_links(config)
         if shaper is None or shaper.rules != dict(config.delivery.shaping):
             shaper = Shaper(config.delivery.shaping)
         fresh = EgressPools.load(config.delivery, config.hostname,

@@ -30,6 +30,7 @@ from gateway.certs import peer_names
 from gateway.config import LimitsConfig
 from gateway.errors import Hold, Outcome
 from gateway.ingress import replies
+from gateway.ingress.feedback import Feedback
 from gateway.ingress.pools import take_pool_header
 from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
@@ -66,11 +67,13 @@ class IngressHandler:
     """aiosmtpd handler shared by every listener."""
 
     def __init__(self, settings: IngressSettings, spool: Spool,
-                 on_accepted: AcceptedHook | None = None, audit: Audit | None = None) -> None:
+                 on_accepted: AcceptedHook | None = None, audit: Audit | None = None,
+                 feedback: Feedback | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.on_accepted = on_accepted
         self.audit = audit or Audit.off()
+        self.feedback = feedback
 
     # -- aiosmtpd hooks -----------------------------------------------------------------------
 
@@ -125,6 +128,13 @@ class IngressHandler:
     async def rcpt_to(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction,
                       recipient: Recipient) -> str:
         settings = self.settings
+        kind = self.feedback.kind(recipient.address) if self.feedback is not None else None
+        if kind is not None:  # the gateway's own address: anyone may write, nothing is relayed
+            if len(envelope.rcpt_tos) >= settings.limits.max_recipients:
+                return replies.TOO_MANY_RECIPIENTS
+            envelope.feedback.append((kind, recipient.address))
+            envelope.rcpt_tos.append(recipient.address)
+            return replies.OK_RECIPIENT
         reason = settings.relay.relay_reason(server.client_ip, session.auth_user, session.cert_name)
         if reason is None:
             self._reject(server, "relay_denied")
@@ -147,6 +157,10 @@ class IngressHandler:
             tls_version=session.tls_version, tls_cipher=session.tls_cipher,
             cert_subject=session.cert_name)
         assert envelope.original_content is not None and envelope.mail_from is not None
+        if envelope.feedback:
+            await self._handle_feedback(envelope.feedback, envelope.mail_from, envelope.original_content)
+            if not envelope.recipients:
+                return replies.FEEDBACK_ACCEPTED
         asked_pool, original = take_pool_header(envelope.original_content)
         item = PipelineItem(QueuedMessage(
             queue_id=queue_id, received_at=time.time(),
@@ -220,6 +234,16 @@ class IngressHandler:
                 await self.audit.write({"event": "not_queued", "queue_id": message.queue_id,
                                         "reason": "queue_write_failed"})
         return False
+
+    async def _handle_feedback(self, addresses: list[tuple[str, str]], sender: str, content: bytes) -> None:
+        """Complaint reports and unsubscribes to the gateway's own addresses, acted on at once."""
+        assert self.feedback is not None
+        records = []
+        for kind, address in addresses:
+            record = await self.spool.offload(self.feedback.handle, kind, address, sender, content)
+            if record is not None:
+                records.append(record)
+        await self.audit.write(*records)
 
     async def _queue_generated(self, item: PipelineItem) -> None:
         """Queue what the stages generated (compliance notifications). A failure here is logged

@@ -61,6 +61,7 @@ class Transaction(Envelope):
         self.requiretls = False  # RFC 8689
         self.recipients: list[Recipient] = []
         self.relay_reason = ""  # decided at the first accepted RCPT, recorded with the message
+        self.feedback: list[tuple[str, str]] = []  # (kind, address) of the gateway's own addresses
 
 
 @dataclass

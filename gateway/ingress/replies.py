@@ -72,3 +72,4 @@ def with_enhanced_code(reply: str) -> str:
         return reply
     separator = reply[3:4] or " "
     return f"{reply[:3]}{separator}{code} {reply[4:]}".rstrip()
+FEEDBACK_ACCEPTED = "250 2.0.0 Ok: thank you, handled"

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from importlib import resources
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
 
 import jinja2
@@ -42,6 +42,14 @@ from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombst
 log = logging.getLogger("mailward.portal")
 
 SendCode = Callable[[PortalMessage, str], Awaitable[None]]
+
+
+class Unsubscribe(Protocol):
+    """What the one-click endpoint needs: read a link's token, record the unsubscribe."""
+
+    def read(self, token: str) -> tuple[str, str] | None: ...
+    async def done(self, address: str, sender_domain: str) -> None: ...
+
 SendReply = Callable[[PortalMessage, EmailMessage, str], Awaitable[None]]
 
 SESSION_TTL = 1800.0
@@ -62,9 +70,11 @@ class _Session:
 
 class PortalApp:
     def __init__(self, store: PortalStore, config: PortalConfig, *, send_code: SendCode,
-                 send_reply: SendReply, audit: Audit | None = None) -> None:
+                 send_reply: SendReply, audit: Audit | None = None,
+                 unsubscribe: Unsubscribe | None = None) -> None:
         self.store = store
         self.audit = audit or Audit.off()
+        self.unsubscribe_hook = unsubscribe
         self.config = config
         self.send_code = send_code
         self.send_reply = send_reply
@@ -88,6 +98,9 @@ class PortalApp:
         app.router.add_get("/m/{token}/body", self.body)
         app.router.add_get("/m/{token}/attachment/{index}", self.attachment)
         app.router.add_post("/m/{token}/reply", self.reply)
+        if self.unsubscribe_hook is not None:
+            app.router.add_get("/u/{token}", self.unsubscribe_page)
+            app.router.add_post("/u/{token}", self.unsubscribe)
         app.router.add_get("/static/portal.css", self.css)
         app.router.add_get("/healthz", self.health)
         return app
@@ -326,6 +339,29 @@ class PortalApp:
             await self._event("replied", record, request.remote)
         return await self.read(request, replied=bool(text))
 
+    def _unsubscribe_token(self, request: web.Request) -> tuple[str, str]:
+        assert self.unsubscribe_hook is not None
+        found = self.unsubscribe_hook.read(request.match_info["token"][:600])
+        if found is None:
+            raise self._notice("Link not valid", "This unsubscribe link is not valid.", 404)
+        return found
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        """A person following the link confirms with a button (a GET never unsubscribes: mail
+        scanners open links)."""
+        address, domain = self._unsubscribe_token(request)
+        html = self._templates.get_template("unsubscribe.html.j2").render(
+            branding=self.config.branding, title="Unsubscribe", address=_mask(address), domain=domain)
+        return web.Response(text=html, content_type="text/html")
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        """RFC 8058 one-click: a POST of List-Unsubscribe=One-Click (or the page's button)."""
+        address, domain = self._unsubscribe_token(request)
+        assert self.unsubscribe_hook is not None
+        await self.unsubscribe_hook.done(address, domain)
+        raise self._notice("Unsubscribed", f"{_mask(address)} will get no more of these emails from "
+                                           f"{domain}.", 200)
+
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -334,7 +370,8 @@ class PortalApp:
 
 
 _ERRORS: dict[int, type[web.HTTPException]] = {
-    403: web.HTTPForbidden, 404: web.HTTPNotFound, 410: web.HTTPGone, 500: web.HTTPInternalServerError}
+    200: web.HTTPOk, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 410: web.HTTPGone,
+    500: web.HTTPInternalServerError}
 
 
 def _parse(content: bytes) -> EmailMessage:

@@ -1,0 +1,101 @@
+"""``mailward suppress`` and ``mailward pool``: the suppression list and egress IPs, by hand.
+
+Both work on files the running gateway shares (the suppression database, the egress state file),
+so they take effect at once (pool changes within a second) without a reload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+
+from gateway.audit.events import Audit, os_user
+from gateway.config import Config
+from gateway.delivery.egress import (
+    EgressPools,
+    IpState,
+    WarmupCounters,
+    read_ip_states,
+    utc_day,
+    write_ip_state,
+)
+from gateway.delivery.suppression import GLOBAL, SuppressionList
+from gateway.errors import MailwardError
+
+EXIT_OK, EXIT_FAIL = 0, 1
+
+
+def cmd_suppress(config: Config, args: argparse.Namespace) -> int:
+    suppression = SuppressionList(config.delivery.suppression.file)
+    audit = Audit.open(config.audit)
+    try:
+        if args.action == "add":
+            scope = (args.domain or GLOBAL).lower()
+            added = suppression.add(args.address, scope=scope, reason=args.reason or "manual",
+                                    detail=f"by {os_user()}")
+            audit.write_sync({"event": "suppressed", "queue_id": None, "recipient": args.address.lower(),
+                              "scope": scope, "reason": args.reason or "manual", "user": os_user(),
+                              "by": "admin"})
+            print(f"{args.address}: {'suppressed' if added else 'already suppressed, updated'} "
+                  f"for {'every sender domain' if scope == GLOBAL else scope}")
+            return EXIT_OK
+        if args.action == "remove":
+            removed = suppression.remove(args.address, scope=args.domain)
+            if not removed:
+                raise MailwardError(f"{args.address}: not on the suppression list")
+            audit.write_sync({"event": "unsuppressed", "queue_id": None, "recipient": args.address.lower(),
+                              "scope": args.domain or "all", "user": os_user(), "by": "admin"})
+            print(f"{args.address}: removed ({removed} entr{'y' if removed == 1 else 'ies'})")
+            return EXIT_OK
+        entries = suppression.entries()
+        if args.json:
+            print(json.dumps([{"address": e.address, "scope": e.scope, "reason": e.reason,
+                               "detail": e.detail, "at": _iso(e.at)} for e in entries], indent=1))
+        else:
+            for e in entries:
+                print(f"{e.address}\t{e.scope}\t{e.reason}\t{_iso(e.at)}\t{e.detail}")
+        return EXIT_OK
+    finally:
+        suppression.close()
+        audit.close()
+
+
+def cmd_pool(config: Config, args: argparse.Namespace) -> int:
+    delivery = config.delivery
+    known = {ip.address for pool in delivery.pools.values() for ip in pool.ips}
+    if args.action != "status":
+        if args.address not in known:
+            raise MailwardError(f"{args.address}: not an IP of any pool in delivery.pools")
+        states_by_action: dict[str, IpState] = {"drain": "drain", "disable": "disabled", "enable": "active"}
+        state = states_by_action[args.action]
+        write_ip_state(delivery.egress_state_file, args.address, state)
+        Audit.open(config.audit).write_sync({"event": f"egress_{state}", "queue_id": None,
+                                             "egress_ip": args.address, "user": os_user(), "by": "admin"})
+        print(f"{args.address}: {state} (the running gateway follows within a second)")
+        return EXIT_OK
+    pools = EgressPools.load(delivery, config.hostname, WarmupCounters(delivery.warmup_file))
+    states = read_ip_states(delivery.egress_state_file)
+    now = time.time()
+    today = pools.counters.counts if pools.counters.day == utc_day(now).isoformat() else {}
+    report = []
+    for pool in pools.pools.values():
+        for ip in pool.ips:
+            counts = today.get(str(ip.address), {})
+            report.append({"pool": pool.name, "stream": pool.stream, "address": ip.address, "ehlo": ip.ehlo,
+                           "weight": ip.weight, "state": states.get(str(ip.address), "active"),
+                           "warmup_cap_today": ip.cap(utc_day(now)), "sent_today": counts})
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for row in report:
+            cap = row["warmup_cap_today"]
+            print(f"{row['pool']:<16}{row['address'] or 'system':<18}{row['ehlo']:<28}{row['state']:<9}"
+                  f"weight {row['weight']}  cap/provider today: {cap if cap is not None else '-'}  "
+                  f"sent today: {row['sent_today'] or '-'}")
+    return EXIT_OK
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
