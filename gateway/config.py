@@ -419,7 +419,7 @@ class FeedbackConfig:
 
     fbl_address: str | None = None  # e.g. fbl@mailward.example.com; register it with the providers
     unsubscribe_local_part: str = "unsubscribe"
-    unsubscribe_url: str | None = None  # one-click base; default: portal.base_url + "/u"
+    unsubscribe_url: str | None = None  # where /u/TOKEN is served; default: portal.base_url
     key_file: Path = Path("var/keys/unsubscribe.key")  # signs unsubscribe tokens (0600, made on first use)
 
 

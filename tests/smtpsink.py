@@ -23,6 +23,8 @@ class Received:
     recipients: list[str]
     content: bytes
     tls_version: str | None
+    peer: str = ""  # the client's (our egress) address
+    helo: str = ""
 
 
 class Sink:
@@ -37,6 +39,11 @@ class Sink:
         self.offer_requiretls = False  # advertise RFC 8689 REQUIRETLS (and accept the parameter)
         self.requiretls_seen = 0  # MAIL commands that carried REQUIRETLS
         self.connections = 0
+        self.open_connections = 0
+        self.max_open_connections = 0  # the most connections open at once
+        self.rcpt_seen: list[str] = []  # every RCPT address asked for, accepted or not
+        self.data_times: list[float] = []  # loop time of each DATA command
+        self.data_delay = 0.0  # a slow receiver: seconds before answering DATA
         self.transactions = 0
         self.arrived = asyncio.Event()
 
@@ -58,6 +65,7 @@ class Sink:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        self.rcpt_seen.append(address)
         if address in self.rcpt_replies:
             return self.rcpt_replies[address]
         if self.max_rcpts is not None and len(envelope.rcpt_tos) >= self.max_rcpts:
@@ -67,6 +75,9 @@ class Sink:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.transactions += 1
+        self.data_times.append(asyncio.get_running_loop().time())
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)  # the receiver's own pace, not test timing
         if self.hang_data or (self.hang_after is not None and len(self.messages) >= self.hang_after):
             await asyncio.Event().wait()  # until the client gives up and the server is closed
         if self.data_replies:
@@ -77,7 +88,8 @@ class Sink:
         content = envelope.original_content or b""
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         self.messages.append(Received(sender, list(envelope.rcpt_tos), content,
-                                      ssl_object.version() if ssl_object else None))
+                                      ssl_object.version() if ssl_object else None,
+                                      session.peer[0] if session.peer else "", session.host_name or ""))
         self.arrived.set()
         return "250 2.0.0 OK queued"
 
@@ -89,7 +101,13 @@ class _CountingSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._sink.connections += 1
+        self._sink.open_connections += 1
+        self._sink.max_open_connections = max(self._sink.max_open_connections, self._sink.open_connections)
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sink.open_connections -= 1
+        super().connection_lost(exc)
 
     def _getparams(self, params: Any) -> Any:
         found = super()._getparams(params)

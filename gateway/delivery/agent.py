@@ -344,7 +344,9 @@ class DeliveryAgent:
             return None
         remote = attempt.remote_host
         return dsn.DsnRecipient(
-            recipient, action, status, diagnostic=str(attempt.reply) if remote else None,
+            recipient, action, status,
+            # A remote reply, or our own final word (e.g. the suppression list) on a failure.
+            diagnostic=str(attempt.reply) if remote or action == "failed" else None,
             remote_mta=remote, last_attempt=now,
             will_retry_until=message.received_at + self.config.max_queue_age if action == "delayed" else None)
 

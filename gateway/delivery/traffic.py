@@ -51,8 +51,7 @@ def unsubscribe_links(config: Config) -> UnsubscribeLinks | None:
     if not any(pool.stream == "marketing" for pool in config.delivery.pools.values()):
         return None
     feedback = config.feedback
-    url = feedback.unsubscribe_url or (f"{config.portal.base_url.rstrip('/')}/u"
-                                       if config.portal.enabled else None)
+    url = feedback.unsubscribe_url or (config.portal.base_url if config.portal.enabled else None)
     return UnsubscribeLinks(load_unsubscribe_key(feedback.key_file), url_base=url,
                             hostname=config.hostname, local_part=feedback.unsubscribe_local_part)
 

@@ -120,8 +120,12 @@ class IngressHandler:
                         address: str) -> str:
         settings = self.settings
         if not settings.relay.sender_allowed(address):
-            self._reject(server, "sender_domain")
-            return replies.SENDER_DOMAIN_DENIED.format(address=address)
+            if self.feedback is None:
+                self._reject(server, "sender_domain")
+                return replies.SENDER_DOMAIN_DENIED.format(address=address)
+            # Complaint reports and unsubscribes come from anywhere: the sender domain is checked
+            # at RCPT, for recipients that would be relayed.
+            envelope.sender_denied = True
         envelope.mail_from = address
         return replies.OK_SENDER
 
@@ -135,6 +139,9 @@ class IngressHandler:
             envelope.feedback.append((kind, recipient.address))
             envelope.rcpt_tos.append(recipient.address)
             return replies.OK_RECIPIENT
+        if envelope.sender_denied:
+            self._reject(server, "sender_domain")
+            return replies.SENDER_DOMAIN_DENIED.format(address=envelope.mail_from)
         reason = settings.relay.relay_reason(server.client_ip, session.auth_user, session.cert_name)
         if reason is None:
             self._reject(server, "relay_denied")

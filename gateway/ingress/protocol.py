@@ -62,6 +62,7 @@ class Transaction(Envelope):
         self.recipients: list[Recipient] = []
         self.relay_reason = ""  # decided at the first accepted RCPT, recorded with the message
         self.feedback: list[tuple[str, str]] = []  # (kind, address) of the gateway's own addresses
+        self.sender_denied = False  # MAIL FROM outside relay.sender_domains: only feedback RCPTs
 
 
 @dataclass
