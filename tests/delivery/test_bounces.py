@@ -9,7 +9,8 @@ from gateway.delivery.bounces import classify, suppresses
 
 @pytest.mark.parametrize(("code", "status", "text", "expected"), [
     (550, "5.1.1", "The email account that you tried to reach does not exist.", "bad_mailbox"),
-    (550, "5.1.10", "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", "bad_mailbox"),
+    (550, "5.1.10", "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+     "bad_mailbox"),
     (550, "5.2.1", "The email account that you tried to reach is disabled.", "bad_mailbox"),
     (552, "5.2.2", "The recipient's inbox is out of storage space.", "mailbox_full"),
     (452, "4.2.2", "The email account that you tried to reach is over quota.", "mailbox_full"),
