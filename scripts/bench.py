@@ -123,6 +123,16 @@ def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}
             proc.kill()
 
 
+# Three pools; smtp-source's one sender lands in the default pool "a", whose three IPs share the
+# connections by weight; a shaping rule for the sink's domain: limits that hold but do not bind.
+POOLS_AND_SHAPING = (
+    ", pools: {{a: {{ips: [{{address: 127.0.0.10, ehlo: a1.bench.test, weight: 2}}, "
+    "{{address: 127.0.0.11, ehlo: a2.bench.test}}, {{address: 127.0.0.12, ehlo: a3.bench.test}}]}}, "
+    "b: {{ips: [{{address: 127.0.0.13, ehlo: b.bench.test}}]}}, "
+    "c: {{ips: [{{address: 127.0.0.14, ehlo: c.bench.test}}]}}}}, "
+    "shaping: {{sink: {{domains: [example.org], max_connections: {sessions}, "
+    "messages_per_connection: 100, per_minute: 1000000}}}}")
+
 POSTFIX_RELAY = """\
 relayhost = [{sink_host}]:{sink_port}
 smtp_tls_security_level = may
@@ -347,7 +357,8 @@ def peak_rss_tree_mb(pid: int) -> float:
 def bench_relay(args: argparse.Namespace) -> None:
     base = ROOT / "bench-out"
     base.mkdir(exist_ok=True)
-    contenders = ["mailward", "postfix"] + (["mailward-no-audit"] if args.audit_off else [])
+    contenders = ["mailward", "postfix"] + (["mailward-no-audit"] if args.audit_off else []) + \
+        (["mailward-pools"] if args.pools else [])
     rounds: dict[str, list[Result]] = {name: [] for name in contenders}
     for name in contenders * args.rounds:  # alternated, so drift hits all alike
         sink = SmtpSink()
@@ -355,7 +366,9 @@ def bench_relay(args: argparse.Namespace) -> None:
             with tempfile.TemporaryDirectory(dir=base, prefix=f"relay-{name}-") as tmp:
                 if name.startswith("mailward"):
                     delivery = (f'{{{NO_DNS}, routes: {{"example.org": "{SINK_HOST}:{sink.port}"}}, '
-                                f"max_connections_per_destination: {args.sessions}}}")
+                                f"max_connections_per_destination: {args.sessions}"
+                                + (POOLS_AND_SHAPING.format(sessions=args.sessions)
+                                   if name == "mailward-pools" else "") + "}")
                     extra = (f"policies_dir: {ROOT / 'policies'}\naudit: {{enabled: false}}\n"
                              if name == "mailward-no-audit" else "")
                     target = mailward_gateway(Path(tmp), delivery, extra)
@@ -385,8 +398,11 @@ def bench_relay(args: argparse.Namespace) -> None:
         print(f"{r.name:<18}{r.rate:10.0f}{r.seconds:10.2f}{rss}")
     ours, reference = results[0], results[1]
     print(f"ratio mailward/postfix: end-to-end throughput {ours.rate / reference.rate:.2f}x")
+    by_name = {r.name: r for r in results}
     if args.audit_off:
-        print(f"ratio audit on/off: {ours.rate / results[2].rate:.2f}x")
+        print(f"ratio audit on/off: {ours.rate / by_name['mailward-no-audit'].rate:.2f}x")
+    if args.pools:
+        print(f"ratio 3 pools + shaping / plain: {by_name['mailward-pools'].rate / ours.rate:.2f}x")
 
 
 def main() -> None:
@@ -404,6 +420,8 @@ def main() -> None:
     relay.add_argument("--rounds", type=int, default=1, help="alternate the two this many times")
     relay.add_argument("--audit-off", action="store_true",
                        help="also run Mailward with the audit log off, for its cost")
+    relay.add_argument("--pools", action="store_true",
+                       help="also run Mailward with 3 egress pools (127.0.0.10-12) and shaping on")
     sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")
     sub.add_parser("crypto", help="S/MIME and PGP encryption of 50 KB messages vs openssl and gpg")
     sub.add_parser("dkim", help="DKIM signatures per second (RSA-2048, Ed25519) vs openssl speed")
