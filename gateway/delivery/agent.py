@@ -29,6 +29,7 @@ from gateway.audit.events import Audit
 from gateway.config import DeliveryConfig
 from gateway.delivery import dsn, receipt, retry
 from gateway.delivery.attempt import Attempt
+from gateway.delivery.bounces import reputation_block
 from gateway.delivery.client import (
     ConnectionFailed,
     Connector,
@@ -239,7 +240,7 @@ class DeliveryAgent:
             if reused and connection.broken and not connection.reached_data and not fresh_only:
                 continue
             break
-        self.traffic.observe(route, list(replies.values()), time.time())
+        self.traffic.observe(route, list(replies.values()), time.time(), admitted)
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
                         connection.passes_dsn, protection=protection, remote_ip=connection.address,
                         egress_ip=connection.egress_ip, dkim=signature, pool=pool) for i in indexes]
@@ -272,6 +273,9 @@ class DeliveryAgent:
             state, status = attempt.reply.state, attempt.reply.status
             if attempt.drop:
                 state = RecipientState.DROPPED
+            elif state is RecipientState.BOUNCED and not expired and \
+                    reputation_block(attempt.reply.code, status, attempt.reply.text):
+                state = RecipientState.DEFERRED  # about our IP, not the recipient: try again
             elif state is RecipientState.DEFERRED and expired:
                 state = RecipientState.BOUNCED
                 status = status if status not in ("4.0.0", "4.3.0") else "4.4.7"

@@ -50,6 +50,16 @@ def classify(code: int, status: str, text: str, *, tls_failure: bool = False) ->
     return "other"
 
 
+_REPUTATION = re.compile(r"reputation|blocked using|block ?list|black ?list|spamhaus|\brbl\b|dnsbl|"
+                         r"listed at|ip .*(blocked|banned)", re.I)
+
+
+def reputation_block(code: int, status: str, text: str) -> bool:
+    """A refusal because of our sending IP's standing, not the recipient or the content: it is
+    retried later (from another IP where the pool has one) instead of bouncing."""
+    return code >= 500 and status.startswith("5.7") and bool(_REPUTATION.search(text))
+
+
 def suppresses(code: int, bounce_class: BounceClass) -> bool:
     """Whether a final failure of this class puts the recipient on the suppression list."""
     return code >= 500 and bounce_class == "bad_mailbox"

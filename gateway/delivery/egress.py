@@ -94,10 +94,10 @@ class WarmupCounters:
         self._roll(now)
         return self.counts.get(ip, {}).get(provider, 0)
 
-    def add(self, ip: str, provider: str, now: float) -> None:
+    def add(self, ip: str, provider: str, now: float, count: int = 1) -> None:
         self._roll(now)
         per_ip = self.counts.setdefault(ip, {})
-        per_ip[provider] = per_ip.get(provider, 0) + 1
+        per_ip[provider] = per_ip.get(provider, 0) + count
         self._dirty = True
         if now - self._saved_at >= SAVE_INTERVAL:
             self.save(now)
@@ -198,6 +198,17 @@ class EgressPools:
         if chosen.schedule:
             self.counters.add(str(chosen.address), provider, now)
         return chosen
+
+    def penalize(self, address: str | None, provider: str, now: float) -> None:
+        """A receiver refused `address` for its reputation: it is done with `provider` for today
+        (a warming IP only; a warm one keeps sending, the refusal is retried)."""
+        for pool in self.pools.values():
+            for ip in pool.ips:
+                cap = ip.cap(utc_day(now)) if ip.address == address else None
+                if cap is not None:
+                    self.counters.add(str(address), provider, now,
+                                      max(0, cap - self.counters.get(str(address), provider, now)))
+                    return
 
     def close(self) -> None:
         self.counters.save()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import Config
-from gateway.delivery.bounces import classify
+from gateway.delivery.bounces import classify, reputation_block
 from gateway.delivery.client import Reply
 from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
 from gateway.delivery.mx import Destination
@@ -93,8 +93,11 @@ class Traffic:
             return Deferral(Reply(451, "4.7.0", chosen.reason), max(1.0, chosen.until - now))
         return chosen
 
-    def observe(self, route: Route, replies: Sequence[Reply], now: float) -> None:
-        """Throttling replies pause the destination; deliveries let it back gradually."""
+    def observe(self, route: Route, replies: Sequence[Reply], now: float, ip: EgressIp | None = None) -> None:
+        """Throttling replies pause the destination; deliveries let it back gradually; a
+        reputation block spends the warming IP's budget for this provider today."""
+        if ip is not None and any(reputation_block(r.code, r.status, r.text) for r in replies):
+            self.pools.penalize(ip.address, route.provider, now)
         if any(classify(r.code, r.status, r.text) == "throttled" for r in replies if r.code >= 400):
             self.shaper.throttled(route.destination, now)
         elif any(r.code < 300 for r in replies):
