@@ -23,7 +23,7 @@ from wsgiref.simple_server import WSGIServer
 
 from aiohttp import web
 
-from gateway import certs, eventlog, metrics
+from gateway import certs, eventlog, metrics, sdnotify
 from gateway.audit import reader as audit_reader
 from gateway.audit.events import Audit
 from gateway.audit.webhooks import WebhookDispatcher
@@ -174,6 +174,7 @@ class Gateway:
             await self._api_runner.setup()
             await web.TCPSite(self._api_runner, config.api.listen.host, config.api.listen.port).start()
             eventlog.event(log, "api_listening", address=config.api.listen)
+        sdnotify.ready("accepting mail on " + ", ".join(f"{h}:{p}" for h, p in self.addresses))
 
     def _feedback(self, config: Config) -> Feedback | None:
         """The gateway's own addresses (complaint reports, mailto: unsubscribes), if configured."""
@@ -263,10 +264,12 @@ class Gateway:
     def reload(self) -> bool:
         """Re-read the config file; apply it whole, or keep the running one and say why."""
         source = self.config.source
+        sdnotify.reloading()
         try:
             loaded = _build(load_config(source) if source is not None else self.config, self.scan_pool)
         except MailwardError as exc:
             eventlog.event(log, "reload_refused", logging.ERROR, error=str(exc).replace("\n", "; "))
+            sdnotify.notify("READY=1", "STATUS=reload refused: the running configuration stays")
             return False
         if loaded.config.listeners != self.config.listeners:
             eventlog.event(log, "reload_listeners_unchanged", logging.WARNING,
@@ -283,6 +286,7 @@ class Gateway:
         self.tracker.max_total = loaded.config.limits.max_connections
         self.tracker.max_per_ip = loaded.config.limits.max_connections_per_ip
         eventlog.event(log, "reloaded", config=source or "embedded-defaults")
+        sdnotify.notify("READY=1", "STATUS=configuration reloaded")
         return True
 
     @staticmethod
@@ -316,6 +320,7 @@ class Gateway:
     async def drain(self) -> None:
         """Stop accepting; let open transactions and deliveries finish within drain_timeout;
         close the rest (unfinished deliveries stay queued)."""
+        sdnotify.stopping()
         for server in self._servers:
             server.close()  # no new connections from here on
         open_sessions = list(self.tracker.open)

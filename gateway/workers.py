@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 
-from gateway import eventlog
+from gateway import eventlog, sdnotify
 from gateway.config import Config
 
 log = logging.getLogger("mailward")
@@ -47,7 +47,7 @@ class DeliveryProcess:
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def _spawn(self) -> None:
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        env = {**sdnotify.child_environment(dict(os.environ)), PARENT_ENV: str(os.getpid())}
         self._proc = await asyncio.create_subprocess_exec(*self._argv, env=env,
                                                           stdin=asyncio.subprocess.DEVNULL)
         eventlog.event(log, "delivery_process_started", pid=self._proc.pid)
