@@ -52,6 +52,10 @@ class ListenerConfig:
     starttls: TlsMode = "optional"
     auth: AuthMode = "optional"
     name: str | None = None  # label in logs and metrics; default "address:port"
+    # Behind a load balancer: HAProxy PROXY protocol v1/v2 from these addresses only; relay
+    # control, limits, logs and the audit then see the real client address.
+    proxy_protocol: bool = False
+    proxy_from: tuple[IPNetwork, ...] = ()
 
     @property
     def label(self) -> str:
@@ -60,6 +64,8 @@ class ListenerConfig:
     def problems(self) -> list[tuple[str, str]]:
         found = []
         found += _port_problems("port", self.port, lowest=0)  # 0: any free port (tests)
+        if self.proxy_protocol and not self.proxy_from:
+            found.append(("proxy_from", "list the load balancers allowed to send PROXY headers"))
         if self.auth != "off" and self.starttls == "off":
             found.append(("auth", "AUTH is only offered after STARTTLS: set starttls to "
                                   "optional or required, or auth to off"))

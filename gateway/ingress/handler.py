@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import TLSSetupException
 
 from gateway import eventlog, metrics
@@ -34,7 +35,7 @@ from gateway.ingress.feedback import Feedback
 from gateway.ingress.pools import take_pool_header
 from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
-from gateway.ingress.relay import RelayPolicy
+from gateway.ingress.relay import RelayPolicy, address_in
 from gateway.ingress.users import UserStore
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
 from gateway.pipeline import Pipeline, PipelineItem
@@ -103,6 +104,21 @@ class IngressHandler:
             eventlog.event(log, "client_certificate", client=server.client_ip,
                            subject=names[0], accepted="yes" if session.cert_name else "no")
         return True
+
+    async def handle_PROXY(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction,
+                           proxy_data: ProxyData) -> bool:
+        """A PROXY header (v1 or v2) from a load balancer: only from `proxy_from`, and then the
+        client is the one it names."""
+        balancer = server.client_ip
+        if not address_in(balancer, (net.network for net in server.listener.proxy_from)):
+            eventlog.event(log, "proxy_refused", logging.WARNING, client=balancer,
+                           listener=server.listener.label, reason="not in proxy_from")
+            return False
+        source = proxy_data.src_addr
+        if not proxy_data.valid or source is None:
+            return False
+        eventlog.event(log, "proxied", client=str(source), via=balancer, listener=server.listener.label)
+        return server.proxied_client(str(source))
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):

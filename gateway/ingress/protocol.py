@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailward.smtpd")
 
 _NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+PROXY_TIMEOUT = 10.0  # seconds for a load balancer's PROXY header
 MAX_XTEXT = 500  # RFC 3461 ENVID is at most 100 characters; ORCPT an address; generous bound
 
 
@@ -149,6 +150,7 @@ class GatewaySMTP(SMTP):
             # connection can carry many messages, as Exchange Online and Postfix do.
             command_call_limit={"NOOP": 100, "VRFY": 10, "EXPN": 10, "HELP": 10, "EHLO": 10,
                                 "HELO": 10, "STARTTLS": 2, "AUTH": 5, "*": 10**9},
+            proxy_protocol_timeout=PROXY_TIMEOUT if listener.proxy_protocol else None,
             loop=asyncio.get_running_loop())
         self.listener = listener
         self._tracker = tracker
@@ -457,3 +459,15 @@ class GatewaySMTP(SMTP):
     @property
     def client_ip(self) -> str:
         return self._client_ip
+
+    def proxied_client(self, address: str) -> bool:
+        """The PROXY header named the real client: count it (limits) under its own address.
+        False when that address has too many connections already (the connection is closed)."""
+        self._tracker.release(self, self._client_ip)
+        self._client_ip = address
+        if self._tracker.admit(self, address) is not None:
+            self._refused = True  # nothing to release on close: it was never admitted
+            eventlog.event(log, "connection_refused", logging.WARNING, client=address,
+                           listener=self.listener.label, reason="too_many_connections")
+            return False
+        return True

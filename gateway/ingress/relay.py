@@ -9,6 +9,7 @@ how an Exchange Online connector proves itself). Everyone else is refused at RCP
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import RelayConfig
@@ -32,13 +33,7 @@ class RelayPolicy:
         )
 
     def in_networks(self, client_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        return address_in(client_ip, self.networks)
 
     def cert_matches(self, names: list[str]) -> str | None:
         """The first certificate name that the configured subjects allow, if any."""
@@ -66,3 +61,14 @@ class RelayPolicy:
         if not self.sender_domains or not sender:
             return True
         return sender.rpartition("@")[2].lower().rstrip(".") in self.sender_domains
+
+
+def address_in(client_ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether `client_ip` (IPv4-mapped IPv6 counts as IPv4) is in one of `networks`."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
