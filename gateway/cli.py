@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
                                                  "beside the spool key)")
     k_dkim.set_defaults(handler=cmd_keygen_dkim)
 
+    status = commands.add_parser("status", help="one screen: listeners, queue, recent failures, "
+                                                "certificate and key ages")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=cmd_status)
+
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         title="audit commands", metavar="ACTION", required=True)
     a_verify = audit.add_parser("verify", help="prove the hash chain intact; names the first bad record")
@@ -212,6 +217,14 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from gateway import status
+
+    found = status.collect(config)
+    print(json.dumps(found, indent=1) if args.json else status.as_text(found))
+    return EXIT_OK if all(listener["up"] for listener in found["listeners"]) else EXIT_FAIL
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:

@@ -129,3 +129,20 @@ def test_keygen_dkim_writes_a_private_key_and_prints_its_record(tmp_path: Path) 
     assert rsa.returncode == 0 and "k=rsa; p=MII" in rsa.stdout
     # A long RSA record is split into strings of at most 255 characters for the zone file.
     assert all(len(part) <= 255 for part in rsa.stdout.split('"')[1::2])
+
+
+async def test_status_shows_listeners_queue_failures_and_key_ages(
+        gateway_process: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    gw = gateway_process()
+    gw.start()
+    await queue_messages(gw, 2)
+    shown = mailward(gw.config_file, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert f"127.0.0.1:{gw.port} up" in shown.stdout
+    assert "incoming 2" in shown.stdout and "no failures today" in shown.stdout
+    assert "certificate OU=Testing cert" in shown.stdout and "spool key  0 days old" in shown.stdout
+    found = json.loads(mailward(gw.config_file, "status", "--json").stdout)
+    assert found["queue"]["incoming"]["messages"] == 2 and found["listeners"][0]["up"] is True
+    gw.stop()
+    down = mailward(gw.config_file, "status")
+    assert down.returncode == 1 and f"127.0.0.1:{gw.port} DOWN" in down.stdout
