@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -49,7 +50,7 @@ from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanpool import ScanPool
 from gateway.stages.dlp.stage import DlpStage, dlp_settings
 from gateway.statusapi import StatusApi
-from gateway.workers import DeliveryProcess, die_with_parent
+from gateway.workers import ChildProcess, DeliveryProcess, die_with_parent
 
 log = logging.getLogger("mailward")
 PORTAL_SWEEP_INTERVAL = 3600.0
@@ -76,7 +77,8 @@ def _build(config: Config, scan_pool: ScanPool) -> _Loaded:
     return _Loaded(config, settings, certs.server_context(config), dlp.settings.policies)
 
 
-Role = Literal["all", "ingest", "delivery"]
+Role = Literal["all", "ingest", "delivery", "ingest-worker"]
+PORTS_ENV = "MAILWARD_LISTEN_PORTS"  # the ports the main process bound, for ingest workers
 
 
 class Gateway:
@@ -96,8 +98,8 @@ class Gateway:
         self.delivery: DeliveryService | None = None
         self._delivery_process: DeliveryProcess | None = None
         self._waker: BatchingWaker | None = None
-        self.tracker = ConnectionTracker(config.limits.max_connections,
-                                         config.limits.max_connections_per_ip)
+        # Each ingest process enforces its share of the connection limit.
+        self.tracker = ConnectionTracker(*_connection_shares(config))
         self._servers: list[asyncio.Server] = []
         self._metrics_server: WSGIServer | None = None
         self._portal_runner: web.AppRunner | None = None
@@ -105,6 +107,7 @@ class Gateway:
         self._audit_pruner: asyncio.Task[None] | None = None
         self.webhooks: WebhookDispatcher | None = None
         self._api_runner: web.AppRunner | None = None
+        self._ingest_workers: list[ChildProcess] = []
         self.feedback: Feedback | None = None
         self.suppression: SuppressionList | None = None
         self._stopping = asyncio.Event()
@@ -126,10 +129,10 @@ class Gateway:
         if self.role != "delivery":
             # Before the delivery side starts: it reads the unsubscribe key this may create.
             self.feedback = self._feedback(config)
-        if self.role != "delivery":
-            # Before listening: nobody else writes incoming/ yet.
+        if self.role in ("all", "ingest"):
+            # Before listening: nobody else writes incoming/ yet (ingest workers start later).
             eventlog.event(log, "spool_recovered", unfinished_writes=self.spool.recover_writes())
-        if self.role != "ingest":
+        if self.role in ("all", "delivery"):
             # Before delivering: nobody else touches active/ (the one delivery process is us).
             requeued, quarantined, orphans = self.spool.recover_active()
             eventlog.event(log, "spool_recovered", requeued=requeued, quarantined=quarantined,
@@ -148,21 +151,23 @@ class Gateway:
                 return
         else:
             self._waker = BatchingWaker(self.spool.directory)
-            self._delivery_process = DeliveryProcess(config)
-            await self._delivery_process.start()
+            if self.role == "ingest":
+                self._delivery_process = DeliveryProcess(config)
+                await self._delivery_process.start()
         if self._loaded.policies.files:
             await self.scan_pool.start()
         self._report_policies(self._loaded)
         self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted, audit=self.audit,
                                       feedback=self.feedback)
-        for listener in config.listeners:
-            server = await asyncio.get_running_loop().create_server(
-                lambda listener=listener: self._protocol(listener),  # type: ignore[misc]
-                host=listener.address, port=listener.port, reuse_address=True, backlog=1024)
-            self._servers.append(server)
-        for listener, (host, port) in zip(config.listeners, self.addresses, strict=True):
-            eventlog.event(log, "listening", listener=listener.label, address=f"{host}:{port}",
-                           starttls=listener.starttls, auth=listener.auth)
+        await self._listen(config)
+        if self.role == "ingest-worker":
+            return
+        if config.ingest_processes > 1:
+            ports = ",".join(str(port) for _, port in self.addresses)
+            self._ingest_workers = [ChildProcess(config, "ingest-worker", {PORTS_ENV: ports})
+                                    for _ in range(config.ingest_processes - 1)]
+            for worker in self._ingest_workers:
+                await worker.start()
         if config.metrics.listen is not None:
             self._metrics_server = metrics.serve(config.metrics.listen.host,
                                                  config.metrics.listen.port, self.spool)
@@ -188,6 +193,24 @@ class Gateway:
                         sender_domains=[*config.relay.sender_domains, *config.domains],
                         pool_of_ip={ip.address: name for name, pool in config.delivery.pools.items()
                                     for ip in pool.ips})
+
+    async def _listen(self, config: Config) -> None:
+        """Bind the listeners; with several ingest processes, all bind the same ports and the
+        kernel spreads new connections over them (SO_REUSEPORT). Workers take the ports the main
+        process got (which matters for port 0)."""
+        shared = config.ingest_processes > 1
+        given = [int(p) for p in os.environ.get(PORTS_ENV, "").split(",") if p] \
+            if self.role == "ingest-worker" else []
+        for index, listener in enumerate(config.listeners):
+            port = given[index] if index < len(given) else listener.port
+            server = await asyncio.get_running_loop().create_server(
+                lambda listener=listener: self._protocol(listener),
+                host=listener.address, port=port, reuse_address=True, reuse_port=shared or None,
+                backlog=1024)
+            self._servers.append(server)
+        for listener, (host, port) in zip(config.listeners, self.addresses, strict=True):
+            eventlog.event(log, "listening", listener=listener.label, address=f"{host}:{port}",
+                           starttls=listener.starttls, auth=listener.auth, pid=os.getpid())
 
     async def _start_portal(self) -> None:
         """The recipients' web app on `portal.listen`, with its own certificate or behind a TLS
@@ -281,10 +304,10 @@ class Gateway:
         self.handler.settings = loaded.settings
         if self.delivery is not None and self.spool is not None:
             self.delivery.reconfigure(loaded.config, self.spool)
-        if self._delivery_process is not None:
-            self._delivery_process.reload()  # it reads the same file and decides for itself
-        self.tracker.max_total = loaded.config.limits.max_connections
-        self.tracker.max_per_ip = loaded.config.limits.max_connections_per_ip
+        children = [*self._ingest_workers, *([self._delivery_process] if self._delivery_process else [])]
+        for child in children:
+            child.reload()  # each reads the same file and decides for itself
+        self.tracker.max_total, self.tracker.max_per_ip = _connection_shares(loaded.config)
         eventlog.event(log, "reloaded", config=source or "embedded-defaults")
         sdnotify.notify("READY=1", "STATUS=configuration reloaded")
         return True
@@ -323,6 +346,9 @@ class Gateway:
         sdnotify.stopping()
         for server in self._servers:
             server.close()  # no new connections from here on
+        # The other ingest processes drain their own sessions at the same time.
+        worker_stops = [asyncio.create_task(worker.stop(self.config.limits.drain_timeout))
+                        for worker in self._ingest_workers]
         open_sessions = list(self.tracker.open)
         eventlog.event(log, "draining", sessions=len(open_sessions))
         for protocol in open_sessions:
@@ -336,6 +362,7 @@ class Gateway:
                 protocol.transport.close()
         for server in self._servers:
             await server.wait_closed()
+        await asyncio.gather(*worker_stops)
         if self.delivery is not None:
             await self.delivery.stop(self.config.limits.drain_timeout)
         if self._delivery_process is not None:
@@ -377,13 +404,20 @@ def _keep_listeners(new: Config, running: Config) -> Config:
     return replaced
 
 
+def _connection_shares(config: Config) -> tuple[int, int]:
+    """This process's share of limits.max_connections and max_connections_per_ip."""
+    processes = config.ingest_processes
+    limits = config.limits
+    return -(-limits.max_connections // processes), -(-limits.max_connections_per_ip // processes)
+
+
 def uses_delivery_process(config: Config) -> bool:
     return config.delivery.separate_process and not config.delivery.paused
 
 
 async def run(config: Config, role: Role | None = None) -> int:
     """`mailward run`: serve in the foreground until SIGTERM (`role` "delivery" is the child)."""
-    if role == "delivery":
+    if role in ("delivery", "ingest-worker"):
         die_with_parent()
     elif config.source is None:
         print("mailward: no config file found; running on embedded development defaults "

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser("run", help="serve in the foreground")
-    run.add_argument("--role", choices=["delivery"], help=argparse.SUPPRESS)  # the child process
+    run.add_argument("--role", choices=["delivery", "ingest-worker"], help=argparse.SUPPRESS)  # children
     run.set_defaults(handler=cmd_run)
     check = commands.add_parser("check-config", help="validate config and policies")
     check.set_defaults(handler=cmd_check_config)

@@ -513,6 +513,9 @@ class Config:
     portal: PortalConfig = PortalConfig()
     metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # SMTP ingest processes sharing the listeners (SO_REUSEPORT); delivery and DLP scanning have
+    # processes of their own. One per core left over after those is a good start.
+    ingest_processes: int = 1
     # Where this configuration came from; None for the embedded defaults. Not a YAML key.
     source: Path | None = field(default=None, init=False, compare=False)
 
@@ -520,6 +523,8 @@ class Config:
         found = []
         if not self.listeners:
             found.append(("listeners", "at least one listener is needed"))
+        if not 1 <= self.ingest_processes <= 64:
+            found.append(("ingest_processes", "from 1 to 64"))
         if self.webhooks and not self.audit.enabled:
             found.append(("webhooks", "webhooks read their events from the audit log: set audit.enabled"))
         seen: set[tuple[str, int]] = set()

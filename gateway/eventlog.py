@@ -33,7 +33,8 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
 def setup(level: str) -> None:
     """Log to stderr (journald adds the timestamp under systemd)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    # name[pid] as in Postfix's maillog: with several processes, which one said it.
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,6 +1,8 @@
-"""The delivery process: `mailward run` accepts mail in its own process and delivers from a second
+"""Child processes: `mailward run` accepts mail in its own process and delivers from a second
 one, so that a two-core machine uses both cores (SMTP ingest and delivery are each about half the
-work per message).
+work per message). On larger machines `ingest_processes` adds SMTP ingest processes that share
+the listening ports (SO_REUSEPORT: the kernel spreads connections over them); DLP scanning has
+its own worker processes (`dlp.workers`).
 
 The two share only the spool, which was built for that: a state change is a rename, the ingress
 writes new files into ``incoming/`` and tells the scheduler through the wake-up socket, and only
@@ -33,11 +35,15 @@ _PR_SET_PDEATHSIG = 1
 MIN_BACKOFF, MAX_BACKOFF = 1.0, 60.0
 
 
-class DeliveryProcess:
-    def __init__(self, config: Config) -> None:
+class ChildProcess:
+    """A supervised ``mailward run --role ROLE`` child (delivery, or an extra ingest process)."""
+
+    def __init__(self, config: Config, role: str = "delivery", env: dict[str, str] | None = None) -> None:
         self._argv = [sys.executable, "-m", "gateway",
                       *(["-c", str(config.source)] if config.source is not None else []),
-                      "run", "--role", "delivery"]
+                      "run", "--role", role]
+        self.role = role
+        self._env = env or {}
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -47,10 +53,10 @@ class DeliveryProcess:
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def _spawn(self) -> None:
-        env = {**sdnotify.child_environment(dict(os.environ)), PARENT_ENV: str(os.getpid())}
+        env = {**sdnotify.child_environment(dict(os.environ)), **self._env, PARENT_ENV: str(os.getpid())}
         self._proc = await asyncio.create_subprocess_exec(*self._argv, env=env,
                                                           stdin=asyncio.subprocess.DEVNULL)
-        eventlog.event(log, "delivery_process_started", pid=self._proc.pid)
+        eventlog.event(log, f"{self.role.replace('-', '_')}_process_started", pid=self._proc.pid)
 
     async def _supervise(self) -> None:
         backoff = MIN_BACKOFF
@@ -60,8 +66,8 @@ class DeliveryProcess:
             code = await self._proc.wait()
             if self._stopping:
                 return
-            eventlog.event(log, "delivery_process_exited", logging.ERROR, pid=self._proc.pid, code=code,
-                           restart_in=f"{backoff:.0f}s")
+            eventlog.event(log, f"{self.role.replace('-', '_')}_process_exited", logging.ERROR,
+                           pid=self._proc.pid, code=code, restart_in=f"{backoff:.0f}s")
             if time.monotonic() - started > MAX_BACKOFF:
                 backoff = MIN_BACKOFF
             await asyncio.sleep(backoff)  # a restart backoff, not synchronisation
@@ -87,6 +93,9 @@ class DeliveryProcess:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+
+
+DeliveryProcess = ChildProcess  # the delivery child is the default role
 
 
 def die_with_parent(parent: int | None = None) -> None:
