@@ -5,6 +5,7 @@ Nothing on the message path is mocked: tests talk SMTP over 127.0.0.x sockets wi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -171,6 +172,24 @@ def message(marker: str = "MARKER", size: int = 0) -> bytes:
     body = f"Patient note {marker}\r\n".encode() + filler
     return (f"From: sender@example.com\r\nTo: rcpt@example.org\r\nSubject: {marker}\r\n"
             f"Message-ID: <{marker}@example.com>\r\n\r\n").encode() + body + b"\r\n"
+
+
+async def mailward_cli(config_file: Path, *args: str) -> tuple[int, str]:
+    """`mailward -c CONFIG ARGS...` in a subprocess without blocking the event loop (the tests'
+    DNS servers and sinks live on it); the exit code and stdout with stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "-c", str(config_file), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def mailward_ok(config_file: Path, *args: str) -> str:
+    """As `mailward_cli`, for a command that must succeed: its output."""
+    code, out = await mailward_cli(config_file, *args)
+    assert code == 0, out
+    return out
 
 
 class GatewayProcess:

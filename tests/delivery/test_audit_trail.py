@@ -5,12 +5,10 @@ audit record, log line or metric."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from prometheus_client import generate_latest
 
 from gateway import metrics
 from gateway.spool import QueueState
-from tests.conftest import RunningGateway, send
+from tests.conftest import RunningGateway, mailward_cli, send
 from tests.delivery.conftest import SENDER, MailWorld, eventually
 from tests.dkimverify import make_key
 from tests.stages.dlp import builders as b
@@ -30,14 +28,6 @@ RECORDS = {
     ("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"],
 }
 
-
-async def mailward(config_file: Path, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "-c", str(config_file), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
 
 
 async def submit(gateway: RunningGateway, to: str, body: str) -> str:
@@ -79,7 +69,7 @@ async def test_every_event_is_audited_verifiable_searchable_and_free_of_content(
                      and not gateway.queued(QueueState.INCOMING) and not gateway.queued(QueueState.ACTIVE))
     await eventually(lambda: world.dsns())
     for action in ("hold", "release", "hold", "delete"):
-        code, out = await mailward(config_file, "queue", action, deferred)
+        code, out = await mailward_cli(config_file, "queue", action, deferred)
         assert code == 0, out
         if action == "release":  # tried again at once, and deferred again
             await eventually(lambda: gateway.queued(QueueState.DEFERRED))
@@ -105,14 +95,14 @@ async def test_every_event_is_audited_verifiable_searchable_and_free_of_content(
     admin = next(r for r in records if r["event"] == "deleted")
     assert admin["by"] == "admin" and admin["user"]
 
-    code, out = await mailward(config_file, "audit", "verify")
+    code, out = await mailward_cli(config_file, "audit", "verify")
     assert code == 0 and "chain intact" in out, out
-    code, out = await mailward(config_file, "audit", "search", "--recipient", "gone@clinic.test")
+    code, out = await mailward_cli(config_file, "audit", "search", "--recipient", "gone@clinic.test")
     assert {json.loads(line)["queue_id"] for line in out.splitlines()} == {bounced}
-    code, out = await mailward(config_file, "audit", "search", "--message-id", received["message_id"])
+    code, out = await mailward_cli(config_file, "audit", "search", "--message-id", received["message_id"])
     assert [json.loads(line)["event"] for line in out.splitlines()] == by_queue[protected]
     export = tmp_path / "export.csv"
-    code, out = await mailward(config_file, "audit", "export", "--since", "2000-01-01", "--format", "csv",
+    code, out = await mailward_cli(config_file, "audit", "export", "--since", "2000-01-01", "--format", "csv",
                                "--output", str(export))
     summary = json.loads(out)["summary"]
     assert summary["messages_received"] >= 3 and summary["results"]["bounced"] >= 1

@@ -3,17 +3,14 @@ EHLO name of each message."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.delivery import egress
 from gateway.spool import QueueState
-from tests.conftest import RunningGateway, send
+from tests.conftest import RunningGateway, mailward_ok, send
 from tests.delivery.conftest import SENDER, MailWorld, eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
@@ -37,14 +34,6 @@ async def submit(gateway: RunningGateway, count: int, sender: str = SENDER, to: 
                                 headers + b.message(f"note {i}", sender=sender, to=to))
         assert code == 250, text
 
-
-async def mailward(config_file: Path, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "-c", str(config_file), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, out.decode()
-    return out.decode()
 
 
 async def start(world: MailWorld, **delivery: Any) -> tuple[RunningGateway, Sink]:
@@ -80,11 +69,11 @@ async def test_a_drained_ip_takes_no_new_connections(world: MailWorld) -> None:
                                 connection_idle_time="0s")
     config_file = gateway.gateway.config.source
     assert config_file is not None
-    await mailward(config_file, "pool", "drain", "127.0.0.12")
+    await mailward_ok(config_file, "pool", "drain", "127.0.0.12")
     await submit(gateway, 12)
     await eventually(lambda: len(sink.messages) == 12)
     assert {m.peer for m in sink.messages} == {"127.0.0.11"}
-    assert "drain" in await mailward(config_file, "pool", "status")
+    assert "drain" in await mailward_ok(config_file, "pool", "status")
 
 
 def warmup_pool(at_cap: str, cap: int) -> dict[str, Any]:

@@ -4,20 +4,18 @@ suppresses and counts."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import email
 import email.policy
 import json
 import re
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from gateway import metrics
 from gateway.spool import QueueState
-from tests.conftest import RunningGateway, free_port, send
+from tests.conftest import RunningGateway, free_port, mailward_ok, send
 from tests.delivery.conftest import SENDER, MailWorld, eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
@@ -30,14 +28,6 @@ async def submit(gateway: RunningGateway, to: str, sender: str = SENDER, body: s
     assert code == 250, text
 
 
-async def mailward(config_file: Path, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "-c", str(config_file), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, out.decode()
-    return out.decode()
-
 
 async def test_a_bad_mailbox_is_suppressed_and_not_tried_again(world: MailWorld) -> None:
     await world.start_dns(RECORDS)
@@ -48,7 +38,7 @@ async def test_a_bad_mailbox_is_suppressed_and_not_tried_again(world: MailWorld)
     await eventually(lambda: len(world.dsns()) == 1)
     config_file = gateway.gateway.config.source
     assert config_file is not None
-    listed = json.loads(await mailward(config_file, "suppress", "list", "--json"))
+    listed = json.loads(await mailward_ok(config_file, "suppress", "list", "--json"))
     assert [(e["address"], e["scope"], e["reason"]) for e in listed] == [
         ("gone@clinic.test", "hospital.test", "bounce")]
 
@@ -57,7 +47,7 @@ async def test_a_bad_mailbox_is_suppressed_and_not_tried_again(world: MailWorld)
     assert sink.rcpt_seen.count("gone@clinic.test") == 1  # not attempted the second time
     assert "suppression list" in str(world.dsns()[-1])
 
-    await mailward(config_file, "suppress", "remove", "gone@clinic.test")
+    await mailward_ok(config_file, "suppress", "remove", "gone@clinic.test")
     await submit(gateway, "gone@clinic.test")
     await eventually(lambda: sink.rcpt_seen.count("gone@clinic.test") == 2)
 
@@ -78,7 +68,7 @@ async def test_a_reputation_block_defers_and_moves_to_another_ip_never_suppresse
     assert sink.transactions == 2 and world.dsns() == []
     config_file = gateway.gateway.config.source
     assert config_file is not None
-    assert json.loads(await mailward(config_file, "suppress", "list", "--json")) == []
+    assert json.loads(await mailward_ok(config_file, "suppress", "list", "--json")) == []
 
 
 async def marketing_gateway(world: MailWorld, tmp_path: Path) -> tuple[RunningGateway, Sink]:
