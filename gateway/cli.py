@@ -24,6 +24,7 @@ from gateway import __version__, eventlog
 from gateway.audit import commands as audit_commands
 from gateway.config import Config, find_config_file, load_config
 from gateway.delivery import commands as delivery_commands
+from gateway.dnscheck import commands as domain_commands
 from gateway.errors import ConfigError, MailwardError
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
@@ -125,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     k_dkim.add_argument("--bits", type=int, choices=(2048, 3072, 4096), default=2048)
     k_dkim.add_argument("--out", type=Path, help="key file (default: keys/dkim/DOMAIN.SELECTOR.pem "
                                                  "beside the spool key)")
-    k_dkim.set_defaults(handler=cmd_keygen_dkim)
+    k_dkim.set_defaults(handler=domain_commands.cmd_keygen_dkim)
 
     status = commands.add_parser("status", help="one screen: listeners, queue, recent failures, "
                                                 "certificate and key ages")
@@ -183,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     d_check.add_argument("--ip", action="append", default=[], metavar="ADDRESS",
                          help="an egress IP that must pass SPF (repeat for each)")
     d_check.add_argument("--json", action="store_true", help="print one JSON object")
-    d_check.set_defaults(handler=cmd_dns_check)
+    d_check.set_defaults(handler=domain_commands.cmd_dns_check)
 
     user = commands.add_parser("user", help="SMTP AUTH users").add_subparsers(
         title="user commands", metavar="ACTION", required=True)
@@ -437,53 +438,6 @@ def cmd_keygen_spool(config: Config, args: argparse.Namespace) -> int:
     print(f"{config.spool.key_file}: key {keyring.current_id} is now current "
           f"({len(keyring.keys) - 1} older key(s) kept for reading)")
     return EXIT_OK
-
-
-def cmd_keygen_dkim(config: Config, args: argparse.Namespace) -> int:
-    from gateway.crypto import dkim
-    from gateway.keyfiles import write_secret
-
-    domain = args.domain.lower().rstrip(".")
-    algorithm: dkim.Algorithm = "rsa-sha256" if args.algorithm == "rsa" else "ed25519-sha256"
-    path: Path = args.out or config.spool.key_file.parent / "dkim" / f"{domain}.{args.selector}.pem"
-    if path.exists():
-        print(f"mailward: {path} exists; keys are never overwritten: pick a new selector to rotate",
-              file=sys.stderr)
-        return EXIT_FAIL
-    key = dkim.generate_key(algorithm, args.bits)
-    write_secret(path, dkim.key_pem(key))
-    record = dkim.txt_record(key)
-    # Zone-file syntax splits the value into strings of at most 255 characters.
-    chunks = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
-    print(f"wrote {path} (0600)\n\npublish this DNS record:\n"
-          f"{args.selector}._domainkey.{domain}. IN TXT ( {chunks} )\n\n"
-          f"then add to the config under domains:\n  {domain}:\n    dkim:\n"
-          f"      - {{selector: {args.selector}, key_file: {path}, algorithm: {algorithm}}}\n"
-          f"and check with: mailward dns check {domain}")
-    return EXIT_OK
-
-
-def cmd_dns_check(config: Config, args: argparse.Namespace) -> int:
-    import ipaddress
-
-    from gateway.delivery.mx import MxResolver
-    from gateway.dnscheck import report
-
-    try:
-        ips = [str(ipaddress.ip_address(ip)) for ip in args.ip]
-    except ValueError as exc:
-        print(f"mailward: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    delivery = config.delivery
-    resolver = MxResolver(delivery.nameservers, delivery.smtp_port, {}, timeout=10.0)
-    findings = asyncio.run(report.check_domain(config, resolver, args.domain, ips))
-    if args.json:
-        print(json.dumps({"domain": args.domain.lower(), "findings": [f.as_json() for f in findings],
-                          "errors": sum(f.status == "error" for f in findings),
-                          "warnings": sum(f.status == "warn" for f in findings)}, indent=1))
-    else:
-        print(report.render(args.domain.lower(), findings))
-    return EXIT_FAIL if any(f.status == "error" for f in findings) else EXIT_OK
 
 
 def _read_password(args: argparse.Namespace) -> str:
