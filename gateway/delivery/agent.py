@@ -106,8 +106,7 @@ class DeliveryAgent:
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
-        message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
-        suppressed = await self.spool.offload(self._suppressed, message)
+        message, content, suppressed = await self.spool.offload(self._read, queue_id)
         # Recipients that policy says must be protected travel apart from the others: they get
         # the protection methods of the policy's order (see `protection`), never plaintext.
         by_domain: dict[tuple[str, bool], list[int]] = {}
@@ -121,6 +120,11 @@ class DeliveryAgent:
             for (domain, protect), indexes in by_domain.items()))
         await self._settle(message, content,
                            [*suppressed.values(), *(attempt for group in groups for attempt in group)])
+
+    def _read(self, queue_id: str) -> tuple[QueuedMessage, bytes, dict[int, Attempt]]:
+        """The message, and its suppressed recipients, in one trip to the I/O thread."""
+        message, content = self.spool.read(queue_id, QueueState.ACTIVE)
+        return message, content, self._suppressed(message)
 
     def _suppressed(self, message: QueuedMessage) -> dict[int, Attempt]:
         """Pending recipients on the suppression list, each with its final answer (a thread)."""
@@ -291,8 +295,11 @@ class DeliveryAgent:
             self._log(message, recipient, attempt, word, status, now)
             if message.policy.protects(attempt.index):
                 records.append(audit_events.protection(message, attempt))
-            bounce_class, extra = await self.spool.offload(self.outcomes.account, message, attempt, state,
-                                                           word, status)
+            if self.outcomes.needs_thread(attempt, state):
+                bounce_class, extra = await self.spool.offload(self.outcomes.account, message, attempt, state,
+                                                               word, status)
+            else:
+                bounce_class, extra = self.outcomes.account(message, attempt, state, word, status)
             record = audit_events.attempt(message, _AUDIT_EVENT.get(word, word), attempt, status,
                                           before.attempts + 1)
             records += [{**record, "class": bounce_class} if bounce_class else record, *extra]

@@ -25,14 +25,20 @@ class Outcomes:
         self.scope = scope  # sender_domain or global
         self.sender_domains = frozenset(d.lower() for d in sender_domains)
 
+    def needs_thread(self, attempt: Attempt, state: RecipientState) -> bool:
+        """Whether `account` may write to the suppression database for this result (rare: a
+        final failure), so the caller runs it in a thread; else it is cheap enough inline."""
+        return state is RecipientState.BOUNCED and attempt.reply.code >= 500 and self.suppression is not None
+
     def domain_label(self, sender: str) -> str:
         domain = sender.rpartition("@")[2].lower()
         return domain if domain in self.sender_domains else "other"
 
     def account(self, message: QueuedMessage, attempt: Attempt, state: RecipientState, word: str,
                 status: str) -> tuple[BounceClass | None, list[dict[str, Any]]]:
-        """Count the result; for a failure, its class; a hard bounce is suppressed (blocking:
-        call it in a thread). Returns the class and any audit records to add."""
+        """Count the result; for a failure, its class; a hard bounce is suppressed (a database
+        write: on the event loop only through `needs_thread`). Returns the class and any audit
+        records to add."""
         metrics.SENDER_OUTCOMES.labels(attempt.pool, self.domain_label(message.envelope.sender), word).inc()
         reply = attempt.reply
         if reply.code < 400:
