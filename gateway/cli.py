@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import datetime
 import getpass
+import importlib
 import json
 import os
 import shutil
@@ -21,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, eventlog
-from gateway.audit import commands as audit_commands
 from gateway.config import Config, find_config_file, load_config
-from gateway.delivery import commands as delivery_commands
-from gateway.dnscheck import commands as domain_commands
 from gateway.errors import ConfigError, MailwardError
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
@@ -50,6 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+
+
+Handler = Callable[[Config, argparse.Namespace], int]
+
+
+def _lazy(module: str, name: str) -> Handler:
+    """A command handler imported when the command runs. `mailward run` must be able to set
+    PROMETHEUS_MULTIPROC_DIR before prometheus_client is first imported, so nothing that
+    imports the metrics may be loaded just to build the parser."""
+    def handler(config: Config, args: argparse.Namespace) -> int:
+        found: Handler = getattr(importlib.import_module(module), name)
+        return found(config, args)
+    return handler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     k_dkim.add_argument("--bits", type=int, choices=(2048, 3072, 4096), default=2048)
     k_dkim.add_argument("--out", type=Path, help="key file (default: keys/dkim/DOMAIN.SELECTOR.pem "
                                                  "beside the spool key)")
-    k_dkim.set_defaults(handler=domain_commands.cmd_keygen_dkim)
+    k_dkim.set_defaults(handler=_lazy("gateway.dnscheck.commands", "cmd_keygen_dkim"))
 
     status = commands.add_parser("status", help="one screen: listeners, queue, recent failures, "
                                                 "certificate and key ages")
@@ -148,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     a_search.add_argument("--recipient")
     a_export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     a_export.add_argument("--output", type=Path, help="write the records here (default: stdout)")
-    a_verify.set_defaults(handler=audit_commands.cmd_verify)
-    a_search.set_defaults(handler=audit_commands.cmd_search)
-    a_export.set_defaults(handler=audit_commands.cmd_export)
+    a_verify.set_defaults(handler=_lazy("gateway.audit.commands", "cmd_verify"))
+    a_search.set_defaults(handler=_lazy("gateway.audit.commands", "cmd_search"))
+    a_export.set_defaults(handler=_lazy("gateway.audit.commands", "cmd_export"))
 
     suppress = commands.add_parser("suppress", help="the suppression list").add_subparsers(
         title="suppression commands", metavar="ACTION", required=True)
@@ -160,21 +171,22 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("address")
         sub.add_argument("--domain", help="only for this sender domain (default: add for all; "
                                           "remove every entry)")
-        sub.set_defaults(handler=delivery_commands.cmd_suppress, action=sub.prog.split()[-1])
+        sub.set_defaults(handler=_lazy("gateway.delivery.commands", "cmd_suppress"),
+                         action=sub.prog.split()[-1])
     s_add.add_argument("--reason", help="e.g. legal, request (default: manual)")
     s_list = suppress.add_parser("list", help="entries, newest first")
     s_list.add_argument("--json", action="store_true")
-    s_list.set_defaults(handler=delivery_commands.cmd_suppress, action="list")
+    s_list.set_defaults(handler=_lazy("gateway.delivery.commands", "cmd_suppress"), action="list")
     pool = commands.add_parser("pool", help="egress IPs").add_subparsers(
         title="pool commands", metavar="ACTION", required=True)
     p_status = pool.add_parser("status", help="pools, IPs, their state and today's warm-up counts")
     p_status.add_argument("--json", action="store_true")
-    p_status.set_defaults(handler=delivery_commands.cmd_pool, action="status")
+    p_status.set_defaults(handler=_lazy("gateway.delivery.commands", "cmd_pool"), action="status")
     for name, helptext in (("drain", "no new connections from this IP (open ones finish)"),
                            ("disable", "take this IP out of use"), ("enable", "use this IP again")):
         sub = pool.add_parser(name, help=helptext)
         sub.add_argument("address")
-        sub.set_defaults(handler=delivery_commands.cmd_pool, action=name)
+        sub.set_defaults(handler=_lazy("gateway.delivery.commands", "cmd_pool"), action=name)
 
     dns = commands.add_parser("dns", help="sender domains' DNS").add_subparsers(
         title="DNS commands", metavar="ACTION", required=True)
@@ -184,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     d_check.add_argument("--ip", action="append", default=[], metavar="ADDRESS",
                          help="an egress IP that must pass SPF (repeat for each)")
     d_check.add_argument("--json", action="store_true", help="print one JSON object")
-    d_check.set_defaults(handler=domain_commands.cmd_dns_check)
+    d_check.set_defaults(handler=_lazy("gateway.dnscheck.commands", "cmd_dns_check"))
 
     user = commands.add_parser("user", help="SMTP AUTH users").add_subparsers(
         title="user commands", metavar="ACTION", required=True)

@@ -146,3 +146,12 @@ async def test_status_shows_listeners_queue_failures_and_key_ages(
     gw.stop()
     down = mailward(gw.config_file, "status")
     assert down.returncode == 1 and f"127.0.0.1:{gw.port} DOWN" in down.stdout
+
+
+def test_building_the_command_line_does_not_load_the_metrics() -> None:
+    # `mailward run` sets PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported; an
+    # earlier import would leave the ingest process's counters out of /metrics.
+    probe = subprocess.run([sys.executable, "-c", "import sys, gateway.cli; gateway.cli._parser(); "
+                            "print('prometheus_client' in sys.modules)"], capture_output=True, text=True,
+                           timeout=60)
+    assert probe.stdout.strip() == "False", probe.stderr
