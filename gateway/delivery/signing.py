@@ -57,10 +57,10 @@ class DkimSigner:
     async def sign(self, content: bytes, queue_id: str) -> tuple[bytes, str]:
         """`content` with CRLF line ends and the DKIM-Signature fields of its From domain on top,
         and what signed it ("domain:selector,selector"); unchanged (but for line ends) and ""
-        when no configured domain covers it."""
-        content = dkim.crlf(content)
+        when no configured domain covers it, unchanged when no domain has keys at all."""
         if not self.keys:
-            return content, ""
+            return content, ""  # the SMTP client makes the line ends CRLF as it sends
+        content = dkim.crlf(content)
         domain = self.signing_domain(from_domain(content) or "")
         if domain is None:
             metrics.DKIM_UNSIGNED.labels("no_domain").inc()

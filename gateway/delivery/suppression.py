@@ -43,6 +43,11 @@ class SuppressionList:
         self.path = path
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        # Whether the list is empty, as of the database's data_version then (None: unknown).
+        # SQLite changes data_version whenever another connection commits, so an empty list
+        # costs no query per recipient, and an add anywhere is seen at once.
+        self._seen_version: int | None = None
+        self._empty = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # an added entry survives a crash
@@ -54,6 +59,7 @@ class SuppressionList:
         """Add (or refresh) an entry; True if it was not there before."""
         key = (address.lower(), scope.lower())
         with self._lock:
+            self._seen_version = None
             existed = self._db.execute("SELECT 1 FROM suppressed WHERE address = ? AND scope = ?",
                                        key).fetchone() is not None
             self._db.execute("INSERT OR REPLACE INTO suppressed (address, scope, reason, detail, at) "
@@ -63,6 +69,7 @@ class SuppressionList:
 
     def remove(self, address: str, *, scope: str | None = None) -> int:
         with self._lock:
+            self._seen_version = None
             if scope is None:
                 cursor = self._db.execute("DELETE FROM suppressed WHERE address = ?", (address.lower(),))
             else:
@@ -73,6 +80,13 @@ class SuppressionList:
     def find(self, address: str, sender_domain: str) -> Entry | None:
         """The entry that stops mail from `sender_domain` to `address`, if any."""
         with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._seen_version:
+                self._empty = bool(self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM suppressed)")
+                                   .fetchone()[0])
+                self._seen_version = version
+            if self._empty:
+                return None
             row = self._db.execute(
                 "SELECT address, scope, reason, detail, at FROM suppressed WHERE address = ? "
                 "AND scope IN (?, ?) ORDER BY scope = ? DESC LIMIT 1",

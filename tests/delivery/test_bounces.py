@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.delivery.bounces import classify, suppresses
+from gateway.delivery.suppression import SuppressionList
 
 
 @pytest.mark.parametrize(("code", "status", "text", "expected"), [
@@ -34,3 +37,16 @@ def test_only_a_permanent_bad_mailbox_suppresses() -> None:
     assert suppresses(550, "bad_mailbox")
     assert not suppresses(450, "bad_mailbox")
     assert not suppresses(550, "policy")  # a reputation block is about us, not the recipient
+
+
+def test_the_suppression_list_sees_other_processes_changes_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "suppression.sqlite"
+    delivery, cli = SuppressionList(path), SuppressionList(path)
+    assert delivery.find("pat@example.org", "hospital.test") is None  # empty: remembered
+    cli.add("pat@example.org", scope="hospital.test", reason="manual")
+    assert delivery.find("pat@example.org", "hospital.test") is not None
+    assert delivery.find("pat@example.org", "other.test") is None
+    cli.remove("pat@example.org")
+    assert delivery.find("pat@example.org", "hospital.test") is None
+    delivery.add("gone@example.org", reason="bounce")  # global
+    assert delivery.find("gone@example.org", "any.test") is not None
