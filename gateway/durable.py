@@ -3,9 +3,9 @@
 A file written here is either absent or complete after a crash, never half-written. Every caller
 that must not lose data (spool, keys, users file) goes through these functions.
 
-`DirectorySync` coalesces directory fsyncs: under load many sessions rename into the same queue
-directory at once, and one fsync started after all of their renames makes every one durable, so
-concurrent callers share the next fsync instead of queueing one each (group commit).
+`GroupCommit` coalesces fsyncs: under load many sessions rename into the same queue directory (or
+append to the audit log) at once, and one fsync started after all of their writes makes every one
+durable, so concurrent callers share the next fsync instead of queueing one each.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Generic, TypeVar
 
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+T = TypeVar("T")
 
 
 def write_new(path: Path, content: bytes, mode: int = 0o600) -> None:
@@ -56,22 +59,23 @@ def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
-class DirectorySync:
-    """Group commit for one directory: ``await sync()`` returns once an fsync that started after
-    the call has finished, sharing that fsync with every other caller waiting at the time."""
+class GroupCommit(Generic[T]):
+    """Group commit: ``await add(item)`` returns once `commit` has run, in the executor, on a
+    batch that holds the item. Callers that arrive while a commit runs share the next one, so
+    under load one fsync serves many of them instead of each queueing its own. A failed commit
+    fails every caller in its batch."""
 
-    def __init__(self, directory: Path, executor: Executor | None = None) -> None:
-        self._directory = directory
+    def __init__(self, commit: Callable[[list[T]], object], executor: Executor | None = None) -> None:
+        self._commit = commit
         self._executor = executor
-        self._waiting: list[asyncio.Future[None]] = []
-        self._running = False
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._running: asyncio.Task[None] | None = None
 
-    async def sync(self) -> None:
+    async def add(self, item: T) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._run())
+        self._waiting.append((item, future))
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._run())
         await future
 
     async def _run(self) -> None:
@@ -80,14 +84,20 @@ class DirectorySync:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    await loop.run_in_executor(self._executor, fsync_dir, self._directory)
-                except OSError as exc:
-                    for future in batch:
+                    await loop.run_in_executor(self._executor, self._commit, [item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_result(None)
         finally:
-            self._running = False
+            self._running = None
+
+
+def directory_sync(directory: Path, executor: Executor | None = None) -> GroupCommit[None]:
+    """Group commit of fsyncs of one directory: ``await sync.add(None)`` returns once an fsync
+    that started after the call has finished."""
+    return GroupCommit(lambda _batch: fsync_dir(directory), executor)

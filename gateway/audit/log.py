@@ -14,7 +14,6 @@ head file (``head.json``: the latest seq and hash, MAC'd, rewritten at most once
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import datetime
@@ -31,7 +30,7 @@ from typing import Any
 
 from gateway import eventlog
 from gateway.audit.chain import GENESIS, seal
-from gateway.durable import fsync_dir, write_atomic
+from gateway.durable import GroupCommit, fsync_dir, write_atomic
 from gateway.keyfiles import read_secret, write_secret
 
 log = logging.getLogger("mailward.audit")
@@ -91,45 +90,18 @@ class AuditLog:
         self._seq = 0
         self._hash = GENESIS
         self._head_written = 0.0
-        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
-        self._flushing = False
-        self._flusher: asyncio.Task[None] | None = None
+        # One thread appends, in order; writers waiting meanwhile share its next append and fsync.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
+        self._commits: GroupCommit[list[dict[str, Any]]] = GroupCommit(
+            lambda batch: self.append([record for records in batch for record in records]), self._executor)
 
     # -- writing --------------------------------------------------------------------------------
 
     async def write(self, *records: dict[str, Any]) -> None:
         """Append `records` (event fields; ts is set now) durably; returns once fsync'd."""
-        if not records:
-            return
-        now = self.clock()
-        stamped = [{"ts": rfc3339(now), **record} for record in records]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((stamped, future))
-        if not self._flushing:
-            self._flushing = True
-            self._flusher = loop.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await loop.run_in_executor(self._executor, self.append,
-                                               [r for records, _ in batch for r in records])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-        finally:
-            self._flushing = False
+        if records:
+            now = rfc3339(self.clock())
+            await self._commits.add([{"ts": now, **record} for record in records])
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Seal and append `records` now (blocking: a thread, or the CLI)."""

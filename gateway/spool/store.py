@@ -38,7 +38,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from gateway.durable import DirectorySync, fsync_dir, write_new
+from gateway.durable import directory_sync, fsync_dir, write_new
 from gateway.errors import SpoolError
 from gateway.message import QueuedMessage, RecipientState, RecipientStatus
 from gateway.spool.cipher import FileCipher, SpoolKeyring
@@ -80,7 +80,7 @@ class Spool:
             (directory / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         # Disk writes and fsyncs run here so the event loop never blocks on the disk.
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
-        self._incoming_sync = DirectorySync(directory / QueueState.INCOMING.value, self._io)
+        self._incoming_sync = directory_sync(directory / QueueState.INCOMING.value, self._io)
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
@@ -101,7 +101,7 @@ class Spool:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._write_new, message, content, state)
         if state is QueueState.INCOMING:
-            await self._incoming_sync.sync()
+            await self._incoming_sync.add(None)
         else:
             await loop.run_in_executor(self._io, fsync_dir, self.directory / state.value)
 
