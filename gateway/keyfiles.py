@@ -42,3 +42,14 @@ def write_secret(path: Path, content: bytes) -> None:
     """Write a secret file 0600 (its directory 0700 if created), atomically and durably."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(path, content, mode=0o600)
+
+
+def hex_key(path: Path, *, create: bool) -> bytes:
+    """A 256-bit key kept as hex in a 0600 file (audit MAC, unsubscribe links), made on first
+    use when `create`."""
+    if create and not path.exists():
+        write_secret(path, os.urandom(32).hex().encode("ascii") + b"\n")
+    try:
+        return bytes.fromhex(read_secret(path).decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise KeyFileError(f"{path}: not a hex key") from None

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import reader
-from gateway.audit.log import load_key
 from gateway.config import Config
 from gateway.errors import MailwardError
+from gateway.keyfiles import hex_key
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
@@ -20,7 +20,7 @@ EXIT_OK, EXIT_FAIL = 0, 1
 def _key(config: Config) -> bytes:
     if not config.audit.key_file.exists():
         raise MailwardError(f"{config.audit.key_file}: no audit key (the gateway makes it on first start)")
-    return load_key(config.audit.key_file, create=False)
+    return hex_key(config.audit.key_file, create=False)
 
 
 def _time(text: str | None) -> datetime.datetime | None:

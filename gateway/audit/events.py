@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.log import AuditLog, load_key
+from gateway.audit.log import AuditLog
 from gateway.config import AuditConfig
+from gateway.keyfiles import hex_key
 from gateway.message import QueuedMessage
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Audit:
     def open(cls, config: AuditConfig, *, create_key: bool = True) -> Audit:
         if not config.enabled:
             return cls(None)
-        return cls(AuditLog(config.dir, load_key(config.key_file, create=create_key)))
+        return cls(AuditLog(config.dir, hex_key(config.key_file, create=create_key)))
 
     @classmethod
     def off(cls) -> Audit:

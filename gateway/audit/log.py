@@ -31,7 +31,6 @@ from typing import Any
 from gateway import eventlog
 from gateway.audit.chain import GENESIS, seal
 from gateway.durable import GroupCommit, fsync_dir, write_atomic
-from gateway.keyfiles import read_secret, write_secret
 
 log = logging.getLogger("mailward.audit")
 
@@ -64,13 +63,6 @@ def log_files(directory: Path) -> list[Path]:
 def rfc3339(timestamp: float) -> str:
     moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def load_key(path: Path, *, create: bool) -> bytes:
-    """The audit HMAC key (hex in a 0600 file), made on first use when `create`."""
-    if create and not path.exists():
-        write_secret(path, os.urandom(32).hex().encode("ascii") + b"\n")
-    return bytes.fromhex(read_secret(path).decode("ascii").strip())
 
 
 def head_mac(key: bytes, seq: int, digest: str) -> str:

@@ -21,7 +21,7 @@ from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
 from gateway.delivery.mx import Destination
 from gateway.delivery.shaping import MAX_WAIT, ShapedDestination, Shaper
 from gateway.delivery.unsubscribe import UnsubscribeLinks
-from gateway.delivery.unsubscribe import load_key as load_unsubscribe_key
+from gateway.keyfiles import hex_key
 from gateway.message import QueuedMessage
 
 
@@ -52,7 +52,7 @@ def unsubscribe_links(config: Config) -> UnsubscribeLinks | None:
         return None
     feedback = config.feedback
     url = feedback.unsubscribe_url or (config.portal.base_url if config.portal.enabled else None)
-    return UnsubscribeLinks(load_unsubscribe_key(feedback.key_file), url_base=url,
+    return UnsubscribeLinks(hex_key(feedback.key_file, create=True), url_base=url,
                             hostname=config.hostname, local_part=feedback.unsubscribe_local_part)
 
 

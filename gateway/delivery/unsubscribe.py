@@ -16,11 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 from collections.abc import Iterable
-from pathlib import Path
-
-from gateway.keyfiles import read_secret, write_secret
 
 MAC_BYTES = 12
 
@@ -31,12 +27,6 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def load_key(path: Path) -> bytes:
-    if not path.exists():
-        write_secret(path, os.urandom(32).hex().encode("ascii") + b"\n")
-    return bytes.fromhex(read_secret(path).decode("ascii").strip())
 
 
 class UnsubscribeLinks:
