@@ -20,7 +20,7 @@ from cryptography import x509
 from gateway.audit.log import file_name
 from gateway.config import Config
 from gateway.delivery.egress import utc_day
-from gateway.spool.store import QueueState, is_queue_id
+from gateway.spool.store import spool_usage
 
 KEY_AGE_WARNING = 365  # days; DKIM keys are commonly rotated yearly or more often
 CERT_WARNING = 21  # days of validity left
@@ -37,15 +37,11 @@ def _listener_up(address: str, port: int) -> bool:
     return True
 
 
-def _queue(config: Config, now: float) -> dict[str, dict[str, float]]:
-    found = {}
-    for state in QueueState:
-        directory = config.spool.dir / state.value
-        names = sorted(n.name for n in directory.iterdir() if is_queue_id(n.name)) \
-            if directory.is_dir() else []
-        oldest = now - int(names[0][:13], 16) / 1e6 if names else 0.0
-        found[state.value] = {"messages": len(names), "oldest_age_seconds": round(oldest, 1)}
-    return found
+def queue_summary(spool_dir: Path, now: float) -> dict[str, dict[str, float]]:
+    """Messages, bytes and the oldest message's age per spool state (also the status API's)."""
+    return {state.value: {"messages": count, "bytes": size,
+                          "oldest_age_seconds": round(now - arrived, 1) if arrived else 0.0}
+            for state, (count, size, arrived) in spool_usage(spool_dir).items()}
 
 
 def _last_failures(config: Config, now: float, limit: int = 5) -> list[dict[str, Any]]:
@@ -93,7 +89,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "hostname": config.hostname,
         "listeners": [{"listener": listener.label, "up": _listener_up(listener.address, listener.port)}
                       for listener in config.listeners],
-        "queue": _queue(config, now),
+        "queue": queue_summary(config.spool.dir, now),
         "last_failures": _last_failures(config, now),
         "certificates": [c for c in (_certificate(tls_cert, now),
                                      _certificate(config.portal.tls_cert_file, now)) if c is not None],

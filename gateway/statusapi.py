@@ -25,6 +25,7 @@ from gateway.keyfiles import read_secret
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool
 from gateway.spool.store import is_queue_id
+from gateway.status import queue_summary
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _RESULT_EVENTS = ("delivered", "deferred", "bounced", "expired")
@@ -140,11 +141,8 @@ class StatusApi:
         return _json({"messages": [f for f in found if f is not None]}, 200)
 
     async def queue(self, request: web.Request) -> web.Response:
-        usage = await self.spool.offload(self.spool.usage)
-        now = time.time()
-        return _json({"states": {state.value: {"messages": count, "bytes": size,
-                                               "oldest_age_seconds": round(now - oldest, 3) if oldest else 0}
-                                 for state, (count, size, oldest) in usage.items()}}, 200)
+        summary = await self.spool.offload(queue_summary, self.spool.directory, time.time())
+        return _json({"states": summary}, 200)
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:

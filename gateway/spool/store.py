@@ -65,6 +65,28 @@ def new_queue_id() -> str:
     return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
 
 
+def spool_usage(directory: Path) -> dict[QueueState, tuple[int, int, float | None]]:
+    """Per state: messages, bytes on disk, and when the oldest arrived (from its queue id). Only
+    lists directories, so it needs no key (`mailward status`, metrics)."""
+    found: dict[QueueState, tuple[int, int, float | None]] = {}
+    for state in QueueState:
+        count = size = 0
+        oldest: str | None = None
+        try:
+            entries = list(os.scandir(directory / state.value))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if not is_queue_id(entry.name):
+                continue
+            count += 1
+            with contextlib.suppress(FileNotFoundError):  # moved on meanwhile
+                size += entry.stat().st_size
+            oldest = entry.name if oldest is None or entry.name < oldest else oldest
+        found[state] = (count, size, int(oldest[:13], 16) / 1e6 if oldest else None)
+    return found
+
+
 def is_queue_id(text: str) -> bool:
     return bool(_QUEUE_ID.match(text))
 
@@ -345,24 +367,7 @@ class Spool:
         return {state: len(self.ids(state)) for state in QueueState}
 
     def usage(self) -> dict[QueueState, tuple[int, int, float | None]]:
-        """Per state: messages, bytes on disk, and when the oldest arrived (from its queue id)."""
-        found: dict[QueueState, tuple[int, int, float | None]] = {}
-        for state in QueueState:
-            count = size = 0
-            oldest: str | None = None
-            try:
-                entries = list(os.scandir(self.directory / state.value))
-            except FileNotFoundError:
-                entries = []
-            for entry in entries:
-                if not is_queue_id(entry.name):
-                    continue
-                count += 1
-                with contextlib.suppress(FileNotFoundError):  # moved on meanwhile
-                    size += entry.stat().st_size
-                oldest = entry.name if oldest is None or entry.name < oldest else oldest
-            found[state] = (count, size, int(oldest[:13], 16) / 1e6 if oldest else None)
-        return found
+        return spool_usage(self.directory)
 
 
 def _read_prefix(path: Path) -> bytes:
