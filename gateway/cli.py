@@ -23,12 +23,10 @@ from typing import Any
 
 from gateway import __version__, eventlog
 from gateway.config import Config, find_config_file, load_config
-from gateway.errors import ConfigError, MailwardError
+from gateway.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ConfigError, MailwardError
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
 from gateway.spool.wakeup import WakeSender
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

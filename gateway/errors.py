@@ -8,6 +8,9 @@ mapped to these at the module boundary that calls the library, so callers never 
 
 from __future__ import annotations
 
+# `mailward` exit codes (SPEC §3): success, a failure the user can fix, a usage error.
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
 
 class MailwardError(Exception):
     """Base of every error Mailward raises on purpose."""

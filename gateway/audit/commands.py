@@ -11,10 +11,8 @@ from typing import Any
 
 from gateway.audit import reader
 from gateway.config import Config
-from gateway.errors import MailwardError
+from gateway.errors import EXIT_FAIL, EXIT_OK, MailwardError
 from gateway.keyfiles import hex_key
-
-EXIT_OK, EXIT_FAIL = 0, 1
 
 
 def _key(config: Config) -> bytes:

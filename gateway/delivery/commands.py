@@ -22,9 +22,7 @@ from gateway.delivery.egress import (
     write_ip_state,
 )
 from gateway.delivery.suppression import GLOBAL, SuppressionList
-from gateway.errors import MailwardError
-
-EXIT_OK, EXIT_FAIL = 0, 1
+from gateway.errors import EXIT_OK, MailwardError
 
 
 def cmd_suppress(config: Config, args: argparse.Namespace) -> int:

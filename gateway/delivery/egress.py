@@ -199,16 +199,13 @@ class EgressPools:
             self.counters.add(str(chosen.address), provider, now)
         return chosen
 
-    def penalize(self, address: str | None, provider: str, now: float) -> None:
-        """A receiver refused `address` for its reputation: it is done with `provider` for today
+    def penalize(self, ip: EgressIp, provider: str, now: float) -> None:
+        """A receiver refused `ip` for its reputation: it is done with `provider` for today
         (a warming IP only; a warm one keeps sending, the refusal is retried)."""
-        for pool in self.pools.values():
-            for ip in pool.ips:
-                cap = ip.cap(utc_day(now)) if ip.address == address else None
-                if cap is not None:
-                    self.counters.add(str(address), provider, now,
-                                      max(0, cap - self.counters.get(str(address), provider, now)))
-                    return
+        cap = ip.cap(utc_day(now))
+        if cap is not None:
+            used = self.counters.get(str(ip.address), provider, now)
+            self.counters.add(str(ip.address), provider, now, max(0, cap - used))
 
     def close(self) -> None:
         self.counters.save()

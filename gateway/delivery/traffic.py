@@ -97,7 +97,7 @@ class Traffic:
         """Throttling replies pause the destination; deliveries let it back gradually; a
         reputation block spends the warming IP's budget for this provider today."""
         if ip is not None and any(reputation_block(r.code, r.status, r.text) for r in replies):
-            self.pools.penalize(ip.address, route.provider, now)
+            self.pools.penalize(ip, route.provider, now)
         if any(classify(r.code, r.status, r.text) == "throttled" for r in replies if r.code >= 400):
             self.shaper.throttled(route.destination, now)
         elif any(r.code < 300 for r in replies):

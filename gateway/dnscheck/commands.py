@@ -13,9 +13,8 @@ from gateway.config import Config
 from gateway.crypto import dkim
 from gateway.delivery.mx import MxResolver
 from gateway.dnscheck import report
+from gateway.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from gateway.keyfiles import write_secret
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def cmd_keygen_dkim(config: Config, args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ the record to publish or the change to make. Nothing here changes DNS or the con
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -36,26 +36,23 @@ class ResolverDns:
         self.resolver = resolver
 
     async def txt(self, name: str) -> list[str]:
-        try:
-            return await self.resolver.txt(name)
-        except ResolutionError as exc:
-            raise spf.SpfTempError(exc.reason) from None
+        return await _answer(self.resolver.txt(name))
 
     async def addresses(self, name: str) -> list[str]:
-        try:
-            return await self.resolver.addresses(name)
-        except Permanent:
-            return []
-        except ResolutionError as exc:
-            raise spf.SpfTempError(exc.reason) from None
+        return await _answer(self.resolver.addresses(name))
 
     async def exchangers(self, name: str) -> list[str]:
-        try:
-            return await self.resolver.exchangers(name)
-        except Permanent:
-            return []
-        except ResolutionError as exc:
-            raise spf.SpfTempError(exc.reason) from None
+        return await _answer(self.resolver.exchangers(name))
+
+
+async def _answer(lookup: Awaitable[list[str]]) -> list[str]:
+    """A lookup's records; none for a name that does not exist; SpfTempError when DNS fails."""
+    try:
+        return await lookup
+    except Permanent:
+        return []
+    except ResolutionError as exc:
+        raise spf.SpfTempError(exc.reason) from None
 
 
 def tags(record: str) -> dict[str, str]:
