@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,26 +23,9 @@ import yaml
 from gateway.app import Gateway
 from gateway.config import Config, load_config
 from gateway.spool import QueueState, Spool, open_spool
+from tests.polling import free_port, port_open, wait_for
 
 HOSTNAME = "mailward.test"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -212,11 +193,7 @@ class GatewayProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"gateway exited: {self.log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-        except OSError:
-            return False
-        return True
+        return port_open(self.port)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.polling import free_port, port_open, wait_for
 
 POSTFIX_RELAY = """\
 relayhost = [{sink_host}]:{sink_port}
@@ -107,18 +107,6 @@ def postfix_instance(workdir: Path, sink: tuple[str, int] | None = None, *, main
 
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
 
 def wait_listening(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # polling a port with a deadline
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+    wait_for(lambda: port_open(port), timeout)
