@@ -44,7 +44,7 @@ from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionEr
 from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.protection import Keyrings, deliver_protected
 from gateway.delivery.shaping import Shaper
-from gateway.delivery.signing import DkimSigner, SigningFailed
+from gateway.delivery.signing import DkimSigner, SignedCopies, SigningFailed
 from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
@@ -115,8 +115,9 @@ class DeliveryAgent:
                 continue
             domain = message.envelope.recipients[index].address.rpartition("@")[2].lower()
             by_domain.setdefault((domain, message.policy.protects(index)), []).append(index)
+        signed = SignedCopies(self.signer)
         groups = await asyncio.gather(*(
-            self._deliver_domain(domain, message, content, indexes, protect=protect)
+            self._deliver_domain(domain, message, content, indexes, signed, protect=protect)
             for (domain, protect), indexes in by_domain.items()))
         await self._settle(message, content,
                            [*suppressed.values(), *(attempt for group in groups for attempt in group)])
@@ -144,7 +145,8 @@ class DeliveryAgent:
         return found
 
     async def _deliver_domain(self, domain: str, message: QueuedMessage, content: bytes,
-                              indexes: list[int], *, protect: bool = False) -> list[Attempt]:
+                              indexes: list[int], signed: SignedCopies, *,
+                              protect: bool = False) -> list[Attempt]:
         try:
             destinations = await self.resolver.destinations(domain)
         except ResolutionError as exc:
@@ -160,7 +162,8 @@ class DeliveryAgent:
         route = self.traffic.route(message, domain, destinations)
 
         async def send(to: list[int], body: bytes, needs: TlsRequirement, protection: str) -> list[Attempt]:
-            return await self._send(domain, destinations, route, message, body, to, needs, protection)
+            return await self._send(domain, destinations, route, signed, message, body, to, needs,
+                                    protection)
 
         if protect:
             return await deliver_protected(message, content, indexes, requirement, self.keyrings, send,
@@ -176,7 +179,7 @@ class DeliveryAgent:
         return await send(indexes, content, requirement, "")
 
     async def _send(self, domain: str, destinations: Sequence[Destination], route: Route,
-                    message: QueuedMessage, content: bytes, indexes: list[int],
+                    signed: SignedCopies, message: QueuedMessage, content: bytes, indexes: list[int],
                     requirement: TlsRequirement, protection: str) -> list[Attempt]:
         """One transaction (or a few, for many recipients) on a cached connection from the IP
         that traffic shaping and warm-up admit; `content` is DKIM signed here, as the last change
@@ -187,7 +190,7 @@ class DeliveryAgent:
             return [Attempt(i, admitted.reply, protection=protection, pool=pool,
                             retry_after=admitted.retry_after) for i in indexes]
         try:
-            content, signature = await self.signer.sign(content, message.queue_id)
+            content, signature = await signed.sign(content, message.queue_id)
         except SigningFailed:
             return [Attempt(i, SIGNING_FAILED, protection=protection, pool=pool) for i in indexes]
         shaped = route.destination

@@ -88,6 +88,24 @@ class DkimSigner:
         return fields + content, f"{domain}:{','.join(key.selector for key in keys)}"
 
 
+class SignedCopies:
+    """The signed form of each distinct body of one delivery. The same bytes go to every
+    recipient domain that is sent the message as it is, so they are signed once, not once per
+    domain; encrypted and unsubscribe copies are bodies of their own."""
+
+    def __init__(self, signer: DkimSigner) -> None:
+        self.signer = signer
+        self._signed: list[tuple[bytes, tuple[bytes, str]]] = []
+
+    async def sign(self, content: bytes, queue_id: str) -> tuple[bytes, str]:
+        for original, result in self._signed:
+            if original is content:
+                return result
+        result = await self.signer.sign(content, queue_id)
+        self._signed.append((content, result))
+        return result
+
+
 def nearest_domain(configured: Iterable[str], address_domain: str) -> str | None:
     """The configured domain that signs for `address_domain`: itself or its nearest parent
     (never a top-level domain alone)."""

@@ -24,6 +24,8 @@ from tests.stages.dlp import builders as b
 RECORDS = {
     ("clinic.test", "MX"): ["10 mx.clinic.test."],
     ("mx.clinic.test", "A"): ["127.0.0.21"],
+    ("lab.test", "MX"): ["10 mx.lab.test."],
+    ("mx.lab.test", "A"): ["127.0.0.21"],
 }
 SSN = "219-45-6789"
 
@@ -224,3 +226,19 @@ async def test_portal_notifications_and_passcodes_are_signed_with_the_gateways_d
         (m for m in portal.patient.messages if b"Subject: Your passcode" in m.content), None))
     results = await mailauth(code_mail.content, world.dns_port, tmp_path)
     assert [(r["domain"], r["result"]) for r in results] == [(HOSTNAME, "pass")]
+
+
+async def test_a_message_to_several_domains_is_signed_once_and_verifies_at_each(
+        world: MailWorld, tmp_path: Path) -> None:
+    signed = SignedWorld(world, tmp_path)
+    gateway = await signed.start({"hospital.test": [signed.key("hospital.test", "s1")]})
+    assert signed.sink is not None
+    signatures = metrics.DKIM_SIGNATURES.labels(domain="hospital.test", algorithm="rsa-sha256")
+    before = signatures._value.get()
+    code, _ = await send(gateway.client(), SENDER, ["pat@clinic.test", "tech@lab.test"],
+                         b.message("Two domains", sender=SENDER, to="pat@clinic.test, tech@lab.test"))
+    assert code == 250
+    copies = await eventually(lambda: len(signed.sink.messages) == 2 and signed.sink.messages)  # type: ignore[union-attr]
+    assert signatures._value.get() == before + 1
+    assert copies[0].content == copies[1].content
+    assert await signed.verify(copies[1].content) == [("hospital.test", "rsa-sha256", "pass")]
