@@ -91,10 +91,6 @@ class Shaper:
                 self._states[key] = state
         return state
 
-    @property
-    def provider_names(self) -> frozenset[str]:
-        return frozenset(self.rules)
-
     def paused(self, state: ShapedDestination, now: float) -> float:
         """Seconds `state` is still paused after throttling (0: not paused)."""
         return max(0.0, state.paused_until - now)
