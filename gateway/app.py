@@ -221,7 +221,8 @@ class Gateway:
         one_click = OneClick(self.feedback, self.audit.write) \
             if self.feedback is not None and self.feedback.links is not None else None
         app = PortalApp(store, portal, send_code=handoff.send_code, send_reply=handoff.send_reply,
-                        audit=self.audit, unsubscribe=one_click).application()
+                        send_notice=handoff.send_notice, audit=self.audit,
+                        unsubscribe=one_click).application()
         self._portal_runner = web.AppRunner(app, access_log=None)
         await self._portal_runner.setup()
         context = None

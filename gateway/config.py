@@ -474,6 +474,9 @@ class PortalConfig:
     # The portal's own HTTPS certificate; without it, serve it through a TLS reverse proxy.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Reverse proxies (e.g. the documented nginx) whose X-Forwarded-For names the real client;
+    # from anyone else the header is ignored, so a client cannot pick its own address.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

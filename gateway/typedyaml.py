@@ -100,6 +100,18 @@ class IPNetwork(str):
         return obj
 
 
+def address_in(client_ip: str,
+               networks: typing.Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether `client_ip` (IPv4-mapped IPv6 counts as IPv4) is in one of `networks`."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 @dataclasses.dataclass
 class _Context:
     file: str

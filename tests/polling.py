@@ -3,6 +3,7 @@ runs without pytest, so nothing here may import it)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +20,19 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Poll `condition` while the event loop keeps running (servers under test live on it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

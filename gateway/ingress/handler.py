@@ -35,12 +35,13 @@ from gateway.ingress.feedback import Feedback
 from gateway.ingress.pools import take_pool_header
 from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
-from gateway.ingress.relay import RelayPolicy, address_in
+from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
 from gateway.pipeline import Pipeline, PipelineItem
 from gateway.spool import QueueState, Spool, new_queue_id
 from gateway.stages.dlp.scanner import ScanSummary
+from gateway.typedyaml import address_in
 
 log = logging.getLogger("mailward.smtpd")
 

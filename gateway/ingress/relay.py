@@ -9,10 +9,10 @@ how an Exchange Online connector proves itself). Everyone else is refused at RCP
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import RelayConfig
+from gateway.typedyaml import address_in
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,3 @@ class RelayPolicy:
         if not self.sender_domains or not sender:
             return True
         return sender.rpartition("@")[2].lower().rstrip(".") in self.sender_domains
-
-
-def address_in(client_ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    """Whether `client_ip` (IPv4-mapped IPv6 counts as IPv4) is in one of `networks`."""
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)

@@ -47,15 +47,21 @@ class PortalHandoff:
         return record.message_id
 
     async def send_code(self, record: PortalMessage, code: str) -> None:
+        await self.send_notice(
+            record, f"Your passcode for a secure message from {self.config.branding.organization}",
+            f"Your one-time passcode is {code}\n\nIt is valid for 10 minutes. If you did not ask for "
+            "it, you can ignore this email.\n")
+
+    async def send_notice(self, record: PortalMessage, subject: str, text: str) -> None:
+        """A short mail from the gateway to the recipient (passcodes, password changes)."""
         mail = EmailMessage()
         mail["From"] = self.config.branding.sender or f"no-reply@{self.hostname}"
         mail["To"] = record.recipient
-        mail["Subject"] = f"Your passcode for a secure message from {self.config.branding.organization}"
+        mail["Subject"] = subject
         mail["Date"] = formatdate(localtime=False)
         mail["Message-ID"] = make_msgid(domain=self.hostname)
         mail["Auto-Submitted"] = "auto-generated"
-        mail.set_content(f"Your one-time passcode is {code}\n\nIt is valid for 10 minutes. If you did "
-                         "not ask for it, you can ignore this email.\n")
+        mail.set_content(text)
         await self.enqueue(*generated(mail, recipient=record.recipient, hostname=self.hostname,
                                       listener="portal"))
 

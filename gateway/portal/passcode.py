@@ -3,7 +3,8 @@
 A code is 6 digits, valid `CODE_TTL`, stored only as a salted SHA-256 (inside the sealed portal
 record) and compared in constant time. `MAX_FAILURES` wrong codes in a row lock the message for
 `LOCKOUT`; at most `MAX_SENDS` codes are sent per `SEND_WINDOW`, so the link cannot be used to
-flood a mailbox. Pure functions over `PortalMessage`; the caller stores the result.
+flood a mailbox. Pure functions over `PortalMessage`; the caller stores the result, loading and
+storing under one lock per message so that parallel attempts are each counted (see `web`).
 """
 
 from __future__ import annotations
@@ -63,9 +64,17 @@ def verify(record: PortalMessage, code: str, now: float | None = None) -> Check:
         return Check(False, dataclasses.replace(record, code_hash=""), "expired")
     salt = record.code_hash.partition(":")[0]
     if hmac.compare_digest(_hash(salt, code.strip()), record.code_hash):
+        # Consumed: the caller stores this record before it answers, so the code works once.
         return Check(True, dataclasses.replace(record, code_hash="", failed_codes=0, viewed=now))
+    failed = count_failure(record, now)
+    return Check(False, failed, "locked" if locked(failed, now) else "wrong")
+
+
+def count_failure(record: PortalMessage, now: float | None = None) -> PortalMessage:
+    """`record` with one more wrong attempt; the last allowed one locks the message (and drops
+    the current code, so a locked message needs a new one)."""
+    now = now or time.time()
     failures = record.failed_codes + 1
     if failures >= MAX_FAILURES:
-        return Check(False, dataclasses.replace(record, failed_codes=0, code_hash="",
-                                                locked_until=now + LOCKOUT), "locked")
-    return Check(False, dataclasses.replace(record, failed_codes=failures), "wrong")
+        return dataclasses.replace(record, failed_codes=0, code_hash="", locked_until=now + LOCKOUT)
+    return dataclasses.replace(record, failed_codes=failures)

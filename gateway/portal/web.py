@@ -8,8 +8,13 @@ downloaded, never rendered) and a reply form. The link alone never shows content
 Every response carries a strict CSP, no-store caching, no referrer, nosniff and frame denial;
 HSTS when the portal's base URL is https. Forms carry a CSRF token (double-submit cookie). An
 HTML body is shown in a sandboxed frame (no scripts, no same-origin) served with its own CSP that
-blocks remote images and everything else remote. Requests for passcodes are limited per message
-(see `passcode`) and per client address.
+blocks remote images and everything else remote; the body URL answers only as that frame.
+Requests for passcodes are limited per message (see `passcode`) and per client address.
+
+Attempts are counted atomically: every check of a passcode or password loads the record, counts
+the attempt and stores it under one lock per message, before the answer is given, so parallel
+requests cannot share one count, and a used passcode is consumed before the message opens.
+Behind a reverse proxy in `portal.trusted_proxies`, the client is the one X-Forwarded-For names.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import asyncio
 import email
 import email.policy
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from importlib import resources
 from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
@@ -36,12 +43,15 @@ from gateway import eventlog, metrics
 from gateway.audit.events import Audit
 from gateway.config import PortalConfig
 from gateway.portal import passcode
-from gateway.portal.passwords import RecipientPasswords
+from gateway.portal.passwords import MIN_LENGTH, RecipientPasswords
 from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
+from gateway.typedyaml import address_in
 
 log = logging.getLogger("mailward.portal")
 
 SendCode = Callable[[PortalMessage, str], Awaitable[None]]
+# A notice to the recipient's mailbox (subject, text), e.g. "your password was changed".
+SendNotice = Callable[[PortalMessage, str, str], Awaitable[None]]
 
 
 class Unsubscribe(Protocol):
@@ -57,8 +67,13 @@ MAX_REPLY = 20_000
 PER_IP_CODES = 10  # passcode requests per client address per hour
 _PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' https:; frame-src 'self'; "
              "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-_BODY_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+# The body is a document of the sender's: sandboxed even if opened on its own, no forms, no
+# navigation targets, nothing remote.
+_BODY_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+             "form-action 'none'; base-uri 'none'; frame-ancestors 'self'")
 _SCRIPT = re.compile(r"<script\b.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+_REFRESH = re.compile(r"<meta\b[^>]*http-equiv\s*=\s*[\"']?\s*refresh[^>]*>", re.IGNORECASE)
+LOCKED_TEXT = "Too many wrong attempts. The message is locked for 15 minutes."
 
 
 @dataclass
@@ -71,17 +86,21 @@ class _Session:
 class PortalApp:
     def __init__(self, store: PortalStore, config: PortalConfig, *, send_code: SendCode,
                  send_reply: SendReply, audit: Audit | None = None,
-                 unsubscribe: Unsubscribe | None = None) -> None:
+                 unsubscribe: Unsubscribe | None = None, send_notice: SendNotice | None = None) -> None:
         self.store = store
         self.audit = audit or Audit.off()
         self.unsubscribe_hook = unsubscribe
         self.config = config
         self.send_code = send_code
         self.send_reply = send_reply
+        self.send_notice = send_notice
         self.secure = config.base_url.startswith("https://")
         self.passwords = RecipientPasswords(store.directory / "passwords.json")
         self._sessions: dict[str, _Session] = {}
         self._code_requests: dict[str, list[float]] = {}
+        # One lock per portal message, held from loading its record to storing it again.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._proxies = tuple(net.network for net in config.trusted_proxies)
         self._templates = jinja2.Environment(
             loader=jinja2.PackageLoader("gateway.portal", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined)
@@ -94,6 +113,7 @@ class PortalApp:
         app.router.add_post("/m/{token}/verify", self.verify)
         app.router.add_post("/m/{token}/password", self.password_login)
         app.router.add_post("/m/{token}/set-password", self.set_password)
+        app.router.add_post("/m/{token}/password-code", self.password_code)
         app.router.add_get("/m/{token}/read", self.read)
         app.router.add_get("/m/{token}/body", self.body)
         app.router.add_get("/m/{token}/attachment/{index}", self.attachment)
@@ -113,6 +133,11 @@ class PortalApp:
         except web.HTTPException as exc:  # redirects and errors get the same headers
             self._secure(exc.headers)
             raise
+        except Exception as exc:  # a page that fails still answers as a page of ours
+            eventlog.event(log, "portal_error", logging.ERROR, path=request.path.split("/")[1],
+                           error=type(exc).__name__)
+            log.debug("portal error", exc_info=exc)
+            response = self._notice_page("Something went wrong", "Please try again later.", 500)
         self._secure(response.headers)
         return response
 
@@ -133,9 +158,37 @@ class PortalApp:
 
     def _notice(self, title: str, text: str, status: int) -> web.HTTPException:
         """A page that ends the request: raise it."""
-        html = self._templates.get_template("notice.html.j2").render(
+        return _ERRORS[status](text=self._notice_html(title, text), content_type="text/html")
+
+    def _notice_page(self, title: str, text: str, status: int) -> web.Response:
+        return web.Response(text=self._notice_html(title, text), content_type="text/html", status=status)
+
+    def _notice_html(self, title: str, text: str) -> str:
+        return self._templates.get_template("notice.html.j2").render(
             branding=self.config.branding, title=title, text=text)
-        return _ERRORS[status](text=html, content_type="text/html")
+
+    def client(self, request: web.Request) -> str:
+        """The visitor's address: the peer, or behind a trusted proxy the nearest address in
+        X-Forwarded-For that is not itself a trusted proxy."""
+        peer = request.remote or "unknown"
+        if not self._proxies or not address_in(peer, self._proxies):
+            return peer
+        hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", [])
+                for hop in value.split(",") if hop.strip()]
+        for hop in reversed(hops[-20:]):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a forged or garbled entry: stop trusting the chain here
+            if not address_in(hop, self._proxies):
+                return hop
+        return hops[0] if hops else peer
+
+    def _lock(self, message_id: str) -> asyncio.Lock:
+        lock = self._locks.get(message_id)
+        if lock is None:
+            lock = self._locks[message_id] = asyncio.Lock()
+        return lock
 
     def _message(self, request: web.Request) -> tuple[str, PortalMessage, bytes]:
         """The link's token and its message; a clear page (raised) when there is none."""
@@ -179,35 +232,45 @@ class PortalApp:
             expires=_when(record.expires)), csrf)
 
     async def request_code(self, request: web.Request) -> web.Response:
-        _, record, content = self._message(request)
+        _, record, _ = self._message(request)
         if await self._form(request) is None:
             raise self._notice("Please try again", "The form expired; open the link again.", 403)
-        client = request.remote or "unknown"
-        now = time.time()
-        recent = [t for t in self._code_requests.get(client, []) if now - t < 3600]
-        if len(recent) >= PER_IP_CODES or not passcode.may_send(record, now):
-            eventlog.event(log, "portal_code_refused", logging.WARNING, message_id=record.message_id,
-                           client=client, reason="locked" if passcode.locked(record, now) else "rate")
+        if not await self._issue_code(request, record):
             return await self.start(request, message="Too many passcodes were requested. Please wait "
                                                      "a few minutes and try again.", code_sent=True)
-        self._code_requests[client] = [*recent, now]
-        code, record = passcode.issue(record, now)
-        self.store.update(record, content)
-        await self.send_code(record, code)
-        await self._event("code_sent", record, client)
         return await self.start(request, message=f"We sent a passcode to {_mask(record.recipient)}.",
                                 code_sent=True)
+
+    async def _issue_code(self, request: web.Request, record: PortalMessage) -> bool:
+        """Mail a new passcode to the recipient, within the per-message and per-client limits."""
+        client = self.client(request)
+        async with self._lock(record.message_id):
+            _, record, content = self._message(request)  # as stored now, not as first loaded
+            now = time.time()
+            recent = [t for t in self._code_requests.get(client, []) if now - t < 3600]
+            if len(recent) >= PER_IP_CODES or not passcode.may_send(record, now):
+                eventlog.event(log, "portal_code_refused", logging.WARNING, message_id=record.message_id,
+                               client=client, reason="locked" if passcode.locked(record, now) else "rate")
+                return False
+            self._code_requests[client] = [*recent, now]
+            code, record = passcode.issue(record, now)
+            self.store.update(record, content)
+        await self.send_code(record, code)
+        await self._event("code_sent", record, client)
+        return True
 
     async def verify(self, request: web.Request) -> web.Response:
         token, record, content = self._message(request)
         form = await self._form(request)
         if form is None:
             raise self._notice("Please try again", "The form expired; open the link again.", 403)
-        check = passcode.verify(record, form.get("code", "")[:12])
-        self.store.update(check.record, content)
+        async with self._lock(record.message_id):
+            token, record, content = self._message(request)  # as stored now, not as first loaded
+            check = passcode.verify(record, form.get("code", "")[:12])
+            self.store.update(check.record, content)
         if not check.ok:
             await self._event("locked" if check.reason == "locked" else "code_failed", record,
-                              request.remote, logging.WARNING, reason=check.reason)
+                              self.client(request), logging.WARNING, reason=check.reason)
             words = {"locked": "Too many wrong passcodes. The message is locked for 15 minutes.",
                      "expired": "That passcode has expired. Request a new one.",
                      "none": "Request a passcode first."}.get(check.reason, "That passcode is not right.")
@@ -219,22 +282,29 @@ class PortalApp:
         form = await self._form(request)
         if form is None:
             raise self._notice("Please try again", "The form expired; open the link again.", 403)
-        if passcode.locked(record):
-            return await self.start(request, message="Too many wrong attempts. The message is locked "
-                                                     "for 15 minutes.")
-        password = form.get("password", "")[:200]
-        if await asyncio.to_thread(self.passwords.check, record.recipient, password):
+        async with self._lock(record.message_id):
+            token, record, content = self._message(request)
+            if passcode.locked(record):
+                return await self.start(request, message=LOCKED_TEXT)
+            record, ok = await self._check_password(record, content, form.get("password", "")[:200])
+        if ok:
             await self._open_session(token, record, request)
-        # A wrong password counts like a wrong passcode towards the lockout.
-        failures = record.failed_codes + 1
-        locked = failures >= passcode.MAX_FAILURES
-        self.store.update(record, content, failed_codes=0 if locked else failures,
-                          locked_until=time.time() + passcode.LOCKOUT if locked else record.locked_until)
-        await self._event("locked" if locked else "code_failed", record, request.remote, logging.WARNING,
-                          reason="password")
-        text = "Too many wrong attempts. The message is locked for 15 minutes." if locked else \
-            "That password is not right."
-        return await self.start(request, message=text)
+        locked = passcode.locked(record)
+        await self._event("locked" if locked else "code_failed", record, self.client(request),
+                          logging.WARNING, reason="password")
+        return await self.start(request, message=LOCKED_TEXT if locked else "That password is not right.")
+
+    async def _check_password(self, record: PortalMessage, content: bytes,
+                              password: str) -> tuple[PortalMessage, bool]:
+        """Check the recipient's password; called under the record's lock. The attempt is
+        counted and stored as a failure first (a wrong password counts like a wrong passcode)
+        and taken back only when the password is right, so a crash or a parallel request never
+        gets an attempt for free."""
+        counted = self.store.update(passcode.count_failure(record), content)
+        if not await asyncio.to_thread(self.passwords.check, record.recipient, password):
+            return counted, False
+        return self.store.update(counted, content, failed_codes=0, locked_until=0.0,
+                                 code_hash=record.code_hash), True
 
     async def _event(self, name: str, record: PortalMessage, client: str | None,
                      level: int = logging.INFO, **fields: object) -> None:
@@ -250,21 +320,55 @@ class PortalApp:
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = _Session(record.message_id, time.time() + SESSION_TTL,
                                               secrets.token_urlsafe(24))
-        await self._event("viewed", record, request.remote)
+        await self._event("viewed", record, self.client(request))
         response = web.HTTPSeeOther(f"/m/{token}/read")
         response.set_cookie("mw_session", session_id, httponly=True, samesite="Strict", secure=self.secure,
                             path="/m/", max_age=int(SESSION_TTL))
         raise response
 
     async def set_password(self, request: web.Request) -> web.Response:
+        """Set the recipient's password. Replacing one that exists takes the current password or
+        a fresh passcode mailed to the address: an open session alone is not enough, since it
+        may be on any one of the recipient's messages. The recipient is told by mail."""
         _, record, _ = self._message(request)
         form = await self._session_form(request, record)
-        try:
-            await asyncio.to_thread(self.passwords.set, record.recipient, form.get("password", "")[:200])
-        except ValueError as exc:
-            return await self.read(request, note=str(exc).capitalize() + ".")
-        eventlog.event(log, "portal_password_set", message_id=record.message_id, client=request.remote)
+        new_password = form.get("password", "")[:200]
+        if len(new_password) < MIN_LENGTH:
+            return await self.read(request, note=f"A password has at least {MIN_LENGTH} characters.")
+        client = self.client(request)
+        async with self._lock(record.message_id):
+            _, record, content = self._message(request)
+            changing = await asyncio.to_thread(self.passwords.has, record.recipient)
+            if changing:
+                if passcode.locked(record):
+                    return await self.read(request, note=LOCKED_TEXT)
+                if form.get("code"):
+                    check = passcode.verify(record, form["code"][:12])
+                    record, ok = self.store.update(check.record, content), check.ok
+                else:
+                    record, ok = await self._check_password(record, content, form.get("current", "")[:200])
+                if not ok:
+                    locked = passcode.locked(record)
+                    await self._event("locked" if locked else "code_failed", record, client, logging.WARNING,
+                                      reason="password_change")
+                    return await self.read(request, note=LOCKED_TEXT if locked else
+                                           "That is not your current password or a valid code.")
+            await asyncio.to_thread(self.passwords.set, record.recipient, new_password)
+        await self._event("password_changed" if changing else "password_set", record, client)
+        if self.send_notice is not None:
+            await self.send_notice(record, "Your secure message password was " +
+                                   ("changed" if changing else "set"), _PASSWORD_CHANGED_TEXT)
         return await self.read(request, note="Your password is set. Use it to open your next messages.")
+
+    async def password_code(self, request: web.Request) -> web.Response:
+        """A passcode mailed to the address, to change a password that was forgotten."""
+        _, record, _ = self._message(request)
+        await self._session_form(request, record)
+        if not await self._issue_code(request, record):
+            return await self.read(request, note="Too many passcodes were requested. Please wait a few "
+                                                 "minutes and try again.")
+        return await self.read(request, code_sent=True,
+                               note=f"We sent a passcode to {_mask(record.recipient)}.")
 
     def _required_session(self, request: web.Request, record: PortalMessage) -> _Session:
         session = self._session(request, record)
@@ -286,7 +390,8 @@ class PortalApp:
             return None
         return session
 
-    async def read(self, request: web.Request, *, replied: bool = False, note: str = "") -> web.Response:
+    async def read(self, request: web.Request, *, replied: bool = False, note: str = "",
+                   code_sent: bool = False) -> web.Response:
         token, record, content = self._message(request)
         session = self._session(request, record)
         if session is None:
@@ -298,9 +403,9 @@ class PortalApp:
             "read.html.j2", title="Secure message", token=token, csrf=session.csrf,
             sender=str(message.get("From", record.sender)), subject=str(message.get("Subject", "")),
             date=str(message.get("Date", "")), expires=_when(record.expires), replied=replied, note=note,
-            offer_password=not self.passwords.has(record.recipient),
+            has_password=self.passwords.has(record.recipient), code_sent=code_sent,
             html_body=plain is None and html is not None,
-            text_body=plain.get_content() if plain is not None else "",
+            text_body=_text(plain) if plain is not None else "",
             attachments=[{"name": a.get_filename() or f"attachment-{i + 1}",
                           "size": _size(len(a.get_payload(decode=True) or b""))}
                          for i, a in enumerate(message.iter_attachments())])
@@ -309,8 +414,12 @@ class PortalApp:
     async def body(self, request: web.Request) -> web.Response:
         _, record, content = self._message(request)
         self._required_session(request, record)
+        # Only as the frame of the read page: opened on its own, the sender's HTML would be a
+        # page of our origin (browsers that send no Sec-Fetch-Dest are not supported).
+        if request.headers.get("Sec-Fetch-Dest", "") != "iframe":
+            raise self._notice("Not available", "Open the message from its link.", 403)
         html = _parse(content).get_body(("html",))
-        markup = _SCRIPT.sub("", html.get_content()) if html is not None else ""
+        markup = _REFRESH.sub("", _SCRIPT.sub("", _text(html))) if html is not None else ""
         response = web.Response(text=markup, content_type="text/html", charset="utf-8")
         response.headers["Content-Security-Policy"] = _BODY_CSP
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
@@ -325,7 +434,7 @@ class PortalApp:
             raise web.HTTPNotFound()
         part = attachments[int(index)]
         name = (part.get_filename() or f"attachment-{int(index) + 1}").replace('"', "")
-        await self._event("downloaded", record, request.remote, attachment=int(index) + 1)
+        await self._event("downloaded", record, self.client(request), attachment=int(index) + 1)
         return web.Response(body=part.get_payload(decode=True) or b"",
                             content_type="application/octet-stream",
                             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
@@ -336,7 +445,7 @@ class PortalApp:
         text = form.get("text", "")[:MAX_REPLY].strip()
         if text:
             await self.send_reply(record, _parse(content), text)
-            await self._event("replied", record, request.remote)
+            await self._event("replied", record, self.client(request))
         return await self.read(request, replied=bool(text))
 
     def _unsubscribe_token(self, request: web.Request) -> tuple[str, str]:
@@ -372,6 +481,22 @@ class PortalApp:
 _ERRORS: dict[int, type[web.HTTPException]] = {
     200: web.HTTPOk, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 410: web.HTTPGone,
     500: web.HTTPInternalServerError}
+
+
+_PASSWORD_CHANGED_TEXT = (
+    "The password you use to open secure messages was just set or changed.\n\n"  # noqa: S105
+    "If this was you, there is nothing to do. If it was not, open your latest secure message "
+    "with a passcode and set a new password, and tell the sender.\n")
+
+
+def _text(part: MIMEPart) -> str:
+    """A text part's content; an unknown or lying charset falls back to UTF-8 with
+    replacement characters instead of failing the page."""
+    try:
+        return str(part.get_content())
+    except (LookupError, UnicodeError, ValueError):
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
 
 
 def _parse(content: bytes) -> EmailMessage:

@@ -34,19 +34,6 @@ BASE_RECORDS: dict[tuple[str, str], list[str]] = {
 }
 
 
-async def eventually(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """Poll `condition` while the event loop keeps running (the sinks live on it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
 def parse(content: bytes) -> EmailMessage:
     message = email.message_from_bytes(content, policy=email.policy.default)
     assert isinstance(message, EmailMessage)

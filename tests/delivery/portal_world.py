@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import RunningGateway, free_port, send
-from tests.delivery.conftest import MailWorld, eventually
+from tests.delivery.conftest import MailWorld
+from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 

@@ -18,8 +18,9 @@ from prometheus_client import generate_latest
 from gateway import metrics
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, mailward_cli, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
 from tests.dkimverify import make_key
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 SUBJECT_MARKER, BODY_MARKER, SSN = "Zebrafinch", "Quillwort", "219-45-6789"

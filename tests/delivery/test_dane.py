@@ -19,7 +19,8 @@ from gateway.delivery import probe
 from gateway.delivery.dane import TlsaRecord
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, message, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 

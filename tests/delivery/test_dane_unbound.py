@@ -14,9 +14,10 @@ import pytest
 
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, message, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
 from tests.delivery.test_dane import other_key_sha256, spki_sha256
 from tests.dnsserver import Unbound, start_dns, start_signed_zone
+from tests.polling import eventually
 
 pytestmark = pytest.mark.skipif(shutil.which("unbound") is None and not Path("/usr/sbin/unbound").exists(),
                                 reason="scripts/test installs unbound")

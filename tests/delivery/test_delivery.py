@@ -8,7 +8,8 @@ import pytest
 
 from gateway.spool import QueueState
 from tests.conftest import message, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.smtpsink import start_greeting_refuser
 
 TWO_MX = {

@@ -15,9 +15,10 @@ import yaml
 from gateway import metrics
 from tests.conftest import HOSTNAME, RunningGateway, send
 from tests.crypto.keys import GnuPG, smime_identity
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
 from tests.delivery.portal_world import start_portal_world
 from tests.dkimverify import PublishedKey, mail_dkim, mailauth, make_key
+from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 

@@ -11,7 +11,8 @@ import pytest
 from gateway.delivery import egress
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, mailward_ok, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 

@@ -16,7 +16,8 @@ from gateway.delivery.mx import MxResolver
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, send
 from tests.crypto.keys import GnuPG, smime_identity
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 WKD_HOST = "127.0.0.32"

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
 from tests.conftest import free_port, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
 from tests.dkimverify import make_key
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -20,7 +20,8 @@ from gateway.spool import QueueState
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, message, send
 from tests.crypto.keys import openssl_decrypt, smime_identity
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 POLICY_HOST = "127.0.0.30"

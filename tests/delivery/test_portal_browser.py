@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.delivery.conftest import MailWorld, eventually
+from tests.delivery.conftest import MailWorld
 from tests.delivery.portal_world import DOCTOR, MARKER, PDF, start_portal_world
+from tests.polling import eventually
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import WebDriverException  # noqa: E402

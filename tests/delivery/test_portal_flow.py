@@ -17,8 +17,9 @@ import aiohttp
 from gateway import metrics
 from gateway.spool import QueueState
 from tests.conftest import send
-from tests.delivery.conftest import MailWorld, eventually
+from tests.delivery.conftest import MailWorld
 from tests.delivery.portal_world import DOCTOR, MARKER, PATIENT, PDF, start_portal_world
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 

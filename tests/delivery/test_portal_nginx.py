@@ -3,6 +3,7 @@ which then marks itself secure (HSTS, Secure cookies) and serves the recipient's
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import ssl
@@ -15,8 +16,9 @@ import pytest
 import trustme
 
 from tests.conftest import free_port, send
-from tests.delivery.conftest import MailWorld, eventually
+from tests.delivery.conftest import MailWorld
 from tests.delivery.portal_world import DOCTOR, MARKER, PATIENT, start_portal_world
+from tests.polling import eventually
 from tests.postfix import wait_listening
 from tests.stages.dlp import builders as b
 
@@ -40,7 +42,8 @@ async def test_the_portal_behind_nginx_is_served_over_https_with_hsts(
     if shutil.which("nginx") is None:
         pytest.fail("nginx is missing: scripts/test installs Debian's nginx package")
     nginx_port = free_port()
-    portal = await start_portal_world(world, tmp_path, base_url=f"https://127.0.0.1:{nginx_port}")
+    portal = await start_portal_world(world, tmp_path, base_url=f"https://127.0.0.1:{nginx_port}",
+                                      trusted_proxies=["127.0.0.1/32"])
     portal_port = int(portal.base.rsplit(":", 1)[1])
     holder = tempfile.TemporaryDirectory(prefix="mailward-nginx-")
     prefix = Path(holder.name)
@@ -71,6 +74,19 @@ async def test_the_portal_behind_nginx_is_served_over_https_with_hsts(
                 assert page.status == 200
                 assert "max-age" in page.headers.get("Strict-Transport-Security", "")
                 assert "passcode" in (await page.text()).lower()
+        # A visitor from another address: the audit names it, not the proxy (portal.trusted_proxies).
+        visitor = aiohttp.TCPConnector(local_addr=("127.0.0.77", 0), ssl=context)
+        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address host
+        async with aiohttp.ClientSession(connector=visitor, cookie_jar=jar) as client:
+            async with client.get(link.group(0).decode()) as page:
+                csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+            assert csrf is not None
+            async with client.post(link.group(0).decode() + "/code", data={"csrf": csrf.group(1)}) as sent:
+                assert sent.status == 200
+        audit = portal.gateway.gateway.audit.directory
+        records = [json.loads(line) for path in sorted(audit.glob("audit-*.jsonl"))
+                   for line in path.read_text().splitlines()]
+        assert [r["client"] for r in records if r["event"] == "portal_code_sent"] == ["127.0.0.77"]
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)

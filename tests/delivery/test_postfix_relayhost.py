@@ -16,7 +16,8 @@ import aiosmtplib
 import pytest
 
 from tests.conftest import free_port, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.postfix import postfix_instance
 from tests.stages.dlp import builders as b
 

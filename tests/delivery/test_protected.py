@@ -16,7 +16,8 @@ from gateway.delivery.service import DeliveryService
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, send
 from tests.crypto.keys import GnuPG, SmimeIdentity, openssl_decrypt, smime_identity
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 

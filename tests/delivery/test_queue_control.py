@@ -13,8 +13,9 @@ import aiosmtplib
 from gateway import cli
 from gateway.spool import QueueState
 from tests.conftest import GatewayProcess, free_port, message, open_test_spool, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
 from tests.delivery.test_delivery import TWO_MX, submit
+from tests.polling import eventually
 
 
 async def test_queue_retry_delivers_a_deferred_message_at_once(world: MailWorld) -> None:

@@ -9,7 +9,8 @@ import trustme
 
 from gateway.spool import QueueState
 from tests.conftest import client_context, message
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 
 RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.11"]}
 

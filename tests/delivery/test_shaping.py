@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}

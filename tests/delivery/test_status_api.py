@@ -11,7 +11,8 @@ import yaml
 
 from gateway.spool import QueueState
 from tests.conftest import free_port, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -16,7 +16,8 @@ import aiohttp
 from gateway import metrics
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, free_port, mailward_ok, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 

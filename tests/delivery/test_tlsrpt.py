@@ -16,8 +16,9 @@ from aiohttp import web
 from gateway.delivery.tlsrpt import TlsReportStore, parse_rua
 from gateway.spool import QueueState
 from tests.conftest import message, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually, parse
+from tests.delivery.conftest import SENDER, MailWorld, parse
 from tests.delivery.test_mta_sts import PolicyServer, records, sts
+from tests.polling import eventually
 
 TOMORROW = time.time() + 86400
 

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gateway.audit.webhooks import signature
 from tests.conftest import free_port, send
-from tests.delivery.conftest import SENDER, MailWorld, eventually
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 SECRET = b"s3cret-for-tests"

@@ -15,7 +15,7 @@ from gateway import cli, metrics
 from gateway.config import Config
 from gateway.spool import QueueState
 from tests.conftest import GatewayProcess, RunningGateway, send, wait_for
-from tests.delivery.conftest import eventually
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 SSN = "219-45-6789"
