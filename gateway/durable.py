@@ -11,6 +11,7 @@ durable, so concurrent callers share the next fsync instead of queueing one each
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 from collections.abc import Callable
@@ -26,10 +27,7 @@ def write_new(path: Path, content: bytes, mode: int = 0o600) -> None:
     """Create `path` (which must not exist) with `content`, flushed to disk; no directory fsync."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(content)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(fd, content)
         # fdatasync also flushes the file size, which is all the metadata a new file needs.
         os.fdatasync(fd)
     except BaseException:
@@ -37,6 +35,17 @@ def write_new(path: Path, content: bytes, mode: int = 0o600) -> None:
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def write_all(fd: int, content: bytes | bytearray | memoryview) -> None:
+    """Write every byte: `os.write` may write fewer than asked (a full disk, a signal), and
+    then reports the error only on the next call, which this makes."""
+    view = memoryview(content)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
 
 
 def fsync_dir(directory: Path) -> None:

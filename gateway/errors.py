@@ -85,6 +85,15 @@ class ConfigErrors(ConfigError):
         return "\n".join(str(e) for e in self.errors)
 
 
+class RetrySoon(MailwardError):
+    """A delivery that must be tried again after `after` seconds, sooner than after an
+    unexpected error (e.g. results waiting for the audit log's disk)."""
+
+    def __init__(self, reason: str, after: float) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
 class SpoolError(MailwardError):
     """The spool could not store, read or move a message."""
 

@@ -15,6 +15,18 @@ from typing import Any
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 
 
+# Control characters (NUL, CR, LF, TAB...) and lone surrogates: aiosmtpd decodes command arguments
+# as UTF-8 with surrogateescape, so bytes that are not UTF-8 arrive as U+DC80..U+DCFF.
+_NOT_IN_ADDRESS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def address_fit(address: str, smtputf8: bool) -> bool:
+    """Whether an envelope address may travel: no control characters, valid UTF-8, and 8-bit
+    only in a transaction that declared SMTPUTF8 (RFC 6531). Anything else breaks every later
+    hop: ingress refuses it at MAIL or RCPT, delivery fails such a recipient for good."""
+    return _NOT_IN_ADDRESS.search(address) is None and (smtputf8 or address.isascii())
+
+
 def decode_xtext(text: str) -> str:
     """RFC 3461 xtext: "+HH" stands for the byte HH. The envelope keeps ENVID and ORCPT decoded."""
     return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)

@@ -25,7 +25,17 @@ _SEALS = ("hash", "mac")
 
 def canonical(record: dict[str, Any]) -> bytes:
     body = {key: value for key, value in record.items() if key not in _SEALS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (bytes that were not UTF-8 in an address from an older queue): the
+        # record still gets written, with U+FFFD in its place, so verify sees what was hashed.
+        return _without_surrogates(text).encode("utf-8")
+
+
+def _without_surrogates(text: str) -> str:
+    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
 
 
 def seal(record: dict[str, Any], key: bytes) -> tuple[str, bytes]:

@@ -7,7 +7,9 @@ acknowledged event is never lost. Writers in one process share one fsync (group 
 file lock (`flock` on ``.lock``) orders writers across processes, and each writer re-reads the
 chain's tail when another process appended since its last write.
 
-A crash can leave a partial last line (never acknowledged): the next writer cuts it off. The
+A failed append (a full disk) is cut back off the file and raised, so the caller does not
+acknowledge what it records. A crash can leave a partial last line (never acknowledged): the next
+writer cuts it off. The
 head file (``head.json``: the latest seq and hash, MAC'd, rewritten at most once a second) lets
 `verify` notice a log cut short at a line boundary.
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 from gateway import eventlog
 from gateway.audit.chain import GENESIS, seal
-from gateway.durable import GroupCommit, fsync_dir, write_atomic
+from gateway.durable import GroupCommit, fsync_dir, write_all, write_atomic
 
 log = logging.getLogger("mailward.audit")
 
@@ -101,6 +103,7 @@ class AuditLog:
             today = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).date()
             path = self.directory / file_name(today)
             self._sync_tail(path)
+            before = (self._seq, self._hash)
             data = bytearray()
             for record in records:
                 record.setdefault("ts", rfc3339(self.clock()))
@@ -110,16 +113,34 @@ class AuditLog:
             created = not path.exists()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, data)
-                os.fsync(fd)
-                self._size = os.fstat(fd).st_size
+                self._append(fd, data, before)
             finally:
                 os.close(fd)
             if created:
                 fsync_dir(self.directory)
             self._file = path
             if self.clock() - self._head_written >= HEAD_INTERVAL:
-                self._write_head()
+                try:
+                    self._write_head()
+                except OSError as exc:  # the records are durable; the head catches up next time
+                    eventlog.event(log, "audit_head_not_written", logging.WARNING, error=exc.strerror)
+
+    def _append(self, fd: int, data: bytes | bytearray, before: tuple[int, str]) -> None:
+        """Append `data` whole and fsync it, or leave the file as it was and raise: a record
+        half on disk (a full disk) must neither be acknowledged nor stay for the next writer to
+        chain onto."""
+        start = os.fstat(fd).st_size
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            self._seq, self._hash = before
+            self._size = -1  # re-read the tail next time, whatever is on disk now
+            raise
+        self._size = os.fstat(fd).st_size
 
     def _write_head(self) -> None:
         head = {"seq": self._seq, "hash": self._hash, "mac": head_mac(self.key, self._seq, self._hash)}

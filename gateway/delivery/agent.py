@@ -11,6 +11,12 @@ what was in flight:
 
 A temporary failure past ``max_queue_age`` is final: the recipient bounces (status 4.4.7 unless
 the last reply said more).
+
+An error in our own code while sending to one destination is that destination's temporary failure
+(451 4.3.0), never the whole message's: the other recipients' results are settled as usual, so
+nothing they received is sent again, and the failing ones still expire. If the results cannot be
+made durable (the audit log's disk is full), they are kept here and the message stays queued: the
+next attempt writes them instead of sending again.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 
 from gateway import eventlog, metrics
 from gateway.audit import events as audit_events
@@ -49,6 +56,7 @@ from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.delivery.traffic import Deferral, Route, Traffic
+from gateway.errors import RetrySoon
 from gateway.message import (
     QueuedMessage,
     Recipient,
@@ -72,10 +80,25 @@ def _relay_parts(relay: str) -> tuple[str, str | None]:
 
 
 SIGNING_FAILED = Reply(451, "4.3.0", "DKIM signing failed; the message is kept and retried")
+RESULTS_RETRY = 10.0  # seconds until results that could not be written are tried again
+INTERNAL_FAILURE = Reply(451, "4.3.0", "internal error while delivering; the message is kept and retried")
 
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
                 RecipientState.BOUNCED: "bounced"}
 _AUDIT_EVENT = {"sent": "delivered"}  # log and metrics say "sent" (as Postfix does)
+
+
+@dataclass
+class Settlement:
+    """The results of one attempt, decided (logged, counted) once, then made durable: DSNs
+    queued, audit records written, then the journal or the spool moves."""
+
+    statuses: dict[int, RecipientStatus]
+    records: list[dict[str, object]]
+    reports: list[dsn.DsnRecipient]
+    now: float
+    held: list[int] = field(default_factory=list)  # recipients waiting for the portal, in hold/
+    retry_after: dict[int, float] = field(default_factory=dict)  # index -> seconds, from shaping
 
 
 class DeliveryAgent:
@@ -103,9 +126,17 @@ class DeliveryAgent:
         self.traffic = traffic or Traffic(EgressPools.load(config, hostname), Shaper({}), None)
         self.suppression = suppression
         self.outcomes = outcomes or Outcomes(suppression, scope=config.suppression.scope, sender_domains=())
+        # Results decided but not yet durable (a failed audit write): the next attempt of the
+        # message commits these instead of sending again.
+        self._unsettled: dict[str, Settlement] = {}
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
+        unsettled = self._unsettled.pop(queue_id, None)
+        if unsettled is not None:
+            message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
+            await self._commit(message, content, unsettled)
+            return
         message, content, suppressed = await self.spool.offload(self._read, queue_id)
         # Recipients that policy says must be protected travel apart from the others: they get
         # the protection methods of the policy's order (see `protection`), never plaintext.
@@ -118,9 +149,19 @@ class DeliveryAgent:
         signed = SignedCopies(self.signer)
         groups = await asyncio.gather(*(
             self._deliver_domain(domain, message, content, indexes, signed, protect=protect)
-            for (domain, protect), indexes in by_domain.items()))
-        await self._settle(message, content,
-                           [*suppressed.values(), *(attempt for group in groups for attempt in group)])
+            for (domain, protect), indexes in by_domain.items()), return_exceptions=True)
+        attempts = list(suppressed.values())
+        for ((domain, _), indexes), group in zip(by_domain.items(), groups, strict=True):
+            if isinstance(group, BaseException):
+                if not isinstance(group, Exception):
+                    raise group  # cancelled: shutting down
+                eventlog.event(log, "delivery_error", logging.ERROR, queue_id=queue_id, domain=domain,
+                               recipients=len(indexes), error=type(group).__name__)
+                log.debug("delivery error", exc_info=group)
+                attempts += [Attempt(i, INTERNAL_FAILURE) for i in indexes]
+            else:
+                attempts += group
+        await self._commit(message, content, await self._settle(message, attempts))
 
     def _read(self, queue_id: str) -> tuple[QueuedMessage, bytes, dict[int, Attempt]]:
         """The message, and its suppressed recipients, in one trip to the I/O thread."""
@@ -266,7 +307,8 @@ class DeliveryAgent:
             policy_type, strings = "no-policy-found", []
         self.tls_reports.record(domain, policy_type, strings, host, address, result)
 
-    async def _settle(self, message: QueuedMessage, content: bytes, attempts: Sequence[Attempt]) -> None:
+    async def _settle(self, message: QueuedMessage, attempts: Sequence[Attempt]) -> Settlement:
+        """Decide each recipient's new state from its attempt: logged and counted here, once."""
         now = time.time()
         expired = retry.expired(message.received_at, now, self.config.max_queue_age)
         warn = retry.due_for_delay_warning(message.received_at, now, self.config.delay_warning)
@@ -306,15 +348,37 @@ class DeliveryAgent:
             record = audit_events.attempt(message, _AUDIT_EVENT.get(word, word), attempt, status,
                                           before.attempts + 1)
             records += [{**record, "class": bounce_class} if bounce_class else record, *extra]
-        if reports:
-            records.append(await self._queue_report(message, content, reports, now))
-        if any(attempt.hold for attempt in attempts):
+        held = [a.index for a in attempts if a.hold]
+        if held:
             records.append({"event": "held", "queue_id": message.queue_id, "reason": "portal_unavailable",
-                            "recipients": [message.envelope.recipients[a.index].address
-                                           for a in attempts if a.hold]})
-        # Durable before the spool moves on: a crash after this repeats the delivery, not the
-        # silence about it.
-        await self.audit.write(*records)
+                            "recipients": [message.envelope.recipients[i].address for i in held]})
+        return Settlement(statuses, records, reports, now, held,
+                          {a.index: a.retry_after for a in attempts if a.retry_after})
+
+    async def _commit(self, message: QueuedMessage, content: bytes, settled: Settlement) -> None:
+        """Make `settled` durable, then move the message on. If the DSN, the audit records or the
+        journal cannot be written, the results wait in memory for the next attempt and the
+        message stays queued (the scheduler defers it): nothing is sent twice."""
+        try:
+            if settled.reports:
+                settled.records.append(await self._queue_report(message, content, settled.reports,
+                                                                settled.now))
+                settled.reports = []  # queued: not again when the audit write is retried
+            # Durable before the spool moves on: a crash after this repeats the delivery, not
+            # the silence about it.
+            await self.audit.write(*settled.records)
+            settled.records = []
+            await self._move_on(message, settled)
+        except Exception as exc:
+            self._unsettled[message.queue_id] = settled
+            eventlog.event(log, "results_not_durable", logging.ERROR, queue_id=message.queue_id,
+                           error=f"{type(exc).__name__}: {exc}", retry=f"{RESULTS_RETRY:.0f}s",
+                           note="kept in memory; written at the next attempt, nothing is sent again")
+            raise RetrySoon("results not durable", RESULTS_RETRY) from exc
+
+    async def _move_on(self, message: QueuedMessage, settled: Settlement) -> None:
+        """Finish the message, or journal the results and defer (or hold) it."""
+        statuses, now = settled.statuses, settled.now
         remaining = [i for i in message.pending_recipients()
                      if not statuses.get(i, message.statuses[i]).state.final]
         if not remaining:
@@ -327,18 +391,18 @@ class DeliveryAgent:
             metrics.DELIVERY_DURATION.observe(now - message.received_at)
             return
         await self.spool.offload(self.spool.record, message.queue_id, statuses)
-        if any(attempt.hold for attempt in attempts):
+        if settled.held:
             await self.spool.offload(functools.partial(
                 self.spool.move, message.queue_id, QueueState.HOLD, only_from=(QueueState.ACTIVE,)))
             eventlog.event(log, "held", logging.WARNING, queue_id=message.queue_id,
-                           reason="portal_unavailable", recipients=sum(a.hold for a in attempts),
+                           reason="portal_unavailable", recipients=len(settled.held),
                            note="no verified TLS and no key: release after adding a key")
             return
         # Every pending recipient was tried in this attempt, so each remaining one has a status.
         attempts_made = max(statuses[i].attempts for i in remaining)
         due = retry.next_attempt(now, attempts_made, self.config.retry_schedule)
         # Never wait past the expiry time: the attempt then is the one that bounces.
-        held_back = [a.retry_after for a in attempts if a.retry_after and a.index in remaining]
+        held_back = [after for index, after in settled.retry_after.items() if index in remaining]
         if held_back:  # shaping or warm-up said when: come back then, not on the retry schedule
             due = now + min(held_back)
         due = min(due, message.received_at + self.config.max_queue_age + 1)

@@ -32,7 +32,7 @@ import aiosmtplib
 from gateway.delivery import dane
 from gateway.delivery.dane import TlsaRecord
 from gateway.delivery.mx import Destination, ResolutionError
-from gateway.message import Envelope, Recipient, RecipientState, encode_xtext
+from gateway.message import Envelope, Recipient, RecipientState, address_fit, encode_xtext
 
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
@@ -62,6 +62,13 @@ class Reply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}".rstrip()
+
+
+# Addresses no SMTP server can be sent (queued before ingress refused them): final, not retried.
+UNSENDABLE_SENDER = Reply(553, "5.1.7", "sender address has control characters, invalid UTF-8 or "
+                                        "8-bit characters without SMTPUTF8")
+UNSENDABLE_RECIPIENT = Reply(553, "5.1.3", "recipient address has control characters, invalid UTF-8 "
+                                           "or 8-bit characters without SMTPUTF8")
 
 
 @dataclass(frozen=True)
@@ -180,10 +187,14 @@ class SmtpConnection:
         refusal = self._refuse_unsupported(envelope, content)
         if refusal is not None:
             return {index: refusal for index, _ in recipients}
+        if not address_fit(envelope.sender, envelope.smtputf8):
+            return {index: UNSENDABLE_SENDER for index, _ in recipients}
+        replies = {index: UNSENDABLE_RECIPIENT for index, recipient in recipients
+                   if not address_fit(recipient.address, envelope.smtputf8)}
         self.reached_data = False
         if not content.endswith(b"\n"):
             content += b"\r\n"  # the end-of-data dot must start a line of its own
-        pending = list(recipients)
+        pending = [(index, recipient) for index, recipient in recipients if index not in replies]
         try:
             while pending:
                 # Each round accepts at least one recipient (see _transaction), so this ends.
@@ -196,6 +207,9 @@ class SmtpConnection:
             lost = _network_reply(exc, f"while talking to {self.relay}")
             for index, _ in recipients:
                 replies.setdefault(index, lost)
+        except BaseException:
+            self.broken = True  # mid-transaction: never reused for another message
+            raise
         self.last_used = time.monotonic()
         return replies
 
@@ -220,7 +234,7 @@ class SmtpConnection:
         encoding = "utf-8" if envelope.smtputf8 else "ascii"
         mail = await self._client.execute_command(
             b"MAIL", b"FROM:<" + envelope.sender.encode(encoding) + b">",
-            *_mail_options(envelope, len(content), extensions))
+            *_mail_options(envelope, len(content), extensions, content.isascii()))
         if mail.code != 250:
             await self.reset()
             reply = Reply.from_smtp(mail.code, mail.message, "5.0" if mail.code >= 500 else "3.0")
@@ -455,11 +469,12 @@ def tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return verifying, any_certificate
 
 
-def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str]) -> list[bytes]:
+def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str], is_7bit: bool) -> list[bytes]:
     options = []
     if "size" in extensions:
         options.append(b"SIZE=%d" % size)
-    if envelope.body == "8BITMIME" and "8bitmime" in extensions:
+    # 8-bit content is declared even when the client that sent it to us did not (RFC 6152).
+    if (envelope.body == "8BITMIME" or not is_7bit) and "8bitmime" in extensions:
         options.append(b"BODY=8BITMIME")
     if envelope.smtputf8:
         options.append(b"SMTPUTF8")

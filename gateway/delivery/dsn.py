@@ -114,7 +114,8 @@ def build(*, hostname: str, message: QueuedMessage, headers: bytes,
         "Content-Type: text/rfc822-headers",
         "",
     ]
-    text = "\r\n".join(lines).encode("utf-8") + b"\r\n" + headers
+    # "replace": an address that was not valid UTF-8 (queued by an older version) still reports.
+    text = "\r\n".join(lines).encode("utf-8", "replace") + b"\r\n" + headers
     return text + f"\r\n--{boundary}--\r\n".encode()
 
 

@@ -27,7 +27,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from gateway import eventlog
 from gateway.config import ListenerConfig
 from gateway.ingress import replies
-from gateway.message import Recipient, decode_xtext
+from gateway.message import Recipient, address_fit, decode_xtext
 
 if TYPE_CHECKING:
     from gateway.ingress.handler import IngressHandler
@@ -281,6 +281,11 @@ class GatewaySMTP(SMTP):
         if error:
             await self.push(error)
             return
+        # The raw argument, not the parsed address: the RFC 5322 parser folds whitespace and
+        # reads "(" as a comment, so what it returns may look clean when the line is not.
+        if not address_fit(rest, bool(self.envelope.smtp_utf8)):
+            await self.push(replies.SENDER_BAD_CHARACTERS)
+            return
         await self.push(await self.event_handler.mail_from(self, self.session, self.envelope,
                                                            address))
 
@@ -302,7 +307,8 @@ class GatewaySMTP(SMTP):
         if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
             return replies.BAD_DSN_PARAMETER.format(name="RET")
         envid = params.pop("ENVID", None)
-        if envid is not None and (not isinstance(envid, str) or len(envid) > MAX_XTEXT):
+        if envid is not None and (not isinstance(envid, str) or len(envid) > MAX_XTEXT
+                                  or not address_fit(decode_xtext(envid), False)):
             return replies.BAD_DSN_PARAMETER.format(name="ENVID")
         requiretls = params.pop("REQUIRETLS", False)
         if requiretls is not False and requiretls is not True:
@@ -328,6 +334,9 @@ class GatewaySMTP(SMTP):
             return
         rest = self._strip_command_keyword("TO:", arg) if arg else None
         address, params_text = self._getaddr(rest) if rest else (None, None)
+        if rest is not None and not address_fit(rest, bool(self.envelope.smtp_utf8)):  # raw, as at MAIL
+            await self.push(replies.RECIPIENT_BAD_CHARACTERS)
+            return
         if not address or not is_mailbox(address):
             await self.push(replies.RCPT_SYNTAX if rest is None or address == ""
                             else replies.RECIPIENT_MALFORMED)
@@ -357,7 +366,7 @@ class GatewaySMTP(SMTP):
                 return None, replies.BAD_DSN_PARAMETER.format(name="NOTIFY")
         orcpt = params.pop("ORCPT", None)
         if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt
-                                  or len(orcpt) > MAX_XTEXT):
+                                  or len(orcpt) > MAX_XTEXT or not address_fit(decode_xtext(orcpt), True)):
             return None, replies.BAD_DSN_PARAMETER.format(name="ORCPT")
         if params:
             return None, replies.RCPT_PARAMS_UNKNOWN + ",".join(sorted(params))

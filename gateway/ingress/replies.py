@@ -44,6 +44,10 @@ REQUIRETLS_NEEDS_TLS = "530 5.7.10 REQUIRETLS needs a TLS session (STARTTLS firs
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 RCPT_SYNTAX = "501 5.1.3 Syntax: RCPT TO:<address>"
 RECIPIENT_MALFORMED = "553 5.1.3 Error: malformed recipient address"
+RECIPIENT_BAD_CHARACTERS = ("501 5.1.3 Error: recipient address has control characters, invalid UTF-8, "
+                            "or 8-bit characters without SMTPUTF8")
+SENDER_BAD_CHARACTERS = ("553 5.1.7 Error: sender address has control characters, invalid UTF-8, "
+                         "or 8-bit characters without SMTPUTF8")
 RCPT_PARAMS_SYNTAX = "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"
 BAD_PARAMETERS = "501 5.5.4 Error: bad parameters"
 AUTH_SYNTAX_ARGS = "501 5.5.4 Syntax: AUTH mechanism [initial-response]"

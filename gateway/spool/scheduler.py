@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 from gateway import eventlog
-from gateway.errors import SpoolError
+from gateway.errors import RetrySoon, SpoolError
 from gateway.spool import wakeup
 from gateway.spool.store import QueueState, Spool
 
@@ -138,6 +138,8 @@ class Scheduler:
         except SpoolError as exc:
             eventlog.event(log, "unreadable_message", logging.ERROR, queue_id=queue_id, error=str(exc))
             await self.spool.offload(self._move_from_active, queue_id, QueueState.CORRUPT)
+        except RetrySoon as exc:
+            await self.spool.offload(self._defer_after_failure, queue_id, exc.after)
         except Exception as exc:  # fail closed: keep the message, retry later, say why
             eventlog.event(log, "delivery_failed", logging.ERROR, queue_id=queue_id,
                            error=f"{type(exc).__name__}: {exc}")
@@ -159,6 +161,6 @@ class Scheduler:
         if self.spool.path(QueueState.ACTIVE, queue_id).exists():  # the delivery may have settled it
             self.spool.move(queue_id, to, only_from=(QueueState.ACTIVE,))
 
-    def _defer_after_failure(self, queue_id: str) -> None:
+    def _defer_after_failure(self, queue_id: str, after: float = FAILURE_RETRY) -> None:
         if self.spool.path(QueueState.ACTIVE, queue_id).exists():
-            self.spool.defer(queue_id, time.time() + FAILURE_RETRY)
+            self.spool.defer(queue_id, time.time() + after)

@@ -1,0 +1,100 @@
+"""The audit log on a disk that fills up under load (a real tmpfs, filled by another writer while
+messages flow): every 250 has a complete, verifying `received` record, a message whose record
+could not be written gets 451 and is not delivered, and nothing is delivered twice, also when
+the `delivered` record could not be written at first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import reader
+from tests.conftest import message, send
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.polling import eventually
+
+ROUTES = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.11"]}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"mounting a tmpfs needs root (as CI runs): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk is full."""
+    filler = disk / "filler"
+    chunk = b"\0" * 4096
+    with open(filler, "wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(chunk)
+    with open(filler, "ab", buffering=0) as handle, pytest.raises(OSError) as full:
+        handle.write(b"\0")
+    assert full.value.errno == errno.ENOSPC
+    return filler
+
+
+async def submit(gateway: object, marker: str) -> tuple[int, str]:
+    client = gateway.client()  # type: ignore[attr-defined]
+    code, text = await send(client, SENDER, ["pat@clinic.test"], message(marker))
+    with contextlib.suppress(Exception):
+        await client.quit()
+    return code, text
+
+
+async def test_a_full_audit_disk_loses_no_record_and_repeats_no_delivery(
+        world: MailWorld, small_disk: Path) -> None:
+    await world.start_dns(ROUTES)
+    clinic = await world.sink("127.0.0.11")
+    gateway = await world.gateway({"audit": {"dir": str(small_disk / "audit")}})
+    answers: dict[str, tuple[int, str]] = {}
+
+    async def wave(prefix: str, count: int) -> None:
+        markers = [f"{prefix}{n:03d}" for n in range(count)]
+        for start in range(0, count, 8):  # 8 sessions at a time
+            batch = markers[start:start + 8]
+            for marker, answer in zip(batch, await asyncio.gather(*(submit(gateway, m) for m in batch)),
+                                      strict=True):
+                answers[marker] = answer
+
+    await wave("BEFORE", 24)
+    filler = fill(small_disk)
+    await wave("FULL", 24)  # the audit cannot be written now: 451, and nothing kept
+    await eventually(lambda: clinic.messages, timeout=20)
+    filler.unlink()
+    await wave("AFTER", 24)
+
+    accepted = {m: text.split()[-1] for m, (code, text) in answers.items() if code == 250}
+    refused = {m for m, (code, _) in answers.items() if code != 250}
+    assert all(answers[m][0] == 451 for m in refused)
+    assert {m for m in accepted if m.startswith("FULL")} == set()  # no 250 without its record
+    assert len(accepted) == 48
+    await eventually(lambda: not any(gateway.spool.counts().values()), timeout=60)
+    delivered = [marker for _, marker in clinic.deliveries()]
+    assert sorted(delivered) == sorted(accepted)  # each accepted message exactly once, nothing else
+    directory = gateway.gateway.audit.directory
+    assert directory is not None
+    records = [json.loads(line) for path in sorted(directory.glob("audit-*.jsonl"))
+               for line in path.read_text().splitlines()]
+    received = {r["queue_id"] for r in records if r["event"] == "received"}
+    delivered_ids = [r["queue_id"] for r in records if r["event"] == "delivered"]
+    assert set(accepted.values()) <= received
+    assert sorted(delivered_ids) == sorted(accepted.values())  # one delivered record each
+    assert gateway.gateway.audit.log is not None
+    result = reader.verify(directory, gateway.gateway.audit.log.key)
+    assert result.problems == [], result.problems
