@@ -39,10 +39,9 @@ def fill(disk: Path) -> Path:
     """Write a file until the disk is full."""
     filler = disk / "filler"
     chunk = b"\0" * 4096
-    with open(filler, "wb", buffering=0) as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(chunk)
+    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(chunk)
     with open(filler, "ab", buffering=0) as handle, pytest.raises(OSError) as full:
         handle.write(b"\0")
     assert full.value.errno == errno.ENOSPC

@@ -41,6 +41,8 @@ _BLOCK_TAGS = frozenset(("p", "div", "br", "li", "tr", "table", "h1", "h2", "h3"
                          "hr", "title", "dt", "dd"))
 _CELL_TAGS = frozenset(("td", "th"))
 _HIDDEN_TAGS = frozenset(("script", "style", "head"))
+_SHOWN_ATTRIBUTES = frozenset(("alt", "title", "value", "placeholder", "aria-label", "label", "content",
+                               "summary"))
 
 
 class _HtmlText(HTMLParser):
@@ -54,8 +56,13 @@ class _HtmlText(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._boundary(tag, opening=True)
-        if tag in ("img", "input", "area"):  # alt and title text is content too
-            self.chunks.extend(f" {value} " for name, value in attrs if name in ("alt", "title") and value)
+        # Text a reader's client can show without it being element content: alt and title
+        # (tooltips), form values and placeholders, labels, a meta description.
+        self.chunks.extend(f" {value} " for name, value in attrs if name in _SHOWN_ATTRIBUTES and value)
+
+    def handle_comment(self, data: str) -> None:
+        # Not rendered, but in the message's source for anyone who views it: scanned too.
+        self.chunks.append(f" {data} ")
 
     def handle_endtag(self, tag: str) -> None:
         self._boundary(tag, opening=False)

@@ -8,17 +8,25 @@ recorded in `limits_hit` (and the fact ``scan_incomplete``) so that policy can a
 input (bad base64, a corrupt zip or PDF) is likewise a fact (``unreadable_attachment``), never an
 exception out of `extract`.
 
+Every header value a mail client can show is read (not the trace and structure headers), and so
+are multipart preambles and epilogues, HTML comments and attribute text, and uuencoded blocks in
+text bodies. Where the MIME structure is broken (a boundary that never comes, a part that is not
+what its header says), the whole raw message is read as text as well, so that what a client shows
+past the break is not missed; `scan_incomplete` is left for when even that stops at a limit.
+
 The text is normalised before detection: zero-width characters and soft hyphens are removed,
 Unicode dashes and spaces become their ASCII forms, so they cannot hide a number.
 """
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.errors
 import email.header
 import email.policy
 import io
+import re
 import time
 import zipfile
 import zlib
@@ -34,7 +42,20 @@ UNSCANNED_ATTACHMENT = "unscanned_attachment"  # images, audio, executables: no 
 SCAN_INCOMPLETE = "scan_incomplete"  # a limit or the deadline stopped the scan early
 FACTS = (ENCRYPTED_ATTACHMENT, UNREADABLE_ATTACHMENT, UNSCANNED_ATTACHMENT, SCAN_INCOMPLETE)
 
-_HEADERS_SCANNED = ("subject", "comments", "keywords", "thread-topic")
+# Headers that carry machine data, not anything a reader is shown as text: not scanned (the
+# addresses of To/Cc/From are, with their display names).
+_HEADERS_SKIPPED = frozenset((
+    "received", "dkim-signature", "arc-seal", "arc-message-signature", "arc-authentication-results",
+    "authentication-results", "received-spf", "message-id", "references", "in-reply-to",
+    "content-type", "content-transfer-encoding", "content-id", "mime-version", "date", "return-path",
+    "content-disposition",  # its file name is read as the part's "filename"
+    "x-mailward-pool", "list-unsubscribe", "list-unsubscribe-post"))
+# Defects that mean the parser's structure is not what a client may show.
+_BROKEN_STRUCTURE = (email.errors.StartBoundaryNotFoundDefect, email.errors.CloseBoundaryNotFoundDefect,
+                     email.errors.MultipartInvariantViolationDefect, email.errors.NoBoundaryInMultipartDefect,
+                     email.errors.InvalidBase64PaddingDefect, email.errors.InvalidBase64CharactersDefect,
+                     email.errors.InvalidBase64LengthDefect, email.errors.MissingHeaderBodySeparatorDefect)
+_UUENCODED = re.compile(r"^begin [0-7]{3,4} ([^\r\n]*)\r?\n(.*?)^end\s*$", re.M | re.S)
 _ENCRYPTED_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime", "application/pgp-encrypted",
                     "multipart/encrypted")
 _UNSCANNED_PREFIXES = ("image/", "audio/", "video/", "font/", "model/")
@@ -82,6 +103,7 @@ class _Walker:
         self.parts = 0
         self.inflated = 0
         self.text_size = 0
+        self.broken = False  # a part's MIME structure is broken: read the raw message too
 
     def check(self) -> None:
         if time.monotonic() > self.deadline:
@@ -110,23 +132,31 @@ class _Walker:
     # -- MIME ---------------------------------------------------------------------------------
 
     def message(self, msg: Message, depth: int) -> None:
-        for name in _HEADERS_SCANNED:
-            for value in msg.get_all(name, ()):
-                self.add("subject" if name == "subject" else "header", _header_text(value))
         self.entity(msg, depth)
+
+    def headers(self, part: Message) -> None:
+        for name, value in part.items():
+            lower = name.lower()
+            if lower not in _HEADERS_SKIPPED and not lower.startswith("arc-"):
+                self.add("subject" if lower == "subject" else "header", _header_text(value))
 
     def entity(self, part: Message, depth: int) -> None:
         self.check()
         if not self.count_part():
             return
+        self.headers(part)  # Content-Description, X- headers of a part too
+        self.note_defects(part)
         content_type = part.get_content_type()
         if content_type in _ENCRYPTED_TYPES:
             self.result.facts.add(ENCRYPTED_ATTACHMENT)
             return
         if part.is_multipart():
+            # Before the first boundary and after the last: clients that do not know MIME show it.
+            self.add("body", part.preamble or "")
             for child in part.get_payload():
                 if isinstance(child, Message):
                     self.entity(child, depth)
+            self.add("body", part.epilogue or "")
             return
         if content_type == "message/rfc822" or content_type == "message/global":
             self._nested_message(part, depth)
@@ -140,6 +170,7 @@ class _Walker:
             payload = part.get_payload(decode=True)
         except Exception:  # email's decoders are lenient, but be sure a bad part is only a fact
             payload = None
+        self.note_defects(part)  # decoding records its own (bad base64 hides clear text)
         if not isinstance(payload, bytes):
             if is_attachment:
                 self.result.facts.add(UNREADABLE_ATTACHMENT)
@@ -152,8 +183,36 @@ class _Walker:
             text = _decode(payload, part.get_content_charset())
             self.add("attachment" if is_attachment else "body",
                      documents.html_to_text(text) if content_type == "text/html" else text)
+            self.uuencoded(text, depth)
             return
         self.file(payload, filename or "", content_type, depth)
+
+    def note_defects(self, part: Message) -> None:
+        if any(isinstance(defect, _BROKEN_STRUCTURE) for defect in part.defects):
+            self.broken = True
+
+    def uuencoded(self, text: str, depth: int) -> None:
+        """Files uuencoded into a text body (old clients and scripts still send them)."""
+        if "begin " not in text:
+            return
+        for match in _UUENCODED.finditer(text):
+            data = bytearray()
+            for line in match.group(2).splitlines():
+                if not line.strip() or line.strip() == "`":
+                    continue
+                try:
+                    data += binascii.a2b_uu(line)
+                except binascii.Error:
+                    try:  # some encoders pad lines differently: decode what the length byte says
+                        length = (ord(line[0]) - 32) & 63
+                        data += binascii.a2b_uu(line[:(length + 2) // 3 * 4 + 1])
+                    except (binascii.Error, IndexError):
+                        self.result.facts.add(UNREADABLE_ATTACHMENT)
+                        break
+            if data:
+                self.result.attachments += 1
+                self.add("filename", match.group(1).strip())
+                self.file(bytes(data), match.group(1).strip(), "", depth + 1)
 
     def _nested_message(self, part: Message, depth: int) -> None:
         if depth >= self.limits.max_depth:
@@ -313,6 +372,8 @@ def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | N
                      deadline if deadline is not None else time.monotonic() + 3600)
     try:
         walker.message(parse(raw), 0)
+        if walker.broken:  # what a client shows past the break may be in no part at all
+            walker.add("body", raw.decode("utf-8", errors="replace"))
     except _Stop:
         pass
     except RecursionError:  # absurdly deep multipart nesting

@@ -212,3 +212,12 @@ async def test_mailward_run_scans_in_workers_that_die_with_it(
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and
                              "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
                              for pid in workers))
+
+
+async def test_an_ssn_in_an_x_header_is_blocked_over_smtp(start_dlp: StartDlp) -> None:
+    gateway = await start_dlp()
+    raw = (b"From: doctor@clinic.example\r\nTo: patient@example.org\r\nSubject: [block] note\r\n"
+           b"X-Chart: SSN " + SSN.encode() + b"\r\n\r\nSee the header.\r\n")
+    code, _ = await submit(gateway, raw)
+    assert code == 550
+    assert gateway.queued(QueueState.HOLD) == []
