@@ -283,7 +283,8 @@ class Gateway:
             self.handler, listener, loaded.tls_context if listener.starttls != "off" else None,
             self.tracker, hostname=loaded.config.hostname,
             data_size_limit=limits.max_message_size, command_timeout=limits.command_timeout,
-            data_timeout=limits.data_timeout, max_errors=limits.max_errors)
+            data_timeout=limits.data_timeout, max_errors=limits.max_errors,
+            idle_before_mail=limits.idle_before_mail)
 
     def reload(self) -> bool:
         """Re-read the config file; apply it whole, or keep the running one and say why."""
@@ -308,7 +309,8 @@ class Gateway:
         children = [*self._ingest_workers, *([self._delivery_process] if self._delivery_process else [])]
         for child in children:
             child.reload()  # each reads the same file and decides for itself
-        self.tracker.max_total, self.tracker.max_per_ip = _connection_shares(loaded.config)
+        self.tracker.max_total, self.tracker.max_per_ip, self.tracker.reserved = \
+            _connection_shares(loaded.config)
         eventlog.event(log, "reloaded", config=source or "embedded-defaults")
         sdnotify.notify("READY=1", "STATUS=configuration reloaded")
         return True
@@ -405,11 +407,13 @@ def _keep_listeners(new: Config, running: Config) -> Config:
     return replaced
 
 
-def _connection_shares(config: Config) -> tuple[int, int]:
-    """This process's share of limits.max_connections and max_connections_per_ip."""
+def _connection_shares(config: Config) -> tuple[int, int, int]:
+    """This process's share of limits.max_connections, max_connections_per_ip and
+    reserved_connections."""
     processes = config.ingest_processes
     limits = config.limits
-    return -(-limits.max_connections // processes), -(-limits.max_connections_per_ip // processes)
+    return (-(-limits.max_connections // processes), -(-limits.max_connections_per_ip // processes),
+            -(-limits.reserved_connections // processes))
 
 
 def uses_delivery_process(config: Config) -> bool:

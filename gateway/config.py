@@ -104,16 +104,27 @@ class LimitsConfig:
     max_message_size: ByteSize = ByteSize(50 * 1024 * 1024)
     max_recipients: int = 1000
     max_connections: int = 500
-    max_connections_per_ip: int = 100
+    max_connections_per_ip: int = 20  # relay.networks are held only to max_connections
+    # Slots of max_connections that only relay.networks may take, so that idle connections from
+    # elsewhere cannot lock out the relaying Postfix or Exchange host (at most half of them).
+    reserved_connections: int = 50
     command_timeout: Duration = Duration(300)  # idle time allowed between commands
+    # Idle time allowed before the first MAIL (or AUTH) of a client outside relay.networks.
+    idle_before_mail: Duration = Duration(30)
     data_timeout: Duration = Duration(600)  # time allowed for the whole DATA transfer
     max_errors: int = 20  # error replies in one session before it is disconnected
     drain_timeout: Duration = Duration(30)  # SIGTERM: how long open transactions may finish
+    auth_failures_per_ip: int = 10  # failed AUTH from one address within auth_lockout: 454 after
+    auth_failures_per_user: int = 10  # failed AUTH for one user name within auth_lockout
+    auth_lockout: Duration = Duration(900)
 
     def problems(self) -> list[tuple[str, str]]:
-        return [(key, "must be at least 1") for key in
-                ("max_message_size", "max_recipients", "max_connections", "max_connections_per_ip",
-                 "max_errors") if getattr(self, key) < 1]
+        found = [(key, "must be at least 1") for key in
+                 ("max_message_size", "max_recipients", "max_connections", "max_connections_per_ip",
+                  "max_errors", "auth_failures_per_ip", "auth_failures_per_user") if getattr(self, key) < 1]
+        if self.reserved_connections < 0:
+            found.append(("reserved_connections", "must be at least 0"))
+        return found
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ MESSAGES_RECEIVED = Counter(
 SMTP_REJECTIONS = Counter(
     "mailward_smtp_rejections_total", "Commands refused at ingress, by reason.",
     ["listener", "reason"], registry=REGISTRY)
+AUTH_FAILURES = Counter(
+    "mailward_auth_failures_total", "Failed SMTP AUTH attempts, by listener and reason (wrong: the "
+    "credentials were checked; locked: refused unchecked, too many failures).",
+    ["listener", "reason"], registry=REGISTRY)
 DELIVERIES = Counter(
     "mailward_deliveries_total", "Delivery attempts per recipient, by result (sent, deferred, "
     "bounced, expired), protection (tls-verified, tls, none) and egress pool.",

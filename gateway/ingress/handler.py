@@ -31,6 +31,7 @@ from gateway.certs import peer_names
 from gateway.config import LimitsConfig
 from gateway.errors import Hold, Outcome
 from gateway.ingress import replies
+from gateway.ingress.authlimit import AuthThrottle
 from gateway.ingress.feedback import Feedback
 from gateway.ingress.pools import take_pool_header
 from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
@@ -76,6 +77,18 @@ class IngressHandler:
         self.on_accepted = on_accepted
         self.audit = audit or Audit.off()
         self.feedback = feedback
+        self.auth_throttle = AuthThrottle()  # failed AUTH across all connections of this process
+
+    async def auth_failed(self, server: GatewaySMTP, user: str, reason: str, **fields: object) -> None:
+        """A failed or refused AUTH: one log line fail2ban can match (``event=auth_failed
+        client=ADDRESS``), a metric and an audit record. The name is logged (it is what an admin
+        greps for); the password never is."""
+        metrics.AUTH_FAILURES.labels(server.listener.label, reason.partition(" ")[0]).inc()
+        eventlog.event(log, "auth_failed", logging.WARNING, client=server.client_ip,
+                       listener=server.listener.label, user=user[:64], reason=reason, **fields)
+        await self.audit.write({"event": "auth_failed", "queue_id": None, "client": server.client_ip,
+                                "listener": server.listener.label, "user": user[:64], "reason": reason,
+                                **fields})
 
     # -- aiosmtpd hooks -----------------------------------------------------------------------
 
@@ -101,6 +114,8 @@ class IngressHandler:
         session.tls_cipher = cipher[0] if cipher else None
         names = peer_names(ssl_object.getpeercert())
         session.cert_name = self.settings.relay.cert_matches(names)
+        if session.cert_name is not None:
+            server.prove()
         if names:
             eventlog.event(log, "client_certificate", client=server.client_ip,
                            subject=names[0], accepted="yes" if session.cert_name else "no")

@@ -1,7 +1,10 @@
 """The SMTP protocol of the ingress: aiosmtpd's `SMTP` with what an outbound gateway needs on top.
 
 aiosmtpd speaks the protocol; this subclass adds, in one place each:
-- connection limits (total and per client address) checked before the greeting;
+- connection limits checked before the greeting: in all, per client address, and a reserve of
+  slots that only `relay.networks` may take; clients from elsewhere get `idle_before_mail` (not
+  the full command timeout) until they authenticate or start a transaction, so idle connections
+  cannot hold the slots for long;
 - enhanced status codes (RFC 2034/3463) on every reply, and a per-session error budget;
 - MAIL/RCPT parsing with the null sender and RFC 3461 DSN parameters (aiosmtpd refuses both);
 - AUTH PLAIN/LOGIN only after STARTTLS, verified off the event loop (argon2 is slow on purpose);
@@ -68,12 +71,16 @@ class Transaction(Envelope):
 
 @dataclass
 class ConnectionTracker:
-    """Open connections across all listeners, for the limits and for draining."""
+    """Open connections across all listeners, for the limits and for draining. Connections from
+    outside relay.networks that have not authenticated (or shown an accepted certificate) are
+    "unproven": they may use all but `reserved` slots and `max_per_ip` each."""
 
     max_total: int
     max_per_ip: int
+    reserved: int = 0
     per_ip: Counter[str] = field(default_factory=Counter)
     open: set[GatewaySMTP] = field(default_factory=set)
+    unproven: set[GatewaySMTP] = field(default_factory=set)
     _empty: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_empty(self) -> None:
@@ -82,17 +89,31 @@ class ConnectionTracker:
             self._empty.clear()
             await self._empty.wait()
 
-    def admit(self, protocol: GatewaySMTP, ip: str) -> str | None:
-        """Register a new connection, or return why it is refused."""
+    def admit(self, protocol: GatewaySMTP, ip: str, *, trusted: bool) -> str | None:
+        """Register a new connection, or return why it is refused. `trusted`: from relay.networks."""
         if len(self.open) >= self.max_total:
             return replies.TOO_MANY_CONNECTIONS
-        if self.per_ip[ip] >= self.max_per_ip:
-            return replies.TOO_MANY_FROM_IP
+        if not trusted:
+            if len(self.unproven) >= self.max_total - min(self.reserved, self.max_total // 2):
+                return replies.TOO_MANY_CONNECTIONS
+            if self.per_ip[ip] >= self.max_per_ip:
+                return replies.TOO_MANY_FROM_IP
+            self.unproven.add(protocol)
         self.open.add(protocol)
         self.per_ip[ip] += 1
         return None
 
+    def proven(self, protocol: GatewaySMTP) -> None:
+        """The client authenticated or showed an accepted certificate: it no longer counts
+        against the slots that unproven clients share."""
+        self.unproven.discard(protocol)
+
+    def holders(self, top: int = 5) -> str:
+        """Who holds the most connections, for the log when a limit refuses one."""
+        return ",".join(f"{ip}={count}" for ip, count in self.per_ip.most_common(top))
+
     def release(self, protocol: GatewaySMTP, ip: str) -> None:
+        self.unproven.discard(protocol)
         if protocol in self.open:
             self.open.discard(protocol)
             self.per_ip[ip] -= 1
@@ -139,7 +160,7 @@ class GatewaySMTP(SMTP):
     def __init__(self, handler: IngressHandler, listener: ListenerConfig,
                  tls_context: ssl.SSLContext | None, tracker: ConnectionTracker, *,
                  hostname: str, data_size_limit: int, command_timeout: float,
-                 data_timeout: float, max_errors: int) -> None:
+                 data_timeout: float, max_errors: int, idle_before_mail: float | None = None) -> None:
         super().__init__(
             handler, hostname=hostname, ident="Mailward ESMTP", data_size_limit=data_size_limit,
             enable_SMTPUTF8=True, decode_data=False, tls_context=tls_context,
@@ -162,6 +183,10 @@ class GatewaySMTP(SMTP):
         self._refused = False
         self._draining = False
         self._client_ip = ""
+        # Until the client is trusted, authenticates or sends MAIL, it may idle only this long.
+        self._idle_before_mail = idle_before_mail
+        self._command_timeout = command_timeout
+        self._peer_trusted = False  # in relay.networks, decided when the client is known
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -175,17 +200,43 @@ class GatewaySMTP(SMTP):
         if self.transport is None:  # a new connection, not the STARTTLS re-wrap
             peer = transport.get_extra_info("peername")
             self._client_ip = peer[0] if peer else ""
-            refusal = self._tracker.admit(self, self._client_ip)
+            self._peer_trusted = self._trusted(self._client_ip)
+            refusal = self._tracker.admit(self, self._client_ip, trusted=self._peer_trusted)
             if refusal is not None:
                 self._refused = True
                 eventlog.event(log, "connection_refused", logging.WARNING,
                                client=self._client_ip, listener=self.listener.label,
-                               reason="too_many_connections")
+                               reason="too_many_connections", holders=self._tracker.holders())
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write((refusal.format(hostname=self.hostname) + "\r\n").encode())
                 transport.close()
                 return
         super().connection_made(transport)
+
+    def _trusted(self, client_ip: str) -> bool:
+        return self.event_handler.settings.relay.in_networks(client_ip)
+
+    def prove(self) -> None:
+        """Authenticated, or an accepted client certificate: the full command timeout, and no
+        longer one of the unproven connections."""
+        self._idle_before_mail = None
+        self._tracker.proven(self)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        if duration is None and self._idle_before_mail is not None and not self._peer_trusted:
+            duration = min(self._idle_before_mail, self._command_timeout)
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        """Say why before closing, as Postfix does, and log who it was."""
+        eventlog.event(log, "timeout", client=self._client_ip, listener=self.listener.label,
+                       before_mail="yes" if self._idle_before_mail is not None and not self._peer_trusted
+                       else None)
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            with contextlib.suppress(RuntimeError, OSError):
+                self.transport.write((replies.TIMEOUT.format(hostname=self.hostname) + "\r\n").encode())
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -286,8 +337,10 @@ class GatewaySMTP(SMTP):
         if not address_fit(rest, bool(self.envelope.smtp_utf8)):
             await self.push(replies.SENDER_BAD_CHARACTERS)
             return
-        await self.push(await self.event_handler.mail_from(self, self.session, self.envelope,
-                                                           address))
+        reply = await self.event_handler.mail_from(self, self.session, self.envelope, address)
+        if reply.startswith("250"):
+            self._idle_before_mail = None  # a transaction started: the usual command timeout
+        await self.push(reply)
 
     def _apply_mail_params(self, params: dict[str, str | bool]) -> str | None:
         assert self.envelope is not None
@@ -452,18 +505,27 @@ class GatewaySMTP(SMTP):
 
     async def _check_credentials(self, user: str, password: str) -> None:
         assert self.session is not None
-        users = self.event_handler.settings.users
-        ok = await self.loop.run_in_executor(None, users.verify, user, password)
+        handler = self.event_handler
+        limits = handler.settings.limits
+        lockout, counted = handler.auth_throttle.begin(self._client_ip, user, limits)
+        if lockout is not None:
+            # Not even checked: the right password must not tell a guesser it was right.
+            await handler.auth_failed(self, user, f"locked ({lockout})")
+            await self.push(replies.AUTH_LOCKED)
+            return
+        ok = await self.loop.run_in_executor(None, handler.settings.users.verify, user, password)
         if ok:
+            handler.auth_throttle.succeeded(self._client_ip, user, counted)
             self.session.authenticated = True
             self.session.auth_user = user
+            self.prove()
             eventlog.event(log, "auth_ok", client=self._client_ip, user=user)
             await self.push(replies.AUTH_OK)
-        else:
-            # The name is logged (it is what an admin greps for); the password never is.
-            eventlog.event(log, "auth_failed", logging.WARNING, client=self._client_ip,
-                           user=user[:64])
-            await self.push(replies.AUTH_FAILED)
+            return
+        failures, delay = handler.auth_throttle.failures(self._client_ip, limits)
+        await handler.auth_failed(self, user, "wrong", failures=failures)
+        await asyncio.sleep(delay)  # growing with the address's failures; other sessions go on
+        await self.push(replies.AUTH_FAILED)
 
     @property
     def client_ip(self) -> str:
@@ -474,9 +536,11 @@ class GatewaySMTP(SMTP):
         False when that address has too many connections already (the connection is closed)."""
         self._tracker.release(self, self._client_ip)
         self._client_ip = address
-        if self._tracker.admit(self, address) is not None:
+        self._peer_trusted = self._trusted(address)
+        if self._tracker.admit(self, address, trusted=self._peer_trusted) is not None:
             self._refused = True  # nothing to release on close: it was never admitted
             eventlog.event(log, "connection_refused", logging.WARNING, client=address,
-                           listener=self.listener.label, reason="too_many_connections")
+                           listener=self.listener.label, reason="too_many_connections",
+                           holders=self._tracker.holders())
             return False
         return True
