@@ -38,7 +38,6 @@ from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSetting
 from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
-from gateway.keyfiles import read_secret
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
@@ -169,16 +168,20 @@ class Gateway:
             for worker in self._ingest_workers:
                 await worker.start()
         if config.metrics.listen is not None:
-            self._metrics_server = metrics.serve(config.metrics.listen.host,
-                                                 config.metrics.listen.port, self.spool)
+            self._metrics_server = metrics.serve(config.metrics.listen.host, config.metrics.listen.port,
+                                                 self.spool, int(config.spool.min_free))
         if config.portal.enabled:
             await self._start_portal()
         if config.api.listen is not None:
             self._api_runner = web.AppRunner(StatusApi(config.api, self.spool, self.audit.directory)
                                              .application(), access_log=None)
             await self._api_runner.setup()
-            await web.TCPSite(self._api_runner, config.api.listen.host, config.api.listen.port).start()
-            eventlog.event(log, "api_listening", address=config.api.listen)
+            api_tls = certs.https_context(config.api.tls_cert_file, config.api.tls_key_file) \
+                if config.api.tls_cert_file is not None and config.api.tls_key_file is not None else None
+            await web.TCPSite(self._api_runner, config.api.listen.host, config.api.listen.port,
+                              ssl_context=api_tls).start()
+            eventlog.event(log, "api_listening", address=config.api.listen,
+                           scheme="https" if api_tls is not None else "http")
         sdnotify.ready("accepting mail on " + ", ".join(f"{h}:{p}" for h, p in self.addresses))
 
     def _feedback(self, config: Config) -> Feedback | None:
@@ -227,10 +230,7 @@ class Gateway:
         await self._portal_runner.setup()
         context = None
         if portal.tls_cert_file is not None and portal.tls_key_file is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            read_secret(portal.tls_key_file)  # refuses a key file others can read
-            context.load_cert_chain(portal.tls_cert_file, portal.tls_key_file)
+            context = certs.https_context(portal.tls_cert_file, portal.tls_key_file)
         site = web.TCPSite(self._portal_runner, portal.listen.host, portal.listen.port, ssl_context=context)
         await site.start()
         self._portal_sweeper = asyncio.create_task(self._sweep_portal(store))

@@ -131,6 +131,7 @@ class LimitsConfig:
 class SpoolConfig:
     dir: Path = Path("var/spool")
     key_file: Path = Path("var/keys/spool.key")
+    min_free: ByteSize = ByteSize(100 * 1024 * 1024)  # /healthz is 503 below this much free space
 
 
 @dataclass(frozen=True)
@@ -447,11 +448,22 @@ class ApiConfig:
     listen: HostPort | None = None
     tokens_file: Path = Path("var/keys/api-tokens")  # one bearer token per line (0600)
     search_days: int = 7  # how far back finished messages are looked up in the audit log
+    # The API's own HTTPS certificate; without it, plain HTTP (keep `listen` on loopback then,
+    # or put a TLS proxy in front).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     def problems(self) -> list[tuple[str, str]]:
+        found = []
         if self.listen is not None and not self.tokens_file.is_file():
-            return [("tokens_file", f"file not found: {self.tokens_file} (one token per line, 0600)")]
-        return []
+            found.append(("tokens_file", f"file not found: {self.tokens_file} (one token per line, 0600)"))
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            found.append(("tls_cert_file", "tls_cert_file and tls_key_file go together"))
+        for key in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                found.append((key, f"file not found: {path}"))
+        return found
 
 
 @dataclass(frozen=True)

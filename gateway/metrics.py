@@ -125,17 +125,32 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+def spool_problem(directory: os.PathLike[str] | str, min_free: int) -> str | None:
+    """Why the spool cannot take mail now (not writable, disk nearly full), or None."""
+    if not os.access(directory, os.W_OK):
+        return "spool not writable"
+    try:
+        stats = os.statvfs(directory)
+    except OSError as exc:
+        return f"spool unreadable: {exc.strerror}"
+    free = stats.f_bavail * stats.f_frsize
+    if free < min_free:
+        return f"spool disk has {free} bytes free, below spool.min_free ({min_free})"
+    return None
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every few seconds are not events
 
 
-def serve(host: str, port: int, spool: Spool) -> WSGIServer:
+def serve(host: str, port: int, spool: Spool, spool_min_free: int = 0) -> WSGIServer:
     """Start ``/metrics`` and ``/healthz`` in a background thread; returns the server (to shut
     down). With a delivery process beside this one, the counters of both processes are added up
     from PROMETHEUS_MULTIPROC_DIR (see `cli.cmd_run`). ``/healthz`` answers 200 while the spool
-    directory is writable, else 503."""
+    directory is writable and its disk has `spool_min_free` bytes free, else 503 with the reason."""
     QUEUE.spool = spool
+    min_free = int(spool_min_free)
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -145,10 +160,10 @@ def serve(host: str, port: int, spool: Spool) -> WSGIServer:
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
-            healthy = os.access(spool.directory, os.W_OK)
-            start_response("200 OK" if healthy else "503 Service Unavailable",
+            problem = spool_problem(spool.directory, min_free)
+            start_response("503 Service Unavailable" if problem else "200 OK",
                            [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if healthy else b"spool not writable\n"]
+            return [(problem or "ok").encode() + b"\n"]
         result: Iterable[bytes] = exposition(environ, start_response)
         return result
 

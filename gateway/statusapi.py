@@ -12,7 +12,6 @@ import datetime
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,13 @@ from aiohttp import web
 from gateway.audit import reader
 from gateway.config import ApiConfig
 from gateway.errors import SpoolError
+from gateway.httpheaders import Handler, server_header
 from gateway.keyfiles import read_secret
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool
 from gateway.spool.store import is_queue_id
 from gateway.status import queue_summary
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _RESULT_EVENTS = ("delivered", "deferred", "bounced", "expired")
 
 
@@ -84,7 +83,7 @@ class StatusApi:
         self.tokens = load_tokens(config.tokens_file)
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._authorize], client_max_size=4096)
+        app = web.Application(middlewares=[server_header, self._authorize], client_max_size=4096)
         app.router.add_get("/api/v1/messages/{queue_id}", self.message)
         app.router.add_get("/api/v1/messages", self.messages)
         app.router.add_get("/api/v1/queue", self.queue)

@@ -25,6 +25,7 @@ class Received:
     tls_version: str | None
     peer: str = ""  # the client's (our egress) address
     helo: str = ""
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters, e.g. BODY=8BITMIME
 
 
 class Sink:
@@ -89,7 +90,8 @@ class Sink:
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         self.messages.append(Received(sender, list(envelope.rcpt_tos), content,
                                       ssl_object.version() if ssl_object else None,
-                                      session.peer[0] if session.peer else "", session.host_name or ""))
+                                      session.peer[0] if session.peer else "", session.host_name or "",
+                                      tuple(envelope.mail_options)))
         self.arrived.set()
         return "250 2.0.0 OK queued"
 

@@ -42,6 +42,7 @@ from aiohttp import web
 from gateway import eventlog, metrics
 from gateway.audit.events import Audit
 from gateway.config import PortalConfig
+from gateway.httpheaders import server_header
 from gateway.portal import passcode
 from gateway.portal.passwords import MIN_LENGTH, RecipientPasswords
 from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
@@ -107,7 +108,7 @@ class PortalApp:
         self._css = resources.files("gateway.portal").joinpath("templates/portal.css").read_bytes()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[server_header, self._headers], client_max_size=64 * 1024)
         app.router.add_get("/m/{token}", self.start)
         app.router.add_post("/m/{token}/code", self.request_code)
         app.router.add_post("/m/{token}/verify", self.verify)
