@@ -441,6 +441,17 @@ class FeedbackConfig:
     key_file: Path = Path("var/keys/unsubscribe.key")  # signs unsubscribe tokens (0600, made on first use)
 
 
+def _certificate_problems(cert_file: Path | None, key_file: Path | None) -> list[tuple[str, str]]:
+    """An HTTPS listener's own certificate: both files or neither, and both there."""
+    found = []
+    if (cert_file is None) != (key_file is None):
+        found.append(("tls_cert_file", "tls_cert_file and tls_key_file go together"))
+    for key, path in (("tls_cert_file", cert_file), ("tls_key_file", key_file)):
+        if path is not None and not path.is_file():
+            found.append((key, f"file not found: {path}"))
+    return found
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """The JSON status API (`docs/openapi.yaml`); off unless `listen` is set."""
@@ -454,15 +465,9 @@ class ApiConfig:
     tls_key_file: Path | None = None
 
     def problems(self) -> list[tuple[str, str]]:
-        found = []
+        found = _certificate_problems(self.tls_cert_file, self.tls_key_file)
         if self.listen is not None and not self.tokens_file.is_file():
             found.append(("tokens_file", f"file not found: {self.tokens_file} (one token per line, 0600)"))
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            found.append(("tls_cert_file", "tls_cert_file and tls_key_file go together"))
-        for key in ("tls_cert_file", "tls_key_file"):
-            path = getattr(self, key)
-            if path is not None and not path.is_file():
-                found.append((key, f"file not found: {path}"))
         return found
 
 
@@ -502,13 +507,7 @@ class PortalConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def problems(self) -> list[tuple[str, str]]:
-        found = []
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            found.append(("tls_cert_file", "tls_cert_file and tls_key_file go together"))
-        for key in ("tls_cert_file", "tls_key_file"):
-            path = getattr(self, key)
-            if path is not None and not path.is_file():
-                found.append((key, f"file not found: {path}"))
+        found = _certificate_problems(self.tls_cert_file, self.tls_key_file)
         if self.enabled and not self.base_url.startswith(("https://", "http://127.", "http://localhost")):
             found.append(("base_url", "recipients must reach the portal over https"))
         return found

@@ -8,10 +8,12 @@ read back like any other message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import ssl
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,39 @@ class MailWorld:
             server.close()
         for runner in self.runners:
             await runner.cleanup()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """A real tmpfs of the given size (e.g. "1m") that a test can fill up; unmounted after."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        directory = tmp_path / f"disk{len(mounts)}"
+        directory.mkdir()
+        options = f"size={size},mode=0700"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"mounting a tmpfs needs root (as CI runs): {done.stderr.strip()}")
+        mounts.append(directory)
+        return directory
+
+    yield mount
+    for directory in mounts:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until `disk` is full; delete it to free the space again."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 65536)
+    with open(filler, "ab", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:  # the last few bytes, so that nothing more fits
+            handle.write(b"\0")
+    return filler
 
 
 @pytest.fixture

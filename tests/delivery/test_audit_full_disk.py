@@ -7,45 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from gateway.audit import reader
 from tests.conftest import message, send
-from tests.delivery.conftest import SENDER, MailWorld
+from tests.delivery.conftest import SENDER, MailWorld, fill
 from tests.polling import eventually
 
 ROUTES = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.11"]}
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"mounting a tmpfs needs root (as CI runs): {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the disk is full."""
-    filler = disk / "filler"
-    chunk = b"\0" * 4096
-    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(chunk)
-    with open(filler, "ab", buffering=0) as handle, pytest.raises(OSError) as full:
-        handle.write(b"\0")
-    assert full.value.errno == errno.ENOSPC
-    return filler
 
 
 async def submit(gateway: object, marker: str) -> tuple[int, str]:
@@ -57,10 +28,11 @@ async def submit(gateway: object, marker: str) -> tuple[int, str]:
 
 
 async def test_a_full_audit_disk_loses_no_record_and_repeats_no_delivery(
-        world: MailWorld, small_disk: Path) -> None:
+        world: MailWorld, small_disk: Callable[[str], Path]) -> None:
+    disk = small_disk("1m")
     await world.start_dns(ROUTES)
     clinic = await world.sink("127.0.0.11")
-    gateway = await world.gateway({"audit": {"dir": str(small_disk / "audit")}})
+    gateway = await world.gateway({"audit": {"dir": str(disk / "audit")}})
     answers: dict[str, tuple[int, str]] = {}
 
     async def wave(prefix: str, count: int) -> None:
@@ -72,7 +44,7 @@ async def test_a_full_audit_disk_loses_no_record_and_repeats_no_delivery(
                 answers[marker] = answer
 
     await wave("BEFORE", 24)
-    filler = fill(small_disk)
+    filler = fill(disk)
     await wave("FULL", 24)  # the audit cannot be written now: 451, and nothing kept
     await eventually(lambda: clinic.messages, timeout=20)
     filler.unlink()

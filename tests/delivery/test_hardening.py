@@ -5,10 +5,8 @@ BODY=8BITMIME on the way out even when the submitting client did not declare it.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +15,7 @@ import pytest
 import trustme
 
 from tests.conftest import client_context, free_port
-from tests.delivery.conftest import SENDER, MailWorld
+from tests.delivery.conftest import SENDER, MailWorld, fill
 from tests.ingress.test_limits import read_reply
 from tests.ingress.test_protocol import session
 from tests.polling import eventually
@@ -73,24 +71,13 @@ async def test_the_status_api_serves_https_with_its_own_certificate_and_no_versi
                 pass
 
 
-@pytest.fixture
-def small_spool_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "spooldisk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"mounting a tmpfs needs root (as CI runs): {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 async def test_healthz_is_unhealthy_when_the_spool_disk_is_nearly_full(
-        world: MailWorld, small_spool_disk: Path) -> None:
+        world: MailWorld, small_disk: Callable[[str], Path]) -> None:
+    disk = small_disk("2m")
     await world.start_dns(ROUTES)
     port = free_port()
     await world.gateway({"metrics": {"listen": f"127.0.0.1:{port}"},
-                         "spool": {"dir": str(small_spool_disk / "spool"), "min_free": "1MB"}})
+                         "spool": {"dir": str(disk / "spool"), "min_free": "1MB"}})
 
     async def health() -> tuple[int, str]:
         url = f"http://127.0.0.1:{port}/healthz"
@@ -98,10 +85,7 @@ async def test_healthz_is_unhealthy_when_the_spool_disk_is_nearly_full(
             return answer.status, await answer.text()
 
     assert (await health())[0] == 200
-    filler = small_spool_disk / "filler"
-    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(b"\0" * 65536)
+    filler = fill(disk)
     status, text = await health()
     assert status == 503 and "below spool.min_free" in text
     filler.unlink()
