@@ -301,9 +301,9 @@ class Gateway:
                            note="listener changes take effect after a restart")
             loaded = dataclasses.replace(loaded, config=_keep_listeners(loaded.config, self.config))
         self._loaded = loaded
-        self._report_policies(loaded)
-        assert self.handler is not None
-        self.handler.settings = loaded.settings
+        if self.handler is not None:  # the delivery process has no listeners
+            self._report_policies(loaded)
+            self.handler.settings = loaded.settings
         if self.delivery is not None and self.spool is not None:
             self.delivery.reconfigure(loaded.config, self.spool)
         children = [*self._ingest_workers, *([self._delivery_process] if self._delivery_process else [])]

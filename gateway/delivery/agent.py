@@ -130,6 +130,10 @@ class DeliveryAgent:
         # message commits these instead of sending again.
         self._unsettled: dict[str, Settlement] = {}
 
+    def take_unsettled(self, previous: DeliveryAgent) -> None:
+        """A reload's new agent keeps the results the old one could not make durable yet."""
+        self._unsettled.update(previous._unsettled)
+
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred."""
         unsettled = self._unsettled.pop(queue_id, None)

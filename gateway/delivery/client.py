@@ -348,15 +348,16 @@ class Connector:
                                        tls_result=_certificate_result(exc)) from None
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
-            return await self._without_tls(destination, address, requirement, relay, exc)
+            return await self._without_tls(destination, address, requirement, relay, exc, source)
         # The certificate did not verify; for "may" and "encrypt" an unverified TLS session is
-        # still better than none, so connect again and accept any certificate.
-        client = await self._greet(destination, address, relay)
+        # still better than none, so connect again (from the same egress IP, with its EHLO name)
+        # and accept any certificate.
+        client = await self._greet(destination, address, relay, source)
         try:
             tls = await self._starttls(client, destination, requirement, verify=False)
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
-            return await self._without_tls(destination, address, requirement, relay, exc)
+            return await self._without_tls(destination, address, requirement, relay, exc, source)
         return SmtpConnection(client, destination, address, tls, self._timeouts)
 
     async def _open_dane(self, client: aiosmtplib.SMTP, destination: Destination, address: str,
@@ -390,17 +391,19 @@ class Connector:
         return SmtpConnection(client, destination, address, tls, self._timeouts)
 
     async def _without_tls(self, destination: Destination, address: str, requirement: TlsRequirement,
-                           relay: str, failure: BaseException) -> SmtpConnection:
+                           relay: str, failure: BaseException,
+                           source: tuple[str | None, str]) -> SmtpConnection:
         """The TLS handshake failed: plaintext when the level allows it (Postfix does the same at
-        level "may"), else a ConnectionFailed so the next host or method is tried."""
+        level "may"), from the same egress IP and EHLO name, else a ConnectionFailed so the next
+        host or method is tried."""
         if requirement.level != "may":
             raise ConnectionFailed(_network_reply(failure, f"in TLS handshake with {relay}"), relay,
                                    tls_failure=True)
-        client = await self._greet(destination, address, relay)
+        client = await self._greet(destination, address, relay, source)
         return SmtpConnection(client, destination, address, TlsSession(), self._timeouts)
 
     async def _greet(self, destination: Destination, address: str, relay: str,
-                     source: tuple[str | None, str] = (None, "")) -> aiosmtplib.SMTP:
+                     source: tuple[str | None, str]) -> aiosmtplib.SMTP:
         """Connect, read the greeting, EHLO. A 4xx/5xx greeting or EHLO is a ConnectionFailed."""
         source_ip, ehlo = source
         client = aiosmtplib.SMTP(hostname=address, port=destination.port, start_tls=False,

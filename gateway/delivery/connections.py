@@ -32,6 +32,14 @@ class ConnectionCache:
         self._idle_time = idle_time
         self._reaper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped by `forget_all`: older connections are not reused
+        self._born: dict[SmtpConnection, int] = {}
+
+    def forget_all(self) -> None:
+        """A reload: close the idle connections now and those in use when they are given back,
+        since they were opened under the old routes and TLS policy."""
+        self._generation += 1
+        self.evict(lambda key: True)
 
     def evict(self, matches: Callable[[Hashable], bool]) -> None:
         """Close the idle connections whose key `matches` (to make room under a shaping limit)."""
@@ -52,7 +60,10 @@ class ConnectionCache:
         self._users[key] += 1
         try:
             async with slot, self._total:
-                connection = (None if fresh else self._take_idle(key)) or await opener()
+                connection = None if fresh else self._take_idle(key)
+                if connection is None:
+                    connection = await opener()
+                    self._born[connection] = self._generation
                 try:
                     yield connection
                 finally:
@@ -72,12 +83,14 @@ class ConnectionCache:
 
     def _give_back(self, key: Hashable, connection: SmtpConnection, max_messages: int | None = None) -> None:
         limit = min(self._max_messages, max_messages or self._max_messages)
-        if connection.broken or connection.messages >= limit:
+        if connection.broken or connection.messages >= limit or \
+                self._born.get(connection, self._generation) != self._generation:
             self._close_soon(connection)
         else:
             self._idle[key].append(connection)
 
     def _close_soon(self, connection: SmtpConnection) -> None:
+        self._born.pop(connection, None)
         task = asyncio.create_task(connection.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

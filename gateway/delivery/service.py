@@ -154,9 +154,14 @@ class DeliveryService:
             self._reporting = asyncio.create_task(self._report_tls())
 
     def reconfigure(self, config: Config, spool: Spool) -> None:
-        """SIGHUP: new timeouts, routes, resolver and retry settings for the next deliveries.
-        Connection limits and pausing take effect after a restart."""
+        """SIGHUP: new routes, TLS policy, pools, keys, DKIM keys, timeouts, resolver and retry
+        settings for the next deliveries. Idle cached connections are closed, so that none made
+        under the old routes or TLS policy is reused. Connection limits and pausing take effect
+        after a restart."""
+        previous = self.agent
         self.agent = self._agent(config, spool)
+        self.agent.take_unsettled(previous)
+        self.connections.forget_all()
         self.scheduler.max_active = config.delivery.max_active
 
     async def stop(self, timeout: float) -> None:
