@@ -435,10 +435,11 @@ class DeliveryAgent:
     async def _queue_report(self, message: QueuedMessage, content: bytes,
                             reports: list[dsn.DsnRecipient], now: float) -> dict[str, object]:
         """Queue a DSN to the envelope sender, from the null sender, like any accepted message."""
-        report = dsn.build(hostname=self.hostname, message=message,
-                           headers=dsn.original_headers(content), entries=reports, now=now)
+        protection = dsn.protection_for(message)
+        report = dsn.build(hostname=self.hostname, message=message, entries=reports, now=now,
+                           headers=dsn.original_headers(content, identifying_only=protection is None))
         queued, _ = generated(report, recipient=message.envelope.sender, hostname=self.hostname,
-                              listener="dsn")
+                              listener="dsn", policy=protection)
         await self.spool.store(queued, report)
         eventlog.event(log, "dsn_queued", queue_id=message.queue_id, dsn_queue_id=queued.queue_id,
                        action=reports[0].action, recipients=len(reports))

@@ -6,6 +6,12 @@ as ``text/rfc822-headers``. Never the body, even when the client asked for RET=F
 hold PHI and a DSN travels wherever the sender address points. The header block is taken only as
 far as lines are well-formed header fields, so a message without headers cannot leak body lines.
 
+A report about a message that policy protected is protected the same way (it carries the
+original's headers, and a reply from the remote server may quote them): it inherits the
+protection methods. A report about an unprotected message returns only the header fields that
+identify it (`IDENTIFYING_FIELDS`): no Subject, no X- headers, nothing else a sender may have put
+PHI into.
+
 Which recipients get reported follows their RFC 3461 NOTIFY: NEVER means none; without NOTIFY,
 failures and delays are reported (the default RFC 3461 §4.1 allows). A message from the null sender
 never gets a DSN (RFC 5321 §4.5.5), which is what stops bounce loops.
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Literal
 
-from gateway.message import QueuedMessage, Recipient
+from gateway.message import PolicyDecision, QueuedMessage, Recipient
 
 Action = Literal["failed", "delayed", "delivered", "relayed"]
 _NOTIFY_FOR: dict[str, str] = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS",
@@ -59,18 +65,36 @@ def wanted(message: QueuedMessage, recipient: Recipient, action: Action) -> bool
     return _NOTIFY_FOR[action] in recipient.notify
 
 
-def original_headers(content: bytes) -> bytes:
-    """The header block of `content`: well-formed field lines up to the first blank line, capped."""
+IDENTIFYING_FIELDS = frozenset((b"date", b"from", b"to", b"cc", b"message-id", b"in-reply-to"))
+
+
+def original_headers(content: bytes, *, identifying_only: bool = False) -> bytes:
+    """The header block of `content`: well-formed field lines up to the first blank line, capped;
+    with `identifying_only`, only the fields in IDENTIFYING_FIELDS (and their continuations)."""
     kept: list[bytes] = []
     size = 0
-    for line in content[:MAX_RETURNED_HEADERS].splitlines(keepends=False):
-        if not line or not _HEADER_LINE.match(line) or (not kept and line[:1] in b" \t"):
+    keeping = True
+    for number, line in enumerate(content[:MAX_RETURNED_HEADERS].splitlines(keepends=False)):
+        if not line or not _HEADER_LINE.match(line) or (number == 0 and line[:1] in b" \t"):
             break
+        if line[:1] not in b" \t":
+            keeping = not identifying_only or line.partition(b":")[0].strip().lower() in IDENTIFYING_FIELDS
+        if not keeping:
+            continue
         size += len(line) + 2
         if size > MAX_RETURNED_HEADERS:
             break
         kept.append(line)
     return b"".join(line + b"\r\n" for line in kept)
+
+
+def protection_for(message: QueuedMessage) -> PolicyDecision | None:
+    """The protection a report about `message` needs: that of the original, if it had any."""
+    original = message.policy
+    if not original.protect:
+        return None
+    return PolicyDecision(action="encrypt", rules=("dsn-of-protected",), protect=(0,),
+                          methods=original.methods)
 
 
 def build(*, hostname: str, message: QueuedMessage, headers: bytes,
