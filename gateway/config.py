@@ -262,6 +262,7 @@ class DeliveryConfig:
     dane: bool = True  # honour MX hosts' TLSA records (RFC 7672) that the resolver authenticated
     tls_reports: TlsReportsConfig = TlsReportsConfig()
     tls_cache_file: Path = Path("var/tls-cache.json")  # learned TLS outcomes per domain and MX host
+    mta_sts_cache_file: Path = Path("var/mta-sts-cache.json")  # MTA-STS policies, kept for max_age
     tls_cache_ttl: Duration = Duration(600)  # a verified-TLS failure is trusted this long
     mta_sts_port: int = 443  # HTTPS port of mta-sts.DOMAIN (tests point it elsewhere)
     separate_process: bool = True  # `mailward run` delivers from a second process (a second core)

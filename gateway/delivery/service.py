@@ -26,7 +26,7 @@ from gateway.delivery.protection import Keyrings
 from gateway.delivery.signing import DkimSigner
 from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
-from gateway.delivery.tlspolicy import MtaSts, StsPolicy, TlsPolicyMap
+from gateway.delivery.tlspolicy import MtaSts, StsCache, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
 from gateway.delivery.traffic import Traffic
 from gateway.message import QueuedMessage
@@ -49,7 +49,7 @@ class DeliveryService:
             total=delivery.max_connections, per_destination=delivery.max_connections_per_destination,
             max_messages=delivery.max_messages_per_connection, idle_time=delivery.connection_idle_time)
         self._tls_policy = tls_policy  # fixed by tests; else built from config on each (re)load
-        self._sts_cache: dict[str, StsPolicy] = {}  # MTA-STS policies survive reloads
+        self._sts_cache = StsCache(delivery.mta_sts_cache_file)  # survives reloads and restarts
         self.learned = LearnedTls(delivery.tls_cache_file, float(delivery.tls_cache_ttl))
         reports = delivery.tls_reports
         self.tls_reports = TlsReportStore(reports.dir) if reports.enabled else None

@@ -6,18 +6,22 @@ from ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` with the certificate ver
 roots plus `delivery.ca_file`), no redirects, at most 64 KB, and cached for its max_age. It is
 fetched again when the TXT id changes; a failed refresh keeps the cached policy (RFC 8461 §5.1),
 so an attacker who blocks the fetch or strips the TXT record cannot downgrade a known policy.
+The cache is kept in `delivery.mta_sts_cache_file` too (`StsCache`), so that this holds across a
+restart (RFC 8461 §10): a policy stays in force for its max_age whatever the process did.
 Mode ``enforce`` requires a verified certificate from an MX host that matches the policy's mx
 patterns; ``testing`` and ``none`` only report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import aiohttp
@@ -26,6 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from gateway import eventlog
 from gateway.delivery.client import TlsRequirement
 from gateway.delivery.mx import Destination, MxResolver, ResolutionError
+from gateway.durable import write_atomic
 
 log = logging.getLogger("mailward.tlspolicy")
 
@@ -97,9 +102,54 @@ class DnsResolver(AbstractResolver):
         return None
 
 
+class StsCache:
+    """MTA-STS policies by domain, in memory and in a file (rewritten atomically whenever a
+    policy is stored: policies change rarely). Expired policies are dropped when read."""
+
+    MAX_DOMAINS = 100_000
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._policies: dict[str, StsPolicy] = {}
+        if path is not None:
+            self._policies = self._load(path)
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, StsPolicy]:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            eventlog.event(log, "mta_sts_cache_unreadable", logging.WARNING, file=path, error=str(exc)[:200])
+            return {}
+        now, found = time.time(), {}
+        for domain, fields in (data.items() if isinstance(data, dict) else ()):
+            try:
+                policy = StsPolicy(fields["mode"], tuple(fields["mx"]), int(fields["max_age"]),
+                                   str(fields["policy_id"]), float(fields["fetched"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if policy.fresh(now):
+                found[domain] = policy
+        return found
+
+    def get(self, domain: str) -> StsPolicy | None:
+        return self._policies.get(domain)
+
+    def put(self, domain: str, policy: StsPolicy) -> None:
+        if domain not in self._policies and len(self._policies) >= self.MAX_DOMAINS:
+            del self._policies[min(self._policies, key=lambda d: self._policies[d].fetched)]
+        self._policies[domain] = policy
+        if self.path is not None:
+            now = time.time()
+            kept = {d: asdict(p) for d, p in self._policies.items() if p.fresh(now)}
+            write_atomic(self.path, json.dumps(kept).encode())
+
+
 class MtaSts:
     def __init__(self, resolver: MxResolver, *, port: int = 443, ca_file: str | None = None,
-                 timeout: float = 10.0, cache: dict[str, StsPolicy] | None = None) -> None:
+                 timeout: float = 10.0, cache: StsCache | None = None) -> None:
         self._resolver = resolver
         self._port = port
         self._context = ssl.create_default_context()
@@ -107,7 +157,7 @@ class MtaSts:
         if ca_file is not None:
             self._context.load_verify_locations(cafile=ca_file)
         self._timeout = timeout
-        self._cache: dict[str, StsPolicy] = cache if cache is not None else {}  # kept across reloads
+        self._cache = cache if cache is not None else StsCache(None)  # kept across reloads and restarts
         self._checked: dict[str, float] = {}  # domain -> when the TXT id was last looked at
 
     async def policy(self, domain: str) -> StsPolicy | None:
@@ -132,7 +182,7 @@ class MtaSts:
                            error=str(exc)[:200], cached="yes" if cached else "no")
             return cached if cached is not None and cached.fresh(now) else None
         policy = StsPolicy(fetched.mode, fetched.mx, fetched.max_age, policy_id, now)
-        self._cache[domain] = policy
+        self._cache.put(domain, policy)
         eventlog.event(log, "mta_sts_policy", domain=domain, mode=policy.mode, id=policy_id,
                        max_age=policy.max_age, mx=",".join(policy.mx))
         return policy

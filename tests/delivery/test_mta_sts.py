@@ -260,3 +260,24 @@ async def test_routed_domain_ignores_its_mta_sts_policy(world: MailWorld,
     await submit(gateway, message("ROUTED"))
     await eventually(lambda: receiver.messages)  # the admin's route, opportunistic TLS
     assert ("_mta-sts.sts.test", "TXT") not in dns_server.queries
+
+
+async def test_a_cached_policy_outlives_a_restart_against_a_stripped_txt_and_a_rogue_mx(
+        world: MailWorld, policy_server: PolicyServer) -> None:
+    dns_server = await world.start_dns(records())
+    await policy_server.start(sts("enforce"))
+    receiver = await world.sink("127.0.0.24", tls_name="mx.sts.test")
+    rogue = await world.sink("127.0.0.25", tls_name="rogue.attacker.test")
+    gateway = await world.gateway(mta_sts_port=policy_server.port)
+    await submit(gateway, message("FIRST"))
+    await eventually(lambda: receiver.messages)
+    await gateway.gateway.drain()  # the gateway stops; the policy was cached on disk
+
+    del dns_server.records[("_mta-sts.sts.test", "TXT")]  # an attacker strips the record,
+    await policy_server.stop()  # blocks the policy host,
+    dns_server.records[("sts.test", "MX")] = ["10 rogue.attacker.test."]  # and points MX at itself
+    dns_server.records[("rogue.attacker.test", "A")] = ["127.0.0.25"]
+    restarted = await world.gateway(mta_sts_port=policy_server.port)
+    await submit(restarted, message("SECOND"))
+    await eventually(lambda: restarted.queued(QueueState.DEFERRED), timeout=20)
+    assert rogue.messages == [] and len(receiver.messages) == 1
