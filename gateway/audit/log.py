@@ -10,8 +10,9 @@ chain's tail when another process appended since its last write.
 A failed append (a full disk) is cut back off the file and raised, so the caller does not
 acknowledge what it records. A crash can leave a partial last line (never acknowledged): the next
 writer cuts it off. The
-head file (``head.json``: the latest seq and hash, MAC'd, rewritten at most once a second) lets
-`verify` notice a log cut short at a line boundary.
+head file (``head.json``: the latest seq and hash, MAC'd) lets `verify` notice a log cut short at
+a line boundary. It is rewritten at most once a second while records flow, and once more a second
+after the last of a burst (a trailing write), and at close: a cut older than a second is seen.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,6 +86,7 @@ class AuditLog:
         self._seq = 0
         self._hash = GENESIS
         self._head_written = 0.0
+        self._head_timer: threading.Timer | None = None  # the trailing head write, when one is due
         # One thread appends, in order; writers waiting meanwhile share its next append and fsync.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
         self._commits: GroupCommit[list[dict[str, Any]]] = GroupCommit(
@@ -124,6 +127,21 @@ class AuditLog:
                     self._write_head()
                 except OSError as exc:  # the records are durable; the head catches up next time
                     eventlog.event(log, "audit_head_not_written", logging.WARNING, error=exc.strerror)
+            elif self._head_timer is None:
+                self._head_timer = threading.Timer(HEAD_INTERVAL, self._trailing_head)
+                self._head_timer.daemon = True
+                self._head_timer.start()
+
+    def _trailing_head(self) -> None:
+        """The head after a burst: run in the writer thread, so it is ordered with appends."""
+        with contextlib.suppress(RuntimeError):  # closing: close() writes the head itself
+            self._executor.submit(self._flush_head)
+
+    def _flush_head(self) -> None:
+        self._head_timer = None
+        with contextlib.suppress(OSError), self._locked():
+            self._sync_tail(self._file or self.directory / "none")
+            self._write_head()
 
     def _append(self, fd: int, data: bytes | bytearray, before: tuple[int, str]) -> None:
         """Append `data` whole and fsync it, or leave the file as it was and raise: a record
@@ -210,10 +228,12 @@ class AuditLog:
     def close(self) -> None:
         if self._lock_fd < 0:
             return
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._executor.shutdown(wait=True)  # appends still queued go first, then the last head
         if self._seq:
             with contextlib.suppress(OSError), self._locked():
                 self._sync_tail(self._file or self.directory / "none")
                 self._write_head()
-        self._executor.shutdown(wait=True)
         os.close(self._lock_fd)
         self._lock_fd = -1

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.audit import reader
 from gateway.audit.log import AuditLog, log_files
+from tests.polling import eventually
 
 KEY = bytes(range(32))
 DAY = 86400.0
@@ -163,3 +164,20 @@ async def test_concurrent_writes_are_group_committed_in_order(tmp_path: Path) ->
     assert [r["seq"] for r in records] == list(range(1, 201))
     assert reader.verify(tmp_path, KEY).problems == []
     assert os.stat(log_files(tmp_path)[0]).st_mode & 0o777 == 0o600
+
+
+async def test_a_log_cut_after_a_burst_is_noticed_once_the_writer_has_been_idle(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path, KEY)
+    try:
+        for i in range(40):  # a burst: all within the head's one-second interval
+            await audit.write({"event": "received", "queue_id": f"B{i}", "sender": "dr@hospital.test"})
+
+        def head_seq() -> int:
+            return int(json.loads((tmp_path / "head.json").read_text())["seq"])
+
+        await eventually(lambda: head_seq() == 40, timeout=5)  # the trailing head write, no close
+        [path] = log_files(tmp_path)
+        path.write_bytes(b"".join(lines(path)[:-12]))  # cut the last 12 records at a line boundary
+        assert "the log ends at seq 28 but seq 40 was written" in problem(tmp_path)
+    finally:
+        audit.close()
