@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formataddr, formatdate, make_msgid
 
 from gateway import eventlog, metrics
 from gateway.audit.events import Audit
@@ -55,7 +55,7 @@ class PortalHandoff:
     async def send_notice(self, record: PortalMessage, subject: str, text: str) -> None:
         """A short mail from the gateway to the recipient (passcodes, password changes)."""
         mail = EmailMessage()
-        mail["From"] = self.config.branding.sender or f"no-reply@{self.hostname}"
+        mail["From"] = self.gateway_address
         mail["To"] = record.recipient
         mail["Subject"] = subject
         mail["Date"] = formatdate(localtime=False)
@@ -65,10 +65,19 @@ class PortalHandoff:
         await self.enqueue(*generated(mail, recipient=record.recipient, hostname=self.hostname,
                                       listener="portal"))
 
+    @property
+    def gateway_address(self) -> str:
+        """The gateway's own address: From of everything it writes, signed with its DKIM key."""
+        return self.config.branding.sender or f"no-reply@{self.hostname}"
+
     async def send_reply(self, record: PortalMessage, original: EmailMessage, text: str) -> None:
-        """The recipient's reply, to the original sender, only over verified TLS (never plaintext)."""
+        """The recipient's reply, to the original sender, only over verified TLS (never plaintext).
+        It is sent from the gateway's own address ("<recipient> via secure portal", Reply-To the
+        recipient) and DKIM signed with the gateway's key: sent From the recipient's own domain,
+        from our IPs and unsigned, it would fail that domain's DMARC."""
         reply = EmailMessage()
-        reply["From"] = record.recipient
+        reply["From"] = formataddr((f"{record.recipient} via secure portal", self.gateway_address))
+        reply["Reply-To"] = record.recipient
         reply["To"] = record.sender
         subject = str(original.get("Subject", ""))
         reply["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".strip()
@@ -80,6 +89,6 @@ class PortalHandoff:
         reply["X-Mailward-Portal-Reply"] = record.message_id
         reply.set_content(text + "\n")
         protected = PolicyDecision(action="encrypt", rules=("portal-reply",), protect=(0,), methods=("tls",))
-        await self.enqueue(*generated(reply, recipient=record.sender, sender=record.recipient,
+        await self.enqueue(*generated(reply, recipient=record.sender, sender=self.gateway_address,
                                       hostname=self.hostname, listener="portal", policy=protected))
 

@@ -5,6 +5,8 @@ for plain, 8-bit, S/MIME, PGP and DSN messages; Ed25519 and dual signatures; tam
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from gateway import metrics
 from tests.conftest import HOSTNAME, RunningGateway, send
 from tests.crypto.keys import GnuPG, smime_identity
 from tests.delivery.conftest import SENDER, MailWorld
-from tests.delivery.portal_world import start_portal_world
+from tests.delivery.portal_world import PATIENT, start_portal_world
 from tests.dkimverify import PublishedKey, mail_dkim, mailauth, make_key
 from tests.polling import eventually
 from tests.smtpsink import Sink
@@ -223,9 +225,24 @@ async def test_portal_notifications_and_passcodes_are_signed_with_the_gateways_d
         csrf = re.search(r'name="csrf" value="([^"]+)"', page)
         assert csrf is not None
         await browser.post(f"{link}/code", data={"csrf": csrf.group(1)})
-    code_mail = await eventually(lambda: next(
-        (m for m in portal.patient.messages if b"Subject: Your passcode" in m.content), None))
-    results = await mailauth(code_mail.content, world.dns_port, tmp_path)
+        code_mail = await eventually(lambda: next(
+            (m for m in portal.patient.messages if b"Subject: Your passcode" in m.content), None))
+        results = await mailauth(code_mail.content, world.dns_port, tmp_path)
+        assert [(r["domain"], r["result"]) for r in results] == [(HOSTNAME, "pass")]
+        code = re.search(rb"passcode is (\d{6})", code_mail.content)
+        assert code is not None
+        opened = await browser.post(f"{link}/verify",
+                                    data={"csrf": csrf.group(1), "code": code.group(1).decode()})
+        reading = await opened.text()
+        reading_csrf = re.search(r'name="csrf" value="([^"]+)"', reading)
+        assert reading_csrf is not None
+        await browser.post(f"{link}/reply", data={"csrf": reading_csrf.group(1), "text": "Thank you!"})
+    # The secure reply passes DMARC: From the gateway's domain, signed with its key.
+    [reply] = await eventually(lambda: portal.clinic.messages)
+    parsed = email.message_from_bytes(reply.content, policy=email.policy.default)
+    assert str(parsed["From"]) == f'"{PATIENT} via secure portal" <no-reply@{HOSTNAME}>'
+    assert str(parsed["Reply-To"]) == PATIENT and reply.sender == f"no-reply@{HOSTNAME}"
+    results = await mailauth(reply.content, world.dns_port, tmp_path)
     assert [(r["domain"], r["result"]) for r in results] == [(HOSTNAME, "pass")]
 
 
