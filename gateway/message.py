@@ -132,6 +132,9 @@ class QueuedMessage:
     policy: PolicyDecision = PolicyDecision()
     # The egress pool chosen at ingress (X-Mailward-Pool header or DLP rule); None: by sender domain.
     pool: str | None = None
+    # A portal notification: the queue id of the message it announces. Its failure is that
+    # recipient's failure (audited for the original; the DSN goes to the original's sender).
+    about: str | None = None
     statuses: tuple[RecipientStatus, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +157,7 @@ class QueuedMessage:
             message_id=data.get("message_id"),
             policy=_policy_from_dict(data.get("policy", {})),
             pool=data.get("pool"),
+            about=data.get("about"),
         )
 
     def with_statuses(self, statuses: tuple[RecipientStatus, ...]) -> QueuedMessage:

@@ -352,6 +352,12 @@ class DeliveryAgent:
             record = audit_events.attempt(message, _AUDIT_EVENT.get(word, word), attempt, status,
                                           before.attempts + 1)
             records += [{**record, "class": bounce_class} if bounce_class else record, *extra]
+            if message.about is not None and state is RecipientState.BOUNCED:
+                # A portal notification that cannot be delivered: the recipient of the original
+                # message never learns of it, so for the original it is a failure too.
+                failed = audit_events.attempt(message, "bounced", attempt, status, before.attempts + 1)
+                records.append({**failed, "queue_id": message.about, "notice_queue_id": message.queue_id,
+                                "protection": "portal", "reason": "portal_notification_failed"})
         held = [a.index for a in attempts if a.hold]
         if held:
             records.append({"event": "held", "queue_id": message.queue_id, "reason": "portal_unavailable",

@@ -36,7 +36,9 @@ class PortalHandoff:
         token, record = self.store.store(content, recipient=recipient, sender=message.envelope.sender,
                                          ttl=float(self.config.message_ttl), queue_id=message.queue_id)
         notice, notice_content = notification.build(self.config, token=token, recipient=recipient,
-                                                    expires=record.expires, hostname=self.hostname)
+                                                    expires=record.expires, hostname=self.hostname,
+                                                    sender=message.envelope.sender,
+                                                    about=message.queue_id)
         await self.enqueue(notice, notice_content)
         metrics.PORTAL_EVENTS.labels("stored").inc()
         eventlog.event(log, "portal_stored", queue_id=message.queue_id, message_id=record.message_id,

@@ -27,10 +27,11 @@ def link_for(portal: PortalConfig, token: str) -> str:
     return f"{portal.base_url.rstrip('/')}/m/{token}"
 
 
-def build(portal: PortalConfig, *, token: str, recipient: str, expires: float,
-          hostname: str) -> tuple[QueuedMessage, bytes]:
-    """The notification: From the branding's sender (so a reply reaches a person), with the null
-    envelope sender, so that it can never bounce back into a loop."""
+def build(portal: PortalConfig, *, token: str, recipient: str, expires: float, hostname: str,
+          sender: str = "", about: str | None = None) -> tuple[QueuedMessage, bytes]:
+    """The notification: From the branding's sender (so a reply reaches a person). Its envelope
+    sender is the original message's (`sender`, queue id `about`): if it cannot be delivered, the
+    one who sent the secure message learns it from a DSN (headers only: nothing secret in it)."""
     branding = portal.branding
     values = {
         "organization": branding.organization, "logo_url": branding.logo_url, "colour": branding.colour,
@@ -47,4 +48,5 @@ def build(portal: PortalConfig, *, token: str, recipient: str, expires: float,
     notice["Auto-Submitted"] = "auto-generated"
     notice.set_content(environment.get_template("notification.txt.j2").render(values))
     notice.add_alternative(environment.get_template("notification.html.j2").render(values), subtype="html")
-    return generated(notice, recipient=recipient, hostname=hostname, listener="portal")
+    return generated(notice, recipient=recipient, hostname=hostname, listener="portal-notice",
+                     sender=sender, about=about)

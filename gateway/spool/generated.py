@@ -17,7 +17,8 @@ def wire_bytes(mail: EmailMessage) -> bytes:
 
 
 def generated(content: bytes | EmailMessage, *, recipient: str, hostname: str, listener: str,
-              sender: str = "", policy: PolicyDecision | None = None) -> tuple[QueuedMessage, bytes]:
+              sender: str = "", policy: PolicyDecision | None = None,
+              about: str | None = None) -> tuple[QueuedMessage, bytes]:
     """A queued message for one `recipient`; `sender` "" (the default) means the null sender, so
     that a notice can never bounce back into a loop. `listener` names the kind in logs."""
     message_id = None
@@ -29,5 +30,5 @@ def generated(content: bytes | EmailMessage, *, recipient: str, hostname: str, l
         envelope=Envelope(sender=sender, recipients=(Recipient(recipient),), body="8BITMIME",
                           smtputf8=not (recipient.isascii() and sender.isascii())),
         client=ClientInfo(address="127.0.0.1", helo=hostname, listener=listener, relay_reason="local"),
-        size=len(content), message_id=message_id, policy=policy or PolicyDecision())
+        size=len(content), message_id=message_id, policy=policy or PolicyDecision(), about=about)
     return queued, content

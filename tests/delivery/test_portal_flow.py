@@ -99,3 +99,27 @@ async def test_portal_serves_https_with_its_own_certificate(world: MailWorld, tm
         assert response.status == 200
         assert response.headers["Strict-Transport-Security"].startswith("max-age=")
         assert "mw_csrf" in response.cookies and response.cookies["mw_csrf"]["secure"]
+
+
+async def test_a_notification_that_cannot_be_delivered_fails_the_recipient_and_tells_the_sender(
+        world: MailWorld, tmp_path: Path) -> None:
+    portal_world = await start_portal_world(world, tmp_path)
+    portal_world.patient.rcpt_replies[PATIENT] = "550 5.1.1 No such user here"
+    original = b.message(f"Your results, SSN {MARKER}", subject="Lab results for Jane Roe", sender=DOCTOR,
+                         to=PATIENT)
+    code, text = await send(portal_world.gateway.client(), DOCTOR, [PATIENT], original)
+    assert code == 250
+    queue_id = text.split()[-1]
+    report = await eventually(lambda: next((m for m in portal_world.clinic.messages if m.sender == ""), None),
+                              timeout=20)
+    assert report.recipients == [DOCTOR]
+    assert b"Status: 5.1.1" in report.content and PATIENT.encode() in report.content
+    assert MARKER.encode() not in report.content and b"Jane Roe" not in report.content
+    assert b"/m/" not in report.content  # not the link either: headers only
+    directory = portal_world.gateway.gateway.audit.directory
+    assert directory is not None
+    records = [json.loads(line) for path in sorted(directory.glob("audit-*.jsonl"))
+               for line in path.read_text().splitlines()]
+    results = [r["event"] for r in records if r["queue_id"] == queue_id and r.get("recipient") == PATIENT
+               and r["event"] in ("delivered", "bounced")]
+    assert results == ["delivered", "bounced"]  # stored in the portal, then failed: nobody was told
