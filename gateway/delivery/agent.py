@@ -284,7 +284,10 @@ class DeliveryAgent:
                     replies = await connection.deliver(message.envelope, recipients, content)
             except ConnectionFailed as failure:
                 self.traffic.observe(route, [failure.reply], time.time())
-                return [Attempt(i, failure.reply, failure.relay, tls_failure=failure.tls_failure,
+                # The host and address the failure was about (the log names them; so does the audit).
+                host, address = _relay_parts(failure.relay)
+                return [Attempt(i, failure.reply, failure.relay, remote_host=host or None, remote_ip=address,
+                                egress_ip=admitted.address, tls_failure=failure.tls_failure,
                                 protection=protection if not failure.tls_failure else "", pool=pool)
                         for i in indexes]
             # A cached connection that the server had meanwhile closed fails before DATA; that is

@@ -121,3 +121,13 @@ async def test_every_event_is_audited_verifiable_searchable_and_free_of_content(
     exposition = generate_latest(metrics.REGISTRY).decode()
     for marker in (SUBJECT_MARKER, BODY_MARKER, SSN):
         assert marker not in logged and marker not in exposition
+
+
+async def test_a_tls_failure_is_audited_with_the_mx_host_and_address(world: MailWorld) -> None:
+    await world.start_dns(RECORDS)
+    await world.sink("127.0.0.21", tls_name="somebody-else.test")  # a certificate for another name
+    gateway = await world.gateway(tls_policy={"clinic.test": "verify"}, retry_schedule=["1h"])
+    queue_id = await submit(gateway, "pat@clinic.test", "note")
+    await eventually(lambda: gateway.queued(QueueState.DEFERRED))
+    [deferred] = [r for r in audit_records(gateway) if r["event"] == "deferred" and r["queue_id"] == queue_id]
+    assert (deferred["mx"], deferred["ip"], deferred["code"]) == ("mx.clinic.test", "127.0.0.21", 450)
