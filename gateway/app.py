@@ -68,8 +68,10 @@ class _Loaded:
 
 def _build(config: Config, scan_pool: ScanPool) -> _Loaded:
     dlp = DlpStage(dlp_settings(config), scan_pool)
+    own_relay = {listener.label: RelayPolicy.from_config(config.relay, listener.relay)
+                 for listener in config.listeners if listener.relay is not None}
     settings = IngressSettings(hostname=config.hostname, limits=config.limits,
-                               relay=RelayPolicy.from_config(config.relay),
+                               relay=RelayPolicy.from_config(config.relay), listener_relay=own_relay,
                                users=UserStore(config.relay.users_file),
                                pipeline=Pipeline((dlp,)), pools=frozenset(config.delivery.pools),
                                pool_header=config.delivery.pool_selection.header)

@@ -54,7 +54,9 @@ def server_context(config: Config) -> ssl.SSLContext:
         context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load certificate {cert_file} with key {key_file}: {exc}") from None
-    if config.relay.client_cert_subjects:
+    listener_names = [name for listener in config.listeners if listener.relay is not None
+                      for name in listener.relay.client_cert_subjects]
+    if config.relay.client_cert_subjects or listener_names:
         # CERT_OPTIONAL: a client without a certificate still gets TLS (and may use AUTH);
         # one that presents a certificate must present one that verifies.
         context.verify_mode = ssl.CERT_OPTIONAL

@@ -46,6 +46,17 @@ def _empty_mapping() -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
+class ListenerRelayConfig:
+    """Who may relay through one listener, in place of the global relay.networks and
+    relay.client_cert_subjects (e.g. a port 25 listener for the Exchange Online connector's
+    certificate only). relay.sender_domains still applies."""
+
+    networks: tuple[IPNetwork, ...] = ()
+    client_cert_subjects: tuple[str, ...] = ()
+    auth: bool = True  # SMTP AUTH users may relay through this listener
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     address: str = "127.0.0.1"
     port: int = 2525
@@ -56,6 +67,7 @@ class ListenerConfig:
     # control, limits, logs and the audit then see the real client address.
     proxy_protocol: bool = False
     proxy_from: tuple[IPNetwork, ...] = ()
+    relay: ListenerRelayConfig | None = None  # None: the global relay block
 
     @property
     def label(self) -> str:

@@ -18,8 +18,8 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import TLSSetupException
@@ -28,7 +28,7 @@ from gateway import eventlog, metrics
 from gateway.audit import events as audit_events
 from gateway.audit.events import Audit
 from gateway.certs import peer_names
-from gateway.config import LimitsConfig
+from gateway.config import LimitsConfig, ListenerConfig
 from gateway.errors import Hold, Outcome
 from gateway.ingress import replies
 from gateway.ingress.authlimit import AuthThrottle
@@ -64,6 +64,11 @@ class IngressSettings:
     pipeline: Pipeline = Pipeline(())
     pools: frozenset[str] = frozenset()  # pools a client may name in X-Mailward-Pool
     pool_header: bool = True
+    # Listeners (by label) with a relay block of their own; the others use `relay`.
+    listener_relay: Mapping[str, RelayPolicy] = field(default_factory=dict)
+
+    def relay_for(self, listener: ListenerConfig) -> RelayPolicy:
+        return self.listener_relay.get(listener.label, self.relay)
 
 
 class IngressHandler:
@@ -113,7 +118,7 @@ class IngressHandler:
         cipher = ssl_object.cipher()
         session.tls_cipher = cipher[0] if cipher else None
         names = peer_names(ssl_object.getpeercert())
-        session.cert_name = self.settings.relay.cert_matches(names)
+        session.cert_name = self.settings.relay_for(server.listener).cert_matches(names)
         if session.cert_name is not None:
             server.prove()
         if names:
@@ -174,7 +179,8 @@ class IngressHandler:
         if envelope.sender_denied:
             self._reject(server, "sender_domain")
             return replies.SENDER_DOMAIN_DENIED.format(address=envelope.mail_from)
-        reason = settings.relay.relay_reason(server.client_ip, session.auth_user, session.cert_name)
+        reason = settings.relay_for(server.listener).relay_reason(server.client_ip, session.auth_user,
+                                                                  session.cert_name)
         if reason is None:
             self._reject(server, "relay_denied")
             return replies.RELAY_DENIED.format(address=recipient.address)

@@ -214,7 +214,7 @@ class GatewaySMTP(SMTP):
         super().connection_made(transport)
 
     def _trusted(self, client_ip: str) -> bool:
-        return self.event_handler.settings.relay.in_networks(client_ip)
+        return self.event_handler.settings.relay_for(self.listener).in_networks(client_ip)
 
     def prove(self) -> None:
         """Authenticated, or an accepted client certificate: the full command timeout, and no

@@ -3,7 +3,8 @@
 A client may relay when it connects from ``relay.networks``, has authenticated with SMTP AUTH,
 or presented a verified TLS client certificate whose subject CN or a SAN matches
 ``relay.client_cert_subjects`` (exact, or ``*.example.com`` for exactly one leading label; this is
-how an Exchange Online connector proves itself). Everyone else is refused at RCPT.
+how an Exchange Online connector proves itself). Everyone else is refused at RCPT. A listener
+with a ``relay`` block of its own uses its networks, certificate names and AUTH switch instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from gateway.config import RelayConfig
+from gateway.config import ListenerRelayConfig, RelayConfig
 from gateway.typedyaml import address_in
 
 
@@ -21,15 +22,19 @@ class RelayPolicy:
     cert_subjects: frozenset[str]
     cert_wildcards: frozenset[str]  # the parent domains of "*.parent" patterns
     sender_domains: frozenset[str]
+    auth: bool = True  # authenticated users may relay
 
     @classmethod
-    def from_config(cls, relay: RelayConfig) -> RelayPolicy:
-        subjects = [s.lower().rstrip(".") for s in relay.client_cert_subjects]
+    def from_config(cls, relay: RelayConfig, listener: ListenerRelayConfig | None = None) -> RelayPolicy:
+        networks = listener.networks if listener is not None else relay.networks
+        names = listener.client_cert_subjects if listener is not None else relay.client_cert_subjects
+        subjects = [s.lower().rstrip(".") for s in names]
         return cls(
-            networks=tuple(n.network for n in relay.networks),
+            networks=tuple(n.network for n in networks),
             cert_subjects=frozenset(s for s in subjects if not s.startswith("*.")),
             cert_wildcards=frozenset(s[2:] for s in subjects if s.startswith("*.")),
             sender_domains=frozenset(d.lower().rstrip(".") for d in relay.sender_domains),
+            auth=listener.auth if listener is not None else True,
         )
 
     def in_networks(self, client_ip: str) -> bool:
@@ -48,7 +53,7 @@ class RelayPolicy:
 
     def relay_reason(self, client_ip: str, auth_user: str | None, cert_name: str | None) -> str | None:
         """Why this client may relay ("network", "auth", "certificate"), or None: it may not."""
-        if auth_user is not None:
+        if auth_user is not None and self.auth:
             return "auth"
         if cert_name is not None:
             return "certificate"

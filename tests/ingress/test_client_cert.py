@@ -12,6 +12,7 @@ import trustme
 
 from gateway.config import Config
 from tests.conftest import client_context, message, send
+from tests.polling import free_port
 
 
 def cert_config(make_config: Callable[..., Config]) -> Config:
@@ -67,3 +68,27 @@ async def test_certificate_from_an_untrusted_ca_ends_the_handshake(
         await client.ehlo()
         await client.mail("dr@example.com")
     assert gw.queued() == []
+
+
+async def test_a_listener_with_its_own_relay_block_relays_only_for_it(
+        make_config: Callable[..., Config], start_gateway: Any, ca: trustme.CA) -> None:
+    """Port 25 for the Exchange Online certificate only; 587 keeps the global rules."""
+    exchange_only = {"address": "127.0.0.1", "port": free_port(), "starttls": "optional", "auth": "off",
+                     "name": "mx", "relay": {"networks": [], "auth": False,
+                                             "client_cert_subjects": ["mail.protection.outlook.com"]}}
+    submission = {"address": "127.0.0.1", "port": free_port(), "starttls": "optional", "auth": "optional",
+                  "name": "submission"}
+    gw = await start_gateway(make_config(listeners=[exchange_only, submission],
+                                         relay={"networks": ["127.0.0.0/8"]}))
+    # From the global relay.networks: refused on the certificate-only listener ...
+    code, _ = await send(gw.client(index=0), "dr@example.com", ["p@example.org"], message("L1"))
+    assert code == 554
+    # ... allowed on the other one.
+    code, _ = await send(gw.client(index=1), "dr@example.com", ["p@example.org"], message("L2"))
+    assert code == 250
+    # The connector's certificate relays on the certificate-only listener.
+    cert = ca.issue_cert("mail.protection.outlook.com")
+    code, text = await send(gw.client(index=0, source="127.0.0.99"), "dr@example.com", ["p@example.org"],
+                            message("L3"), starttls=client_context(ca, cert))
+    assert code == 250
+    assert gw.spool.load(text.rsplit(" ", 1)[1]).client.relay_reason == "certificate"
