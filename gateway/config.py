@@ -267,6 +267,9 @@ class DeliveryConfig:
     connection_idle_time: Duration = Duration(5)  # an idle connection is kept this long for reuse
     max_active: int = 1000  # messages being delivered at once (the rest wait in the queue)
     paused: bool = False  # queue everything, deliver nothing (maintenance)
+    # Capture mode (on in the embedded defaults only): each copy goes through DLP, protection
+    # and DKIM and is written here as an .eml instead of being sent. For trying Mailward out.
+    capture_dir: Path | None = None
     # Per recipient domain (".example.org" covers subdomains): none, may, encrypt, verify, secure.
     tls_policy: Mapping[str, Literal["none", "may", "encrypt", "verify", "secure"]] = field(
         default_factory=_empty_mapping)
@@ -589,7 +592,9 @@ def find_config_file(explicit: str | None) -> Path | None:
 def load_config(path: Path | None) -> Config:
     """Load and validate `path` (None: embedded defaults); raise ConfigError naming file:line."""
     if path is None:
-        return typing.cast(Config, _resolve_paths(Config(), Path.cwd()))
+        # Trying it out: nothing leaves the machine, each message is written to var/capture.
+        embedded = Config(delivery=DeliveryConfig(capture_dir=Path("var/capture")))
+        return typing.cast(Config, _resolve_paths(embedded, Path.cwd()))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

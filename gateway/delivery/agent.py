@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.delivery.traffic import Deferral, Route, Traffic
+from gateway.durable import write_atomic
 from gateway.errors import RetrySoon
 from gateway.message import (
     QueuedMessage,
@@ -192,12 +194,15 @@ class DeliveryAgent:
     async def _deliver_domain(self, domain: str, message: QueuedMessage, content: bytes,
                               indexes: list[int], signed: SignedCopies, *,
                               protect: bool = False) -> list[Attempt]:
-        try:
-            destinations = await self.resolver.destinations(domain)
-        except ResolutionError as exc:
-            code = 550 if isinstance(exc, Permanent) else 451
-            return [Attempt(i, Reply(code, exc.status, exc.reason)) for i in indexes]
-        requirement = await self.tls_policy.requirement(domain, destinations)
+        destinations: Sequence[Destination] = ()
+        requirement = TlsRequirement()
+        if self.config.capture_dir is None:  # capture mode asks no DNS: nothing is sent
+            try:
+                destinations = await self.resolver.destinations(domain)
+            except ResolutionError as exc:
+                code = 550 if isinstance(exc, Permanent) else 451
+                return [Attempt(i, Reply(code, exc.status, exc.reason)) for i in indexes]
+            requirement = await self.tls_policy.requirement(domain, destinations)
         if message.envelope.requiretls:
             # RFC 8689: the sender demands verified TLS on every hop; no other method stands in.
             requirement = dataclasses.replace(requirement, level="verify",
@@ -238,6 +243,8 @@ class DeliveryAgent:
             content, signature = await signed.sign(content, message.queue_id)
         except SigningFailed:
             return [Attempt(i, SIGNING_FAILED, protection=protection, pool=pool) for i in indexes]
+        if self.config.capture_dir is not None:
+            return await self._capture(message, content, indexes, signature, protection, pool)
         shaped = route.destination
         key: Hashable = (shaped.name, requirement, admitted.address)
         recipients = [(i, message.envelope.recipients[i]) for i in indexes]
@@ -299,6 +306,26 @@ class DeliveryAgent:
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
                         connection.passes_dsn, protection=protection, remote_ip=connection.address,
                         egress_ip=connection.egress_ip, dkim=signature, pool=pool) for i in indexes]
+
+    async def _capture(self, message: QueuedMessage, content: bytes, indexes: list[int], signature: str,
+                       protection: str, pool: str) -> list[Attempt]:
+        """Capture mode: write what would be sent (protected, signed) to `capture_dir`, with the
+        envelope in a first header line, and count it delivered ("captured")."""
+        assert self.config.capture_dir is not None
+        recipients = ",".join(f"<{message.envelope.recipients[i].address}>" for i in indexes)
+        envelope = f"X-Mailward-Capture: from=<{message.envelope.sender}> to={recipients}\r\n".encode()
+        path = self.config.capture_dir / f"{message.queue_id}-{secrets.token_hex(3)}.eml"
+
+        def write() -> None:
+            self.config.capture_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # type: ignore[union-attr]
+            write_atomic(path, envelope + content)
+
+        await self.spool.offload(write)
+        eventlog.event(log, "captured", queue_id=message.queue_id, file=path, recipients=len(indexes),
+                       protection=protection or "none", note="capture mode: written, not sent")
+        reply = Reply(250, "2.0.0", f"captured to {path.name}")
+        used = protection if protection in ("smime", "pgp") else "captured"
+        return [Attempt(i, reply, "capture", protection=used, dkim=signature, pool=pool) for i in indexes]
 
     def _report_session(self, domain: str, requirement: TlsRequirement, relay: str, result: str | None,
                         *, dane: bool = False) -> None:
