@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -422,6 +423,27 @@ def uses_delivery_process(config: Config) -> bool:
     return config.delivery.separate_process and not config.delivery.paused
 
 
+def check_addresses(config: Config) -> None:
+    """Every address the gateway will listen on can be bound now; else a MailwardError that
+    names it ("cannot listen on 127.0.0.1:2525: address already in use")."""
+    wanted = [(f"{listener.address}:{listener.port}", listener.address, listener.port)
+              for listener in config.listeners if listener.port]
+    for name, address in (("metrics.listen", config.metrics.listen),
+                          ("portal.listen", config.portal.listen if config.portal.enabled else None),
+                          ("api.listen", config.api.listen)):
+        if address is not None:
+            wanted.append((f"{address.host}:{address.port} ({name})", address.host, address.port))
+    for label, host, port in wanted:
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise MailwardError(f"cannot listen on {label}: {reason}") from None
+
+
 async def run(config: Config, role: Role | None = None) -> int:
     """`mailward run`: serve in the foreground until SIGTERM (`role` "delivery" is the child)."""
     if role in ("delivery", "ingest-worker"):
@@ -431,6 +453,7 @@ async def run(config: Config, role: Role | None = None) -> int:
               "(127.0.0.1:2525, relay for 127.0.0.0/8, state under ./var)", file=sys.stderr)
     if role is None:
         role = "ingest" if uses_delivery_process(config) else "all"
+        check_addresses(config)  # before any child process starts: one clear line, exit 1
     gateway = Gateway(config, role=role)
     await gateway.start()
     await gateway.serve_until_stopped()

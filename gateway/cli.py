@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, eventlog
-from gateway.config import Config, find_config_file, load_config
+from gateway.config import KEYS_MAY_BE_MISSING, Config, find_config_file, load_config
 from gateway.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ConfigError, MailwardError
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
@@ -36,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        config = load_config(find_config_file(args.config))
+        token = KEYS_MAY_BE_MISSING.set(getattr(args, "creates_keys", False))
+        try:
+            config = load_config(find_config_file(args.config))
+        finally:
+            KEYS_MAY_BE_MISSING.reset(token)
         return int(args.handler(config, args))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)  # FILE:LINE: message, one per line
@@ -133,9 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     k_dkim.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
                         help="rsa (2048 bit, read everywhere) or ed25519 (RFC 8463; sign with both)")
     k_dkim.add_argument("--bits", type=int, choices=(2048, 3072, 4096), default=2048)
-    k_dkim.add_argument("--out", type=Path, help="key file (default: keys/dkim/DOMAIN.SELECTOR.pem "
-                                                 "beside the spool key)")
-    k_dkim.set_defaults(handler=_lazy("gateway.dnscheck.commands", "cmd_keygen_dkim"))
+    k_dkim.add_argument("--out", type=Path, help="key file (default: the key_file the config names "
+                                                 "for this domain and selector, else "
+                                                 "keys/dkim/DOMAIN.SELECTOR.pem beside the spool key)")
+    k_dkim.set_defaults(handler=_lazy("gateway.dnscheck.commands", "cmd_keygen_dkim"), creates_keys=True)
 
     status = commands.add_parser("status", help="one screen: listeners, queue, recent failures, "
                                                 "certificate and key ages")
@@ -207,7 +212,20 @@ def _parser() -> argparse.ArgumentParser:
     u_remove.add_argument("name")
     u_remove.set_defaults(handler=cmd_user_remove)
     user.add_parser("list", help="list user names").set_defaults(handler=cmd_user_list)
+    _config_after_command(parser)
     return parser
+
+
+def _config_after_command(parser: argparse.ArgumentParser) -> None:
+    """`-c FILE` also after the command (``mailward check-config -c FILE``), as admins type it.
+    SUPPRESS keeps a -c given before the command when none is given after it. argparse has no
+    public way to walk its sub-commands, hence the private attributes."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                                 help="config file (as before the command)")
+                _config_after_command(sub)
 
 
 # -- run / check ------------------------------------------------------------------------------
@@ -242,7 +260,11 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from gateway import certs
     from gateway.stages.dlp.stage import dlp_settings
 
-    certs.server_context(config)  # certificate and key load, key file is private
+    if config.tls.cert_file is not None:
+        certs.server_context(config)  # certificate and key load, key file is private
+    else:  # check-config writes nothing: the self-signed pair is made by `run`
+        print(f"tls: no cert_file; `mailward run` makes a self-signed certificate in "
+              f"{config.tls.selfsigned_dir} (clients that verify will refuse it)", file=sys.stderr)
     if config.spool.key_file.exists():
         SpoolKeyring.load(config.spool.key_file)
     policies = dlp_settings(config).policies  # raises ConfigErrors: FILE:LINE per problem
@@ -268,11 +290,15 @@ def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise MailwardError(f"{args.file}: {exc.strerror}") from None
     raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # .eml files often use bare LF
+    if not report.looks_like_a_message(raw):
+        raise MailwardError(f"{args.file}: not an email message (empty, binary, or no header fields "
+                            "before the first blank line); give a .eml file as saved by a mail client")
     settings = dlp_settings(config)
     envelope = report.envelope_for(raw, args.sender, args.recipients)
     summary = scan_message(raw, settings.request)
     keyrings = Keyrings.load(config.keys)
-    result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope, keyrings)
+    result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope, keyrings,
+                            portal=config.portal.enabled)
     print(json.dumps(result, indent=1) if args.json else report.as_text(result))
     return EXIT_OK
 
@@ -282,12 +308,16 @@ def cmd_tls_probe(config: Config, args: argparse.Namespace) -> int:
 
     report = asyncio.run(probe.probe(config, args.domain))
     print(json.dumps(report, indent=1) if args.json else probe.as_text(report))
-    return EXIT_OK
+    # A domain whose MX lookup failed (NXDOMAIN, SERVFAIL, a timeout) was not probed at all.
+    return EXIT_FAIL if report.get("error") else EXIT_OK
 
 
 def cmd_portal_revoke(config: Config, args: argparse.Namespace) -> int:
     from gateway.portal.store import PortalError, open_store
 
+    if not config.portal.enabled and not config.portal.key_file.exists():
+        raise MailwardError("the secure portal is off (portal.enabled: false in "
+                            f"{config.source or 'the embedded defaults'}): there is nothing to revoke")
     store = open_store(config.portal.store_dir, config.portal.key_file)
     try:
         existed = store.remove(args.message_id, "revoked")
@@ -366,7 +396,7 @@ def cmd_queue_show(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(item, indent=1))
         return EXIT_OK
     for key in ("queue_id", "state", "size", "received_at", "sender", "message_id"):
-        print(f"{key}: {item[key]}")
+        print(f"{key}: {item[key] if item[key] not in (None, '') else '-'}")
     print(f"client: {item['client']['address']} via {item['client']['listener']} "
           f"(relay: {item['client']['relay']}, tls: {item['client']['tls'] or 'none'})")
     policy = item["policy"]
@@ -485,6 +515,9 @@ def cmd_user_remove(config: Config, args: argparse.Namespace) -> int:
 def cmd_user_list(config: Config, args: argparse.Namespace) -> int:
     from gateway.ingress.users import UserStore
 
-    for name in UserStore(config.relay.users_file).names():
+    names = UserStore(config.relay.users_file).names()
+    for name in names:
         print(name)
+    if not names:
+        print(f"no users in {config.relay.users_file}", file=sys.stderr)
     return EXIT_OK

@@ -11,6 +11,7 @@ Lookup order (SPEC §3): ``-c FILE``, ``$MAILWARD_CONFIG``, ``./mailward.yaml``,
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import datetime
 import ipaddress
@@ -39,6 +40,11 @@ def _port_problems(key: str, port: int, *, lowest: int) -> list[tuple[str, str]]
     if lowest <= port < 65536:
         return []
     return [(key, f"port {port} is out of range {lowest}-65535")]
+
+
+# Set while `mailward keygen` loads the config that names the keys it is about to create.
+KEYS_MAY_BE_MISSING: contextvars.ContextVar[bool] = contextvars.ContextVar("keys_may_be_missing",
+                                                                           default=False)
 
 
 def _empty_mapping() -> Mapping[str, Any]:
@@ -317,7 +323,9 @@ class DlpConfig:
 
     enabled: bool = True
     time_budget: Duration = Duration(30)  # then the policy's on_error decides (default hold)
-    workers: int = 2  # scan processes; 0 scans in the gateway process (small sites, tests)
+    # Scan processes: one per core but the one the gateway's own loop needs (at least one);
+    # 0 scans in the gateway process (small sites, tests).
+    workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
     inline_max: ByteSize = ByteSize(64 * 1024)  # smaller messages are first scanned on the loop
     max_depth: int = 5  # nested messages and archives
     max_parts: int = 1000  # MIME parts and archive members
@@ -351,6 +359,8 @@ class DkimKeyConfig:
         if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*", self.selector):
             return [("selector", "letters, digits, hyphens and dots, as in a DNS name")]
         if not self.key_file.is_file():
+            if KEYS_MAY_BE_MISSING.get():  # `mailward keygen dkim` is about to make it
+                return []
             return [("key_file", f"DKIM key file not found: {self.key_file} "
                                  f"(mailward keygen dkim DOMAIN --selector {self.selector})")]
         try:

@@ -18,7 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from gateway.audit.log import file_name
-from gateway.config import Config
+from gateway.config import Config, ListenerConfig
 from gateway.delivery.egress import utc_day
 from gateway.spool.store import spool_usage
 
@@ -27,14 +27,26 @@ CERT_WARNING = 21  # days of validity left
 _FAILURES = ("bounced", "deferred", "expired")
 
 
-def _listener_up(address: str, port: int) -> bool:
+def _listener(listener: ListenerConfig, hostname: str) -> dict[str, Any]:
+    """Up when Mailward answers there: the greeting is ours (220 ... Mailward ESMTP, or our 421
+    when it is full). Another server on the port (Debian's Postfix on 25, say) is not us."""
+    address = listener.address
     # A wildcard listener is reached on loopback.
     host = "127.0.0.1" if address in ("0.0.0.0", "") else "::1" if address == "::" else address  # noqa: S104
+    entry: dict[str, Any] = {"listener": listener.label, "up": False}
     try:
-        socket.create_connection((host, port), timeout=1.0).close()
+        with socket.create_connection((host, listener.port), timeout=1.0) as connection:
+            if listener.proxy_protocol:  # it greets only after a PROXY header from a balancer
+                entry["up"] = True
+                return entry
+            greeting = connection.recv(512).decode("ascii", "replace").split("\r\n")[0]
     except OSError:
-        return False
-    return True
+        return entry
+    entry["up"] = (greeting.startswith("220 ") and "Mailward ESMTP" in greeting) or \
+        (greeting.startswith("421 ") and hostname in greeting)
+    if not entry["up"]:
+        entry["note"] = f"another server answers: {greeting[:80]!r}"
+    return entry
 
 
 def queue_summary(spool_dir: Path, now: float) -> dict[str, dict[str, float]]:
@@ -87,8 +99,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     tls_cert = config.tls.cert_file or config.tls.selfsigned_dir / "selfsigned.crt"
     return {
         "hostname": config.hostname,
-        "listeners": [{"listener": listener.label, "up": _listener_up(listener.address, listener.port)}
-                      for listener in config.listeners],
+        "listeners": [_listener(listener, config.hostname) for listener in config.listeners],
         "queue": queue_summary(config.spool.dir, now),
         "last_failures": _last_failures(config, now),
         "certificates": [c for c in (_certificate(tls_cert, now),
@@ -101,8 +112,9 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
 
 def as_text(status: dict[str, Any]) -> str:
     lines = [f"Mailward on {status['hostname']}", ""]
-    lines.append("listeners  " + "  ".join(f"{entry['listener']} {'up' if entry['up'] else 'DOWN'}"
-                                           for entry in status["listeners"]))
+    lines.append("listeners  " + "  ".join(
+        f"{entry['listener']} {'up' if entry['up'] else 'DOWN'}"
+        + (f" ({entry['note']})" if entry.get("note") else "") for entry in status["listeners"]))
     queue = status["queue"]
     lines.append("queue      " + "  ".join(f"{state} {entry['messages']}" for state, entry in queue.items()))
     oldest = max((entry["oldest_age_seconds"] for state, entry in queue.items()

@@ -102,9 +102,11 @@ class _CountingSMTP(SMTP):
         self._sink = sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._sink.connections += 1
-        self._sink.open_connections += 1
-        self._sink.max_open_connections = max(self._sink.max_open_connections, self._sink.open_connections)
+        if self.transport is None:  # a new connection, not the STARTTLS re-wrap of one
+            self._sink.connections += 1
+            self._sink.open_connections += 1
+            self._sink.max_open_connections = max(self._sink.max_open_connections,
+                                                  self._sink.open_connections)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

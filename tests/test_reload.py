@@ -4,6 +4,7 @@ pool and the new DKIM key, without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import ssl
@@ -83,6 +84,9 @@ async def test_a_reload_changes_route_tls_policy_pool_and_dkim_key_of_the_next_d
         assert (after.peer, after.helo) == ("127.0.0.30", "out.hospital.test")  # the new pool
         assert selector_of(after.content) == "new"  # the new DKIM key
     finally:
-        gw.stop()
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.signal(signal.SIGTERM)  # a drain QUITs the cached connections: the sinks close theirs
+            await asyncio.to_thread(gw.wait)
         first_server.close()
         second_server.close()
+        await eventually(lambda: not first.open_connections and not second.open_connections, timeout=10)

@@ -49,8 +49,11 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> reader.Query:
+    message_id = getattr(args, "message_id", None)
+    if message_id and not message_id.startswith("<"):
+        message_id = f"<{message_id.strip()}>"  # as the header has it, whichever way it was typed
     return reader.Query(queue_id=getattr(args, "queue_id", None),
-                        message_id=getattr(args, "message_id", None), sender=getattr(args, "sender", None),
+                        message_id=message_id, sender=getattr(args, "sender", None),
                         recipient=getattr(args, "recipient", None), since=_time(args.since),
                         until=_time(args.until))
 

@@ -485,8 +485,15 @@ class DeliveryAgent:
 
     def _log(self, message: QueuedMessage, recipient: Recipient, attempt: Attempt, word: str,
              status: str, now: float) -> None:
+        sent = word == "sent"
+        # Not sent: say what protection policy required (its methods, in order), not as if a
+        # protection had been used.
+        required = ",".join(message.policy.methods) if not sent and message.policy.protects(attempt.index) \
+            else None
         eventlog.event(
             log, "delivery", queue_id=message.queue_id, to=f"<{recipient.address}>", relay=attempt.relay,
             delay=f"{now - message.received_at:.2f}", dsn=status, status=word,
-            protection=attempt.protection_used, tls=str(attempt.tls), reply=str(attempt.reply))
+            protection=attempt.protection_used if sent else "none", required=required,
+            tls=str(attempt.tls) if sent or attempt.tls.version else "none (nothing was sent)",
+            reply=str(attempt.reply))
         metrics.DELIVERIES.labels(result=word, protection=attempt.protection_used, pool=attempt.pool).inc()

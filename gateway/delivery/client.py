@@ -510,7 +510,12 @@ def _network_reply(exc: BaseException, where: str) -> Reply:
         return Reply(451, "4.4.2", f"timed out {where}")
     if isinstance(exc, ssl.SSLError):
         return Reply(451, "4.7.5", f"TLS failed {where}: {exc.reason or type(exc).__name__}")
-    if isinstance(exc, ConnectionRefusedError):
+    # aiosmtplib wraps the socket's error in SMTPConnectError: say what it was.
+    cause = exc.__cause__ if isinstance(exc, aiosmtplib.SMTPConnectError) else exc
+    if isinstance(cause, ConnectionRefusedError):
         return Reply(451, "4.4.1", f"connection refused {where}")
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        reason = getattr(cause, "strerror", None) or "no connection"
+        return Reply(451, "4.4.1", f"cannot connect {where}: {reason.lower()}")
     detail = getattr(exc, "strerror", None) or type(exc).__name__
     return Reply(451, "4.4.2", f"lost connection {where}: {detail}")

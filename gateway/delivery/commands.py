@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
 
 from gateway.audit.events import Audit, os_user
@@ -54,6 +55,8 @@ def cmd_suppress(config: Config, args: argparse.Namespace) -> int:
         else:
             for e in entries:
                 print(f"{e.address}\t{e.scope}\t{e.reason}\t{_iso(e.at)}\t{e.detail}")
+            if not entries:
+                print("the suppression list is empty", file=sys.stderr)
         return EXIT_OK
     finally:
         suppression.close()

@@ -20,7 +20,12 @@ from gateway.keyfiles import write_secret
 def cmd_keygen_dkim(config: Config, args: argparse.Namespace) -> int:
     domain = args.domain.lower().rstrip(".")
     algorithm: dkim.Algorithm = "rsa-sha256" if args.algorithm == "rsa" else "ed25519-sha256"
-    path: Path = args.out or config.spool.key_file.parent / "dkim" / f"{domain}.{args.selector}.pem"
+    named = [key for key in (config.domains[domain].dkim if domain in config.domains else ())
+             if key.selector == args.selector]
+    path: Path = args.out or (named[0].key_file if named else
+                              config.spool.key_file.parent / "dkim" / f"{domain}.{args.selector}.pem")
+    if named and not args.out and named[0].algorithm != algorithm:
+        algorithm = named[0].algorithm  # the config says which kind of key it expects
     if path.exists():
         print(f"mailward: {path} exists; keys are never overwritten: pick a new selector to rotate",
               file=sys.stderr)

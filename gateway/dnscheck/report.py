@@ -164,20 +164,22 @@ async def check_spf(dns: ResolverDns, domain: str, egress_ips: Sequence[str]) ->
 
 
 async def _dmarc_record(dns: ResolverDns, domain: str) -> tuple[str, dict[str, str]] | None:
-    """The DMARC record that applies: the domain's own, else its organisational domain's."""
+    """The DMARC record that applies: the domain's own, else its organisational domain's.
+    A failed lookup raises SpfTempError: "no record" would be a guess."""
     labels = domain.split(".")
     for name in dict.fromkeys([domain, ".".join(labels[-2:])]):
-        try:
-            records = [r for r in await dns.txt(f"_dmarc.{name}") if r.lower().startswith("v=dmarc1")]
-        except spf.SpfTempError:
-            records = []
+        records = [r for r in await dns.txt(f"_dmarc.{name}") if r.lower().startswith("v=dmarc1")]
         if len(records) == 1:
             return name, tags(records[0])
     return None
 
 
 async def check_dmarc(dns: ResolverDns, domain: str, signing: str | None) -> list[Finding]:
-    found = await _dmarc_record(dns, domain)
+    try:
+        found = await _dmarc_record(dns, domain)
+    except spf.SpfTempError as exc:
+        return [Finding("dmarc", "error", f"_dmarc.{domain}: DNS lookup failed: {exc}",
+                        "check that the resolver (delivery.nameservers) answers, then run this again")]
     if found is None:
         return [Finding("dmarc", "error", f"no DMARC record at _dmarc.{domain}",
                         f'publish _dmarc.{domain} TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}"')]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +272,28 @@ async def test_notify_success_gets_a_relayed_report_when_the_next_hop_cannot_rep
     status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")
     fields = status.get_payload()[1]
     assert fields["Action"] == "relayed" and fields["Status"] == "2.0.0"
+
+
+async def test_log_lines_say_connection_refused_and_what_protection_was_required(
+        world: MailWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    await world.start_dns({("clinic.test", "MX"): ["10 mx.clinic.test."],
+                           ("mx.clinic.test", "A"): ["127.0.0.11"],
+                           ("plain.test", "MX"): ["10 mx.plain.test."],
+                           ("mx.plain.test", "A"): ["127.0.0.12"]})
+    await world.sink("127.0.0.12")  # no STARTTLS; nothing listens on 127.0.0.11
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(
+        "match: first\nrules: [{name: phi, action: encrypt, protection: [tls],\n"
+        "                 when: {detectors: {ssn: 1}}}]\n")
+    gateway = await world.gateway({"policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0}},
+                                  retry_schedule=["1h"])
+    await submit(world, gateway, ["pat@clinic.test"], "REFUSED")
+    code, _ = await send(gateway.client(), SENDER, ["pat@plain.test"], message("PHI SSN 219-45-6789"))
+    assert code == 250
+    await eventually(lambda: len(gateway.queued(QueueState.DEFERRED)) == 2)
+    refused = next(r.getMessage() for r in caplog.records if "to=<pat@clinic.test>" in r.getMessage())
+    assert "connection refused" in refused and "SMTPConnectError" not in refused
+    protected = next(r.getMessage() for r in caplog.records if "to=<pat@plain.test>" in r.getMessage())
+    assert "required=tls" in protected and "protection=none" in protected
+    assert "nothing was sent" in protected

@@ -6,6 +6,7 @@ would log: counts and places, rule names, actions. Never the matched values.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from email.utils import getaddresses
 from typing import Any
@@ -17,10 +18,12 @@ from gateway.stages.dlp.scanner import ScanSummary
 from gateway.stages.dlp.verdict import Verdict
 
 _METHOD_WORDS = {"tls": "verified TLS if the MX offers it", "smime": "S/MIME", "pgp": "PGP/MIME",
-                 "portal": "the secure portal (held until it is available)"}
+                 "portal": "the secure portal"}
+PORTAL_OFF = "the secure portal is off (portal.enabled): held for an admin"
 
 
-def protection_plan(address: str, methods: tuple[str, ...], keyrings: Keyrings) -> dict[str, Any]:
+def protection_plan(address: str, methods: tuple[str, ...], keyrings: Keyrings, *,
+                    portal: bool = True) -> dict[str, Any]:
     """What delivery will try for a protected recipient, in order, and which keys are on file;
     whether the MX offers verified TLS is only known when delivering (`mailward tls probe`)."""
     keys = {"smime": keyrings.smime.find(address), "pgp": keyrings.pgp.find(address)}
@@ -30,8 +33,8 @@ def protection_plan(address: str, methods: tuple[str, ...], keyrings: Keyrings) 
             key = keys[method]
             steps.append({"method": method, "available": key is not None,
                           "key": key.fingerprint if key is not None else None})
-        else:  # tls: only known when delivering; portal: always there
-            steps.append({"method": method, "available": None if method == "tls" else True, "key": None})
+        else:  # tls: only known when delivering; portal: there when it is enabled
+            steps.append({"method": method, "available": None if method == "tls" else portal, "key": None})
     return {"required": True, "order": steps}
 
 
@@ -40,13 +43,24 @@ def _describe(plan: dict[str, Any]) -> str:
         return "not required by policy (TLS when the receiver offers it)"
     words = []
     for step in plan["order"]:
-        if step["available"] is False:
+        if step["method"] == "portal" and step["available"] is False:
+            words.append(PORTAL_OFF)
+        elif step["available"] is False:
             words.append(f"{step['method']} (no key on file)")
         elif step["key"]:
             words.append(f"{_METHOD_WORDS[step['method']]} (key {step['key'][:16]})")
         else:
             words.append(_METHOD_WORDS[step["method"]])
     return "required: " + ", else ".join(words)
+
+
+_FIELD = re.compile(rb"^[!-9;-~]+:")
+
+
+def looks_like_a_message(raw: bytes) -> bool:
+    """At least one header field line first, and no NUL bytes in the header block."""
+    head = raw[:64 * 1024].split(b"\r\n\r\n", 1)[0]
+    return bool(head) and b"\0" not in head and _FIELD.match(head) is not None
 
 
 def envelope_for(raw: bytes, sender: str | None, recipients: list[str] | None) -> Envelope:
@@ -62,7 +76,7 @@ def envelope_for(raw: bytes, sender: str | None, recipients: list[str] | None) -
 
 
 def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope,
-            keyrings: Keyrings) -> dict[str, Any]:
+            keyrings: Keyrings, *, portal: bool = True) -> dict[str, Any]:
     places: dict[str, Counter[str]] = {}
     for location in summary.locations:
         places.setdefault(location.detector, Counter())[location.source] += 1
@@ -82,7 +96,7 @@ def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope,
         "sender": envelope.sender,
         "recipients": [
             {"address": recipient.address, "action": verdict.recipient_actions[i],
-             "protection": protection_plan(recipient.address, verdict.methods, keyrings)
+             "protection": protection_plan(recipient.address, verdict.methods, keyrings, portal=portal)
              if i in verdict.protect else {"required": False, "order": []}}
             for i, recipient in enumerate(envelope.recipients)],
         "scan_ms": round(summary.seconds * 1000, 1),
