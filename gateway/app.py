@@ -48,7 +48,7 @@ from gateway.spool import Spool, open_spool
 from gateway.spool.wakeup import BatchingWaker
 from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanpool import ScanPool
-from gateway.stages.dlp.stage import DlpStage, dlp_settings
+from gateway.stages.dlp.stage import DlpStage, dlp_settings, policies_directory
 from gateway.statusapi import StatusApi
 from gateway.workers import ChildProcess, DeliveryProcess, die_with_parent
 
@@ -325,7 +325,7 @@ class Gateway:
         if not config.dlp.enabled:
             eventlog.event(log, "dlp_disabled", logging.WARNING, note="messages are not scanned")
         elif not rules:
-            eventlog.event(log, "no_policies", logging.WARNING, dir=config.policies_dir,
+            eventlog.event(log, "no_policies", logging.WARNING, dir=policies_directory(config),
                            note="no DLP rules: messages are delivered without policy")
         else:
             eventlog.event(log, "policies_loaded", files=len(loaded.policies.files), rules=rules)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, eventlog
 from gateway.config import KEYS_MAY_BE_MISSING, Config, find_config_file, load_config
@@ -27,6 +27,9 @@ from gateway.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ConfigError, Mailward
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool, SpoolKeyring, open_spool
 from gateway.spool.wakeup import WakeSender
+
+if TYPE_CHECKING:
+    from gateway.stages.dlp.policy import Policies
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,7 +261,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from gateway import certs
-    from gateway.stages.dlp.stage import dlp_settings
+    from gateway.stages.dlp.stage import dlp_settings, policies_directory
 
     if config.tls.cert_file is not None:
         certs.server_context(config)  # certificate and key load, key file is private
@@ -270,12 +273,29 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     policies = dlp_settings(config).policies  # raises ConfigErrors: FILE:LINE per problem
     print(f"{config.source or 'embedded defaults'}: OK")
     rules = sum(len(f.rules) for f in policies.files)
+    where = policies_directory(config)
     if rules:
-        print(f"{config.policies_dir}: OK ({len(policies.files)} policy files, {rules} rules)")
+        print(f"{where}: OK ({len(policies.files)} policy files, {rules} rules)")
     else:
-        print(f"{config.policies_dir}: warning: no DLP rules, messages will not be checked",
-              file=sys.stderr)
+        print(f"{where}: warning: no DLP rules, messages will not be checked", file=sys.stderr)
+    for warning in policy_warnings(policies):
+        print(f"{where}: WARNING: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def policy_warnings(policies: Policies) -> list[str]:
+    """What an admin must hear before relying on the policy (check-config, loudly)."""
+    warnings = []
+    protects_all = any(f.protect == "all" for f in policies.files)
+    encrypting = any(r.action == "encrypt" for f in policies.files for r in f.rules)
+    if not protects_all and not encrypting:
+        warnings.append("the policy protects NOTHING: no file says `protect: all` and no rule encrypts, "
+                        "so every message leaves with opportunistic TLS at best")
+    for policy in policies.files:
+        if policy.notify_to is not None and policy.notify_to.lower().endswith("@example.com"):
+            warnings.append(f"{policy.source}: notify_to is the placeholder {policy.notify_to}: "
+                            "compliance notifications go nowhere until you set your own address")
+    return warnings
 
 
 def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
@@ -298,7 +318,7 @@ def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
     summary = scan_message(raw, settings.request)
     keyrings = Keyrings.load(config.keys)
     result = report.as_json(summary, decide(settings.policies, summary, envelope), envelope, keyrings,
-                            portal=config.portal.enabled)
+                            policies=settings.policies, portal=config.portal.enabled)
     print(json.dumps(result, indent=1) if args.json else report.as_text(result))
     return EXIT_OK
 

@@ -555,7 +555,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     domains: Mapping[str, DomainConfig] = field(default_factory=_empty_mapping)
     keys: KeysConfig = KeysConfig()
-    policies_dir: Path = Path("policies")
+    policies_dir: Path | None = None  # None: the built-in healthcare policy of the package
     dlp: DlpConfig = DlpConfig()
     audit: AuditConfig = AuditConfig()
     webhooks: tuple[WebhookConfig, ...] = ()

@@ -63,6 +63,9 @@ def write_config(directory: Path, overrides: dict[str, Any]) -> Path:
         "spool": {"dir": "var/spool", "key_file": "var/keys/spool.key"},
         "relay": {"networks": ["127.0.0.1/32"], "users_file": "var/users.yaml"},
         "limits": {"drain_timeout": "3s"},
+        # No DLP policy unless a test gives one (a directory that does not exist: no rules); the
+        # built-in policy (protect: all) is tested where it is meant.
+        "policies_dir": "policies",
         # Delivery only where a test asks for it, and never beyond loopback: port 9 has no DNS.
         "delivery": {"paused": True, "nameservers": ["127.0.0.1:9"]},
     }

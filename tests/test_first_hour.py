@@ -134,7 +134,8 @@ def test_policy_test_refuses_what_is_not_a_message(tmp_path: Path, content: byte
 def test_policy_test_does_not_promise_a_portal_that_is_off(tmp_path: Path) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     config = tmp_path / "mailward.yaml"
     config.write_text("policies_dir: policies\nportal: {enabled: false}\n")
     eml = tmp_path / "x.eml"

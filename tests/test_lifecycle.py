@@ -118,7 +118,7 @@ async def test_sighup_with_a_new_policy_applies_to_the_next_message_while_a_sess
         gateway_process: Callable[..., GatewayProcess], tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
-    rule = ("match: first\nrules:\n  - name: stop-ssn\n    action: {action}\n"
+    rule = ("match: first\nprotect: sensitive\nrules:\n  - name: stop-ssn\n    action: {action}\n"
             "    when: {{detectors: {{ssn: 1}}}}\n")
     (policies / "p.yaml").write_text(rule.format(action="tag"))
     gw = gateway_process(policies_dir=str(policies), dlp={"workers": 0})

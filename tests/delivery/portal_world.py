@@ -64,7 +64,8 @@ async def start_portal_world(world: MailWorld, tmp_path: Path, *, scheme: str = 
     patient = await world.sink("127.0.0.21")
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     port = free_port()
     base = f"{scheme}://127.0.0.1:{port}"
     gateway = await world.gateway({

@@ -55,7 +55,7 @@ async def test_every_event_is_audited_verifiable_searchable_and_free_of_content(
     clinic.rcpt_replies["busy@clinic.test"] = "451 4.2.1 Mailbox busy, try later"
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, protection: [tls],\n"
+        "match: first\nprotect: sensitive\nrules: [{name: phi, action: encrypt, protection: [tls],\n"
         "                 when: {detectors: {ssn: 1}}}]\n")
     gateway = await world.gateway({"policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0},
                                    "domains": {"hospital.test": {"dkim": [key.config]}}},

@@ -96,7 +96,8 @@ async def test_protected_recipient_is_delivered_by_dane_without_end_to_end_keys(
         world: MailWorld, tmp_path: Path) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     gateway, receiver = await setup(world, tlsa="3 1 1 {pin}", authenticated=True, tls_name="other.test",
                                     config={"policies_dir": str(tmp_path / "policies"),
                                             "dlp": {"workers": 0}})

@@ -284,7 +284,7 @@ async def test_log_lines_say_connection_refused_and_what_protection_was_required
     await world.sink("127.0.0.12")  # no STARTTLS; nothing listens on 127.0.0.11
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, protection: [tls],\n"
+        "match: first\nprotect: sensitive\nrules: [{name: phi, action: encrypt, protection: [tls],\n"
         "                 when: {detectors: {ssn: 1}}}]\n")
     gateway = await world.gateway({"policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0}},
                                   retry_schedule=["1h"])

@@ -161,7 +161,8 @@ async def test_smime_and_pgp_copies_are_signed_after_encryption(world: MailWorld
     gnupg.export("pgp@clinic.test", keys / "pgp" / "pgp@clinic.test.asc")
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "p.yaml").write_text("match: first\nrules:\n  - name: phi\n    action: encrypt\n"
+    (policies / "p.yaml").write_text("match: first\nprotect: sensitive\n"
+                                     "rules:\n  - name: phi\n    action: encrypt\n"
                                      "    protection: [smime, pgp]\n    when: {detectors: {ssn: 1}}\n")
     gateway = await signed.start({"hospital.test": [signed.key("hospital.test", "s1")]}, {
         "policies_dir": str(policies),

@@ -22,7 +22,8 @@ async def start(world: MailWorld, tmp_path: Path):  # type: ignore[no-untyped-de
     clinic.rcpt_replies["gone@clinic.test"] = "550 5.1.1 No such user here"
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     gateway = await world.gateway({"policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0}})
     return gateway, clinic
 

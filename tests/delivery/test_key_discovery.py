@@ -106,7 +106,8 @@ async def test_protected_recipient_is_encrypted_with_a_wkd_key(world: MailWorld,
     await wkd.start()
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     gateway = await world.gateway({"policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0},
                                    "keys": {"wkd": True, "wkd_port": wkd.port}})
     raw = b.message("SSN 219-45-6789", subject="Results", sender=SENDER, to=ADDRESS)

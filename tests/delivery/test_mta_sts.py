@@ -136,7 +136,8 @@ async def test_protected_recipient_under_enforce_falls_to_smime(
     identity = smime_identity(tmp_path / "keys" / "smime", "pat@sts.test")
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "p.yaml").write_text(
-        "match: first\nrules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     gateway = await world.gateway({"policies_dir": str(tmp_path / "policies"), "dlp": {"workers": 0},
                                    "keys": {"smime_dir": str(tmp_path / "keys" / "smime")}},
                                   mta_sts_port=policy_server.port)

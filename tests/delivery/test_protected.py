@@ -33,7 +33,7 @@ SSN = "219-45-6789"
 
 
 def policy(order: str = "[tls, smime, pgp, portal]", receipt: bool = False) -> str:
-    return ("match: first\nrules:\n  - name: phi\n    action: encrypt\n"
+    return ("match: first\nprotect: sensitive\nrules:\n  - name: phi\n    action: encrypt\n"
             f"    protection: {order}\n    receipt: {str(receipt).lower()}\n"
             "    when: {detectors: {ssn: 1}}\n")
 

@@ -1,7 +1,10 @@
 """DLP policy: the YAML files in `policies_dir`, their typed model, and the decision they give.
 
 Each file is one policy set, evaluated on its own with the matching mode it states
-(``match: first`` or ``match: highest_severity``), per recipient (a rule may name the recipients
+(``match: first`` or ``match: highest_severity``) and the protection mode it states (``protect:
+all``, the default: every recipient needs protected delivery unless the rule that decides for it
+is an ``allow``; ``protect: sensitive``: only recipients an ``encrypt`` rule decides for), per
+recipient (a rule may name the recipients
 it is for). When several files decide differently for a recipient, the strongest action wins:
 block > hold > encrypt > notify > tag > allow, so adding a file can only make policy stricter.
 Headers to add and compliance notifications are collected from every rule that was applied.
@@ -160,6 +163,9 @@ class Rule:
 @dataclass(frozen=True)
 class PolicyFile:
     match: Literal["first", "highest_severity"]
+    # all: every recipient is protected unless an `allow` rule decides for it; sensitive: only
+    # when an `encrypt` rule does (then detection accuracy decides everything).
+    protect: Literal["all", "sensitive"] = "all"
     rules: tuple[Rule, ...] = ()
     detectors: tuple[CustomDetector, ...] = ()
     on_error: ErrorAction = "hold"  # when the scan fails or runs out of time

@@ -14,6 +14,7 @@ from typing import Any
 from gateway.delivery.protection import Keyrings
 from gateway.message import Envelope, Recipient
 from gateway.stages.dlp.extract import parse
+from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanner import ScanSummary
 from gateway.stages.dlp.verdict import Verdict
 
@@ -75,13 +76,16 @@ def envelope_for(raw: bytes, sender: str | None, recipients: list[str] | None) -
     return Envelope(sender=sender, recipients=tuple(Recipient(address) for address in recipients))
 
 
-def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope,
-            keyrings: Keyrings, *, portal: bool = True) -> dict[str, Any]:
+def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope, keyrings: Keyrings, *,
+            policies: Policies | None = None, portal: bool = True) -> dict[str, Any]:
     places: dict[str, Counter[str]] = {}
     for location in summary.locations:
         places.setdefault(location.detector, Counter())[location.source] += 1
     return {
         "action": verdict.action,
+        "phi": verdict.phi,
+        "protect_modes": {f.source.rsplit("/", 1)[-1]: f.protect
+                          for f in (policies.files if policies is not None else ())},
         "rules": {"matched": list(verdict.matched), "applied": list(verdict.applied)},
         "detectors": {name: {"count": count, "where": dict(places.get(name, {}))}
                       for name, count in sorted(summary.counts.items())},
@@ -96,8 +100,9 @@ def as_json(summary: ScanSummary, verdict: Verdict, envelope: Envelope,
         "sender": envelope.sender,
         "recipients": [
             {"address": recipient.address, "action": verdict.recipient_actions[i],
-             "protection": protection_plan(recipient.address, verdict.methods, keyrings, portal=portal)
-             if i in verdict.protect else {"required": False, "order": []}}
+             "protection": {**(protection_plan(recipient.address, verdict.methods, keyrings, portal=portal)
+                               if i in verdict.protect else {"required": False, "order": []}),
+                            "why": verdict.protection_reasons[i] if verdict.protection_reasons else ""}}
             for i, recipient in enumerate(envelope.recipients)],
         "scan_ms": round(summary.seconds * 1000, 1),
     }
@@ -109,6 +114,10 @@ def as_text(report: dict[str, Any]) -> str:
         for name, entry in report["detectors"].items())
     lines = [
         f"action:      {report['action']}" + (f"  ({report['reply']})" if report["reply"] else ""),
+        f"PHI found:   {'yes' if report['phi'] else 'no'} (by the rules that test content)",
+        "mode:        " + (", ".join(f"protect: {mode} ({name})"
+                                     for name, mode in report["protect_modes"].items())
+                           or "no policy files: nothing is protected"),
         f"rules:       applied: {', '.join(report['rules']['applied']) or '-'}; "
         f"matched: {', '.join(report['rules']['matched']) or '-'}",
         f"detectors:   {detectors or 'none'}",
@@ -119,8 +128,9 @@ def as_text(report: dict[str, Any]) -> str:
         f"sender:      <{report['sender']}>",
         "recipients:",
     ]
-    lines += [f"  {r['address']}: {r['action']}, protection "
-              f"{_describe(r['protection'])}" for r in report["recipients"]]
+    lines += [f"  {r['address']}: {r['action']}, protection {_describe(r['protection'])}"
+              + (f"\n    why: {r['protection']['why']}" if r["protection"].get("why") else "")
+              for r in report["recipients"]]
     if report["error"]:
         lines.append(f"scan error:  {report['error']} (the policy's on_error decided)")
     lines.append(f"scan time:   {report['scan_ms']} ms, {report['attachments']} attachment(s)")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway import eventlog, metrics
 from gateway.config import Config
 from gateway.errors import Hold, Reject, TempFail
 from gateway.message import PolicyDecision
 from gateway.pipeline import PipelineItem
+from gateway.policies import builtin_directory
 from gateway.stages.dlp.extract import ExtractLimits
 from gateway.stages.dlp.notify import notification
 from gateway.stages.dlp.policy import Policies, load_policies
@@ -89,10 +91,15 @@ class DlpStage:
             scan_ms=round(summary.seconds * 1000, 1) if summary else None)
 
 
+def policies_directory(config: Config) -> Path:
+    """`policies_dir`, or the built-in policies shipped in the package when it is not set."""
+    return config.policies_dir if config.policies_dir is not None else builtin_directory()
+
+
 def dlp_settings(config: Config) -> DlpSettings:
     """Load the policies and build the scan request from config (raises ConfigErrors)."""
     dlp = config.dlp
-    policies = load_policies(config.policies_dir) if dlp.enabled else Policies()
+    policies = load_policies(policies_directory(config)) if dlp.enabled else Policies()
     limits = ExtractLimits(max_depth=dlp.max_depth, max_parts=dlp.max_parts,
                            max_inflated=dlp.max_inflated, max_ratio=dlp.max_ratio,
                            max_text=dlp.max_text, max_pdf_pages=dlp.max_pdf_pages)

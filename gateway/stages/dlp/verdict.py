@@ -35,6 +35,11 @@ class Verdict:
     pool: str | None = None  # a rule asks for an egress pool
     error: str | None = None  # why on_error decided: "timeout" or "scan_failed"
     recipient_actions: tuple[str, ...] = ()  # per recipient, in envelope order
+    # Per recipient, why it is or is not protected ("rule phi-identifiers: encrypt", "protect:
+    # all in healthcare.yaml, no rule allows less", "rule newsletters: allow").
+    protection_reasons: tuple[str, ...] = ()
+    # Whether content rules (rules that test detectors) found PHI: the same in both modes.
+    phi: bool = False
 
 
 def decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Verdict:
@@ -65,6 +70,7 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
 
     actions = [max((rule.action for _, rule in applied), key=STRENGTH.__getitem__, default="allow")
                for applied in per_recipient]
+    reasons = [_protection_reason(policies, applied) for applied in per_recipient]
     everything = [(policy, rule) for applied in per_recipient for policy, rule in applied]
     action = max(actions, key=STRENGTH.__getitem__, default="allow")
     blocking = next((rule for _, rule in everything if rule.action == "block"), None)
@@ -73,8 +79,7 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
         action=action,
         matched=tuple(matched),
         applied=tuple(dict.fromkeys(rule.name for _, rule in everything)),
-        protect=tuple(i for i, applied in enumerate(per_recipient)
-                      if any(rule.action == "encrypt" for _, rule in applied)),
+        protect=tuple(i for i, reason in enumerate(reasons) if reason[0]),
         headers=tuple(dict.fromkeys(h for _, rule in everything if (h := rule.header) is not None)),
         notify=tuple(dict.fromkeys(policy.notify_to for policy, rule in everything
                                    if rule.notifies and policy.notify_to)),
@@ -82,7 +87,36 @@ def _decide(policies: Policies, summary: ScanSummary, envelope: Envelope) -> Ver
         methods=encrypting.protection if encrypting is not None else PROTECTION_ORDER,
         receipt=any(rule.receipt for _, rule in everything),
         pool=next((rule.pool for _, rule in everything if rule.pool), None),
-        recipient_actions=tuple(actions))
+        recipient_actions=tuple(actions),
+        protection_reasons=tuple(reason for _, reason in reasons),
+        phi=any(_tests_content(rule) and rule.action != "allow"
+                for policy in policies.files for rule in policy.rules if rule.name in matched))
+
+
+def _protection_reason(policies: Policies, applied: list[tuple[PolicyFile, Rule]]) -> tuple[bool, str]:
+    """Whether one recipient needs protection, and why. An encrypt rule of any file protects; a
+    file in `protect: all` mode protects unless the rule it chose for the recipient allows."""
+    encrypting = next((rule for _, rule in applied if rule.action == "encrypt"), None)
+    if encrypting is not None:
+        return True, f"rule {encrypting.name}: encrypt"
+    chosen = {id(policy): rule for policy, rule in applied}
+    for policy in policies.files:
+        if policy.protect != "all":
+            continue
+        rule = chosen.get(id(policy))
+        if rule is None or rule.action != "allow":
+            name = policy.source.rsplit("/", 1)[-1] or "policy"
+            return True, f"protect: all in {name}" + (f" (rule {rule.name}: {rule.action})" if rule
+                                                      else ", and no rule allows less")
+    allowing = next((rule for _, rule in applied if rule.action == "allow"), None)
+    if allowing is not None:
+        return False, f"rule {allowing.name}: allow"
+    return False, "protect: sensitive, and no rule found anything that needs protection"
+
+
+def _tests_content(rule: Rule) -> bool:
+    """A rule that looks at what the message says (detectors), not at who sends it."""
+    return bool(rule.when.detectors or rule.when.all_detectors or rule.when.min_total)
 
 
 def on_error(policies: Policies, envelope: Envelope, reason: str) -> Verdict:

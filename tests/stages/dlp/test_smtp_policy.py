@@ -21,6 +21,7 @@ from tests.stages.dlp import builders as b
 SSN = "219-45-6789"
 POLICY = """
 match: first
+protect: sensitive
 on_error: hold
 notify_to: compliance@example.net
 rules:
@@ -155,7 +156,8 @@ async def test_reload_applies_a_changed_policy_to_the_next_message(start_dlp: St
     gateway = await start_dlp()
     assert (await submit(gateway, b.message(f"SSN {SSN}")))[0] == 250
     (tmp_path / "policies" / "test.yaml").write_text(
-        "match: first\nrules: [{name: no-ssn, action: block, when: {detectors: {ssn: 1}}}]\n")
+        "match: first\nprotect: sensitive\n"
+        "rules: [{name: no-ssn, action: block, when: {detectors: {ssn: 1}}}]\n")
     assert gateway.gateway.reload()
     code, _ = await submit(gateway, b.message(f"SSN {SSN}"))
     assert code == 550
@@ -164,7 +166,8 @@ async def test_reload_applies_a_changed_policy_to_the_next_message(start_dlp: St
 async def test_reload_with_a_broken_policy_keeps_the_running_one(start_dlp: StartDlp,
                                                                  tmp_path: Path) -> None:
     gateway = await start_dlp()
-    (tmp_path / "policies" / "test.yaml").write_text("match: first\nrules: [{name: x, action: nuke}]\n")
+    (tmp_path / "policies" / "test.yaml").write_text("match: first\nprotect: sensitive\n"
+                                                     "rules: [{name: x, action: nuke}]\n")
     assert not gateway.gateway.reload()
     code, text = await submit(gateway, b.message(f"SSN {SSN}", subject="[block] still"))
     assert (code, text) == (550, "5.7.1 Message refused: it contains Social Security numbers")
