@@ -203,7 +203,7 @@ def negative(kind: str, m: Maker) -> Snippet:
                        "Coding reminder: " + rows[0][0] + " is the code for the unspecified form; use the more "
                        "specific code when the documentation supports it.",
                        "Teaching file: the ICD-10 category for essential hypertension is I10; diabetes codes start with E11."])
-        return [text], [["Dx code", "Visits"]] + rows
+        return [text], [["Dx code", "Visits"], *rows]
     if kind == "numbers":
         order = str(rng.randint(10**8, 10**9 - 1))
         text = m.pick([f"Order #{order} has shipped; tracking 1Z{rng.randint(10**9, 10**10 - 1)}.",
