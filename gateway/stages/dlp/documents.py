@@ -45,14 +45,53 @@ _SHOWN_ATTRIBUTES = frozenset(("alt", "title", "value", "placeholder", "aria-lab
                                "summary"))
 
 
+# -- tables -----------------------------------------------------------------------------------
+
+_UNIT_HEADER = re.compile(r"(?i)^\s*units?\s*$")
+_MAX_TABLE_CELLS = 200_000  # beyond this a table is read as plain rows
+
+
+def labelled_rows(rows: list[list[str]]) -> str:
+    """A table as text in which each value stands next to its column's header: ``Name: Jane
+    Roe; DOB: 06-Aug-1949`` per row, so that a label in the header row is context for every
+    value below it (an SSN column, a DOB column). A "Units" column joins the value before it
+    ("Result: 7.9 %"). A table without a header row of words stays rows of cells."""
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if len(rows) < 2 or not _is_header(rows[0]) or sum(map(len, rows)) > _MAX_TABLE_CELLS:
+        return "\n".join(" ".join(cell for cell in row if cell) for row in rows)
+    header = [cell.strip() for cell in rows[0]]
+    lines = [" ".join(header)]
+    for row in rows[1:]:
+        pairs: list[list[str]] = []
+        for title, value in zip(header, row, strict=False):
+            value = value.strip()
+            if not value:
+                continue
+            if _UNIT_HEADER.match(title) and pairs:
+                pairs[-1][1] += f" {value}"
+            else:
+                pairs.append([title or "-", value])
+        lines.append("; ".join(f"{title}: {value}" for title, value in pairs))
+    return "\n".join(lines)
+
+
+def _is_header(row: list[str]) -> bool:
+    """Words, not data: every non-empty cell has letters and at most a few digits."""
+    cells = [cell.strip() for cell in row if cell.strip()]
+    return bool(cells) and all(any(c.isalpha() for c in cell) and sum(c.isdigit() for c in cell) <= 3
+                               and len(cell) <= 60 for cell in cells)
+
+
 class _HtmlText(HTMLParser):
     """Text of an HTML document. Inline tags vanish without a trace, so ``123<b>-45</b>-6789``
-    reads as one number; block and cell boundaries become white space."""
+    reads as one number; block and cell boundaries become white space. A table becomes
+    `labelled_rows` (its cells' text collected per row until the table ends)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.chunks: list[str] = []
         self.hidden = 0
+        self.tables: list[list[list[str]]] = []  # open tables (nested ones stack), their rows
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._boundary(tag, opening=True)
@@ -68,16 +107,41 @@ class _HtmlText(HTMLParser):
         self._boundary(tag, opening=False)
 
     def _boundary(self, tag: str, *, opening: bool) -> None:
+        if tag == "table":
+            if opening:
+                self.tables.append([])
+            elif self.tables:
+                self.chunks.append("\n" + labelled_rows(self.tables.pop()) + "\n")
+            return
+        if self.tables and tag == "tr" and opening:
+            self.tables[-1].append([])
+            return
+        if self.tables and tag in _CELL_TAGS and opening:
+            if not self.tables[-1]:
+                self.tables[-1].append([])
+            self.tables[-1][-1].append("")
+            return
         if tag in _HIDDEN_TAGS and tag != "head":
             self.hidden += 1 if opening else -1 if self.hidden else 0
         elif tag in _BLOCK_TAGS:
-            self.chunks.append("\n")
+            self._text("\n")
         elif tag in _CELL_TAGS:
-            self.chunks.append(" ")
+            self._text(" ")
 
     def handle_data(self, data: str) -> None:
         if not self.hidden:
+            self._text(data)
+
+    def _text(self, data: str) -> None:
+        if self.tables and self.tables[-1] and self.tables[-1][-1]:
+            self.tables[-1][-1][-1] += data  # inside a cell: the table's text comes at its end
+        else:
             self.chunks.append(data)
+
+    def close(self) -> None:
+        super().close()
+        while self.tables:  # a table never closed still counts
+            self.chunks.append("\n" + labelled_rows(self.tables.pop()) + "\n")
 
 
 def html_to_text(markup: str) -> str:
@@ -111,6 +175,7 @@ _TAG = re.compile(r"<[^>]*>")
 _SHARED_STRING = re.compile(r"<si>(.*?)</si>", re.S)
 _SHEET_TOKEN = re.compile(r"<c\b([^>]*?)(?:/>|>(.*?)</c>)|</row>", re.S)
 _CELL_TYPE = re.compile(r"\bt=\"(\w+)\"")
+_CELL_REF = re.compile(r"\br=\"([A-Z]{1,3})\d+\"")
 
 Reader = Callable[[zipfile.ZipInfo], "bytes | None"]
 
@@ -146,22 +211,25 @@ def office_text(archive: zipfile.ZipFile, kind: str, read: Reader) -> Iterator[s
 
 
 def _sheet_text(sheet: str, shared: list[str]) -> str:
-    """Rows as lines, cells separated by spaces: a header cell "SSN" stays near its column.
+    """The sheet as `labelled_rows`: each value next to its column's header. Cells are placed by
+    their reference (B7 is column 2), so empty cells do not shift a row against the header.
     One pass over the sheet (a sheet can have a million cells)."""
-    lines = []
-    cells: list[str] = []
+    rows: list[list[str]] = []
+    cells: dict[int, str] = {}
     for token in _SHEET_TOKEN.finditer(sheet):
         attributes, body = token.group(1), token.group(2)
         if attributes is None:  # </row>
             if cells:
-                lines.append(" ".join(cells))
-                cells = []
+                rows.append([cells.get(column, "") for column in range(max(cells) + 1)])
+                cells = {}
             continue
         if not body:
             continue
+        reference = _CELL_REF.search(attributes)
+        column = _column(reference.group(1)) if reference is not None else len(cells)
         kind = _CELL_TYPE.search(attributes) if "t=" in attributes else None
         if kind is not None and kind.group(1) == "inlineStr":
-            cells.append(_xml_text(body))
+            cells[column] = _xml_text(body)
             continue
         start = body.find("<v>")
         end = body.find("</v>", start)
@@ -170,12 +238,19 @@ def _sheet_text(sheet: str, shared: list[str]) -> str:
         value = body[start + 3:end]
         if kind is not None and kind.group(1) == "s":
             index = value.strip()
-            cells.append(shared[int(index)] if index.isdigit() and int(index) < len(shared) else "")
+            cells[column] = shared[int(index)] if index.isdigit() and int(index) < len(shared) else ""
         else:
-            cells.append(html.unescape(value) if "&" in value else value)
+            cells[column] = html.unescape(value) if "&" in value else value
     if cells:
-        lines.append(" ".join(cells))
-    return "\n".join(lines)
+        rows.append([cells.get(column, "") for column in range(max(cells) + 1)])
+    return labelled_rows(rows)
+
+
+def _column(letters: str) -> int:
+    number = 0
+    for letter in letters[:3]:  # XFD is the last column
+        number = number * 26 + ord(letter) - 64
+    return number - 1
 
 
 def _xml(content: bytes) -> str:

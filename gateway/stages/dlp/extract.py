@@ -21,6 +21,7 @@ Unicode dashes and spaces become their ASCII forms, so they cannot hide a number
 from __future__ import annotations
 
 import binascii
+import csv
 import email
 import email.errors
 import email.header
@@ -181,8 +182,7 @@ class _Walker:
                 self.result.attachment_types.add(filename.rsplit(".", 1)[1].lower()[:16])
         if content_type.startswith("text/") and not (is_attachment and _looks_binary(payload)):
             text = _decode(payload, part.get_content_charset())
-            self.add("attachment" if is_attachment else "body",
-                     documents.html_to_text(text) if content_type == "text/html" else text)
+            self.add("attachment" if is_attachment else "body", _readable(text, content_type, filename or ""))
             self.uuencoded(text, depth)
             return
         self.file(payload, filename or "", content_type, depth)
@@ -251,9 +251,7 @@ class _Walker:
         elif content_type.startswith(_UNSCANNED_PREFIXES) or _looks_binary(data):
             self.result.facts.add(UNSCANNED_ATTACHMENT)
         else:  # text/csv, application/json, .txt sent as octet-stream ...
-            text = _decode(data, None)
-            self.add("attachment", documents.html_to_text(text) if lower.endswith((".htm", ".html"))
-                     else text)
+            self.add("attachment", _readable(_decode(data, None), content_type, lower))
 
     def _zip(self, data: bytes, depth: int) -> None:
         try:
@@ -387,6 +385,23 @@ def _filename(part: Message) -> str | None:
     except Exception:  # a malformed RFC 2231 parameter is the sender's problem, not ours
         return None
     return _header_text(name)[:255] if name else None
+
+
+def _readable(text: str, content_type: str, name: str) -> str:
+    """Text as a reader sees it: HTML without its markup, a CSV file with each value beside its
+    column's header (see `documents.labelled_rows`)."""
+    lower = name.lower()
+    if content_type == "text/html" or lower.endswith((".htm", ".html")):
+        return documents.html_to_text(text)
+    if content_type in ("text/csv", "text/tab-separated-values") or lower.endswith((".csv", ".tsv")):
+        sample = text[:4096]
+        delimiter = max(",;\t|", key=sample.count)
+        try:
+            rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+        except csv.Error:
+            return text
+        return documents.labelled_rows(rows)
+    return text
 
 
 def _decode(payload: bytes, charset: str | None) -> str:
