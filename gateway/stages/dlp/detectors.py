@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.stages.dlp import checksums
 
@@ -23,6 +24,18 @@ class Finding:
     detector: str
     start: int
     end: int
+
+
+class Detector(Protocol):
+    """What `scan` runs: a pattern detector, or the clinical context detector (`clinical`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def digit_run(self) -> int: ...
+
+    def can_match(self, lowered: str) -> bool: ...
+    def find(self, text: str, lowered: str | None = None) -> list[Finding]: ...
 
 
 @dataclass(frozen=True)
@@ -185,10 +198,10 @@ _MARGIN = 160
 _DIGIT_RUN = re.compile(r"\d(?:[ \-./]?\d)+")  # two digits or more: every `digit_run` is
 
 
-def scan(text: str, detectors: tuple[PatternDetector, ...] = BUILT_IN) -> list[Finding]:
+def scan(text: str, detectors: tuple[Detector, ...] = BUILT_IN) -> list[Finding]:
     """Every finding of every detector in `text`."""
     found: list[Finding] = []
-    by_run: dict[int, list[PatternDetector]] = {}
+    by_run: dict[int, list[Detector]] = {}
     for detector in detectors:
         by_run.setdefault(detector.digit_run, []).append(detector)
     runs = _digit_runs(text) if any(by_run) else []

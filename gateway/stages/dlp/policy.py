@@ -28,6 +28,7 @@ import yaml
 
 from gateway import typedyaml
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.stages.dlp.clinical import NAMES as CLINICAL_NAMES
 from gateway.stages.dlp.detectors import BUILT_IN
 from gateway.stages.dlp.extract import FACTS
 
@@ -42,7 +43,7 @@ assert set(typing.get_args(Fact)) == set(FACTS)
 STRENGTH = {"allow": 0, "tag": 1, "notify": 2, "encrypt": 3, "hold": 4, "tempfail": 5, "block": 6}
 _DEFAULT_SEVERITY = {"allow": 0, "tag": 20, "notify": 40, "encrypt": 60, "hold": 80, "block": 100}
 VALIDATORS = ("luhn", "ssn", "npi", "dea", "mbi", "aba_routing", "payment_card")
-BUILT_IN_NAMES = frozenset(d.name for d in BUILT_IN)
+BUILT_IN_NAMES = frozenset(d.name for d in BUILT_IN) | frozenset(CLINICAL_NAMES)
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
 
 # Detector names known while a set of files loads (built-in plus every file's custom ones), so a
