@@ -47,7 +47,8 @@ _LABELLED_NAME = re.compile(
 _HONORIFIC = re.compile(rf"\b(?:Mr|Mrs|Ms|Miss|Mx)\.?\s+({_TOKEN})")
 _BIGRAM = re.compile(rf"(?<![\w.])({_TOKEN})\s+(?:[A-Z]\.\s+)?({_TOKEN})(?![\w])")
 _CLINICIAN_BEFORE = re.compile(r"(?i)(?:\bdr\.?|\bdoctor|\bnurse|\bprof\.?|\bprovider|\bprescriber)\s*$")
-_CLINICIAN_AFTER = re.compile(r"(?i)^,?\s*(?:md|do|rn|np|pa|phd|lpn|dds|pharmd)\b")
+# (Matched at a position: `match` anchors there; "^" would mean the start of the whole text.)
+_CLINICIAN_AFTER = re.compile(r"(?i),?\s*(?:md|do|rn|np|pa|phd|lpn|dds|pharmd)\b")
 # Capitalised words that start sentences or headings, not names (first token of a pair).
 _NOT_NAMES = frozenset((
     "a", "an", "the", "and", "or", "but", "if", "of", "for", "to", "in", "on", "at", "by", "with",
@@ -86,7 +87,7 @@ _ENCOUNTER_LABEL = re.compile(
     r"(?i)(?:assessment|primary dx|secondary dx|admitting dx|discharge dx|\bdx(?: codes?)?|"
     r"diagnosis codes?|diagnoses|diagnosis|icd-?10(?:-cm)?|impression|problem list|secondary)"
     r"\s*[:\-]?\s*(?:[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?\s*[,;/&]\s*)*$")
-_COUNTED = re.compile(r"(?i)^\s*(?:[-\u2013:(]\s*|;\s*\w+\s*:\s*)?\d[\d,]*\s*(?:visits?|cases?|patients?|"
+_COUNTED = re.compile(r"(?i)\s*(?:[-\u2013:(]\s*|;\s*\w+\s*:\s*)?\d[\d,]*\s*(?:visits?|cases?|patients?|"
                       r"encounters?|claims?|members?|\)|%|$|\n)")
 _TEACHING = re.compile(r"(?i)\b(?:is the code|code for|codes? start|category for|coding|reminder|"
                        r"teaching|guideline|example|use the more)\b")
@@ -133,20 +134,32 @@ _CUT = re.compile(r",|\(|\[| with | without | due to | in | of | following | com
                   r"elsewhere| and | or | affecting | for ")
 
 
+# A single word counts as a condition when it names a category (a three-character code, such as
+# "asthma") or has the shape of a medical term.
+_MEDICAL_WORD = re.compile(r"(?:itis|osis|emia|aemia|oma|pathy|plasia|algia|iasis|ism|rrhea|rrhoea|cele|"
+                           r"trophy|penia|uria|ectasia|sclerosis|plegia|paresis|spasm|lepsy|mania|phobia)$")
+# External causes (V-Y: "garage", "bitten by dog"), factors and status (Z), special purposes (U):
+# places and circumstances, not conditions of a person. Chapters are also ranges (e.g. "A00-B99").
+_NOT_CONDITIONS = frozenset("UVWXYZ")
+
+
 def condition_terms() -> set[str]:
-    """The leading phrase of every ICD-10-CM description ("Unspecified atrial fibrillation" ->
+    """The leading phrase of every ICD-10-CM description of a condition (chapters A-T)
+    ("Unspecified atrial fibrillation" ->
     "atrial fibrillation"), lower case; also without a final "mellitus", "disease" or "disorder"
     ("gestational diabetes"). Phrases under 5 characters are left out (too many false hits)."""
     import simple_icd_10_cm as icd
 
     terms: set[str] = set()
     for code in icd.get_all_codes(True):
+        if code[:1] in _NOT_CONDITIONS:
+            continue
         words = _CUT.split(f" {icd.get_description(code).lower()} ", maxsplit=1)[0].split()
         while words and words[0] in _QUALIFIERS:
             words = words[1:]
         term = " ".join(words)
-        if len(term) < 5:
-            continue
+        if len(term) < 5 or (len(words) == 1 and "." in code and not _MEDICAL_WORD.search(term)):
+            continue  # a lone everyday word ("change", "pain") is not a condition on its own
         terms.add(term)
         if len(words) > 2 and words[-1] in ("mellitus", "disease", "disorder", "syndrome"):
             terms.add(" ".join(words[:-1]))
@@ -209,9 +222,12 @@ def _prescriber_numbers(text: str) -> Iterator[tuple[int, int]]:
                 yield start, end
 
 
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+
+
 def _same_passage(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
     start, end = min(a[0], b[0]), max(a[1], b[1])
-    return end - start <= PASSAGE and "\n\n" not in text[start:end]
+    return end - start <= PASSAGE and _BLANK_LINE.search(text, start, end) is None
 
 
 class ClinicalContext:

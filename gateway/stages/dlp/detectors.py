@@ -120,7 +120,8 @@ def _words(words: tuple[str, ...]) -> re.Pattern[str] | None:
 _SEPARATORS = re.compile(r"[\s.\-/]")
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 _DATE = (rf"(?:\d{{1,2}}[/\-.]\d{{1,2}}[/\-.](?:\d{{4}}|\d{{2}})|\d{{4}}-\d{{2}}-\d{{2}}"
-         rf"|(?:{_MONTHS})[a-z]*\.?\s+\d{{1,2}},?\s+\d{{4}}|\d{{1,2}}\s+(?:{_MONTHS})[a-z]*\.?\s+\d{{4}})")
+         rf"|(?:{_MONTHS})[a-z]*\.?\s+\d{{1,2}},?\s+\d{{4}}|\d{{1,2}}\s+(?:{_MONTHS})[a-z]*\.?,?\s+\d{{4}}"
+         rf"|\d{{1,2}}[\-/ ](?:{_MONTHS})[a-z]*\.?[\-/ ](?:\d{{4}}|\d{{2}}))")  # 06-Aug-1949, 6 Aug 49
 
 
 def _valid_date(value: str) -> bool:
@@ -150,7 +151,8 @@ def _bare(match: re.Match[str]) -> bool:
 BUILT_IN: tuple[PatternDetector, ...] = (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
-        checksums.ssn, ("ssn", "ss#", "ss #", "s.s.n", "social security", "soc sec", "social sec", "ssa"),
+        checksums.ssn, ("ssn", "ssn#", "ss#", "ss #", "ss no", "s.s.n", "social security", "soc sec",
+                        "soc. sec", "social sec", "ssa"),
         context_only_if=_bare, exclude=_OTHER_NUMBERS, digit_run=9),
     PatternDetector(
         "npi", re.compile(r"(?<![\d\-])[12]\d{9}(?![\d\-])"), checksums.npi,
@@ -179,15 +181,19 @@ BUILT_IN: tuple[PatternDetector, ...] = (
          "condition", "problem list", "impression"), window=80),
     PatternDetector(
         "mrn",
-        re.compile(r"(?i)\b(?:mrn|medical record(?:\s+(?:number|no\.?|#))?|patient id|chart"
-                   r"(?:\s+(?:number|no\.?|#)))\s*[:#]?\s*([A-Z0-9][A-Z0-9\-]{4,14})\b"),
+        # The labels hospitals use: MRN, MR#, MR No., Med Rec No., Med. Rec. #, Medical Record
+        # Number, Patient ID, Chart #; the value with digits, dashes, a letter prefix.
+        re.compile(r"(?i)\b(?:mrn|mr\s?(?:#|no\b\.?)|med\.?\s*rec\.?(?:\s*(?:number|no\b\.?|#))?|"
+                   r"medical\s+record(?:\s+(?:number|no\b\.?|#))?|patient\s+id|chart\s*(?:number|no\b\.?|#))"
+                   r"\s*[:#]?\s*([A-Z0-9][A-Z0-9\-]{4,16})\b"),
         lambda value: sum(c.isdigit() for c in value) >= 4, group=1,
-        required=("mrn", "medical record", "patient id", "chart")),
+        required=("mrn", "mr", "med", "medical record", "patient id", "chart")),
     PatternDetector(
         "dob",
-        re.compile(rf"(?i)\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)"
-                   rf"\s*[:\-]?\s*({_DATE})"),
-        _valid_date, group=1, keep_separators=True, required=("dob", "d.o.b", "birth", "born"), digit_run=4),
+        re.compile(rf"(?i)(?:\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)|(?<![\w.])b\.)"
+                   rf"\s*[:\-]*\s*({_DATE})"),
+        _valid_date, group=1, keep_separators=True, required=("dob", "d.o.b", "birth", "born", "b."),
+        digit_run=2),
 )
 
 

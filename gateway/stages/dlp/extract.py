@@ -20,6 +20,7 @@ Unicode dashes and spaces become their ASCII forms, so they cannot hide a number
 
 from __future__ import annotations
 
+import base64
 import binascii
 import csv
 import email
@@ -27,6 +28,7 @@ import email.errors
 import email.header
 import email.policy
 import io
+import quopri
 import re
 import time
 import zipfile
@@ -151,6 +153,9 @@ class _Walker:
         if content_type in _ENCRYPTED_TYPES:
             self.result.facts.add(ENCRYPTED_ATTACHMENT)
             return
+        if content_type == "message/rfc822" or content_type == "message/global":
+            self._nested_message(part, depth)
+            return
         if part.is_multipart():
             # Before the first boundary and after the last: clients that do not know MIME show it.
             self.add("body", part.preamble or "")
@@ -158,9 +163,6 @@ class _Walker:
                 if isinstance(child, Message):
                     self.entity(child, depth)
             self.add("body", part.epilogue or "")
-            return
-        if content_type == "message/rfc822" or content_type == "message/global":
-            self._nested_message(part, depth)
             return
         filename = _filename(part)
         disposition = part.get_content_disposition()
@@ -218,14 +220,22 @@ class _Walker:
         if depth >= self.limits.max_depth:
             self.result.hit("depth")
             return
+        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if encoding in ("base64", "quoted-printable"):
+            # Not allowed for message/rfc822 (RFC 2046 5.2.1), but some producers do it: the
+            # parser then reads the encoded text as the message. Decode it, then parse.
+            raw = _encoded_message(part)
+            if raw is not None:
+                self.message(parse(raw), depth + 1)
+            return
         payload = part.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
         if isinstance(inner, Message):
             self.message(inner, depth + 1)
-        else:  # some producers base64 the attached message; parse the decoded bytes
-            raw = part.get_payload(decode=True)
-            if isinstance(raw, bytes):
-                self.message(parse(raw), depth + 1)
+        else:
+            decoded = part.get_payload(decode=True)
+            if isinstance(decoded, bytes):
+                self.message(parse(decoded), depth + 1)
 
     # -- attachments by content ------------------------------------------------------------------
 
@@ -385,6 +395,23 @@ def _filename(part: Message) -> str | None:
     except Exception:  # a malformed RFC 2231 parameter is the sender's problem, not ours
         return None
     return _header_text(name)[:255] if name else None
+
+
+def _encoded_message(part: Message) -> bytes | None:
+    """The bytes of a message/rfc822 part sent base64 or quoted-printable encoded."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # parsed as a message: its text is the encoded form
+        inner = payload[0] if payload else None
+        text = inner.get_payload() if isinstance(inner, Message) else None
+        encoded = text.encode("ascii", "replace") if isinstance(text, str) else b""
+    else:
+        encoded = str(payload).encode("ascii", "replace")
+    try:
+        if str(part.get("Content-Transfer-Encoding", "")).strip().lower() == "base64":
+            return base64.b64decode(b"".join(encoded.split()), validate=False)
+        return quopri.decodestring(encoded)
+    except (ValueError, binascii.Error):
+        return None
 
 
 def _readable(text: str, content_type: str, name: str) -> str:
