@@ -20,16 +20,20 @@ same way (positions only, never the words):
 - ``prescriber_id``: a valid NPI or DEA number in a prescription, referral or claim, not the
   number of an organisation (a clinic's NPI in a signature).
 
-The vocabularies load once per process, on first use (about a second: the CMS file is parsed).
+The condition phrases are derived from the CMS release ahead of time (`write_conditions`, into
+``conditions.txt`` beside this module: parsing the 10 MB CMS file takes a second, and every scan
+worker would pay it); the vocabularies load once per process, on first use, in a few milliseconds.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from gateway.stages.dlp import checksums
 from gateway.stages.dlp.detectors import Finding
@@ -37,6 +41,7 @@ from gateway.stages.dlp.detectors import Finding
 NAMES = ("person_name", "diagnosis", "clinical_assertion", "lab_result", "patient_condition",
          "icd10_encounter", "prescriber_id")
 PASSAGE = 220  # characters between a name and what is said of them
+NEAR = 120  # the same for a capitalised pair that is not a known name: it must be closer
 
 _UPPER = "A-ZÀ-ÖØ-Þ"
 _LOWER = "a-zß-öø-ÿ"
@@ -70,18 +75,24 @@ _NOT_NAMES = frozenset((
     "impression", "diagnosis", "dx", "rx", "sig", "prescription", "referral", "claim", "encounter",
     "summary", "quarterly", "top", "coding", "teaching", "reminder", "staff", "education", "flu",
     "diabetes", "asthma", "our", "let", "welcome", "north", "south", "east", "west"))
-_ASSERTION = re.compile(
-    r"(?i)\b(?:diagnosed with|dx\s*[:\-]|diagnosis\s*[:\-]|history of|h/o|hx of|presenting with|"
-    r"presents with|treated for|being treated|admitted(?:\s+\w+){0,2}\s+(?:with|for)|suffers from|"
-    r"suffering from|positive for|new onset|newly diagnosed|flare of|exacerbation of|relapse of|"
-    r"stable on|worsening|prognosis|symptoms of)\b")
-_LAB = re.compile(
-    r"(?i)\b([a-z][a-z0-9\-]*(?: [a-z][a-z0-9\-]*){0,2})\s*[:=]?\s*(?<![\d.])(\d{1,4}(?:\.\d{1,3})?)\s*"
+# Phrases that assert a condition of someone, found in the same automaton pass as the conditions;
+# a label (dx, diagnosis ...) counts only with a colon or dash after it.
+ASSERTIONS = ("diagnosed with", "history of", "h/o", "hx of", "presenting with", "presents with",
+              "treated for", "being treated", "admitted", "suffers from", "suffering from", "positive for",
+              "new onset", "newly diagnosed", "flare of", "exacerbation of", "relapse of", "stable on",
+              "worsening", "prognosis", "symptoms of")
+ASSERTION_LABELS = ("dx", "diagnosis", "diagnoses", "impression", "condition")
+_LAB_VALUE = re.compile(
+    r"(?<![\d.])(\d{1,4}(?:\.\d{1,3})?)\s*"
     r"(mg/dl|mmol/l|miu/l|uiu/ml|µiu/ml|g/dl|g/l|ng/ml|ng/dl|pg/ml|meq/l|u/l|iu/l|iu/ml|"
     r"ml/min(?:/1\.73\s?m2)?|x\s?10\^?\d+/u?l|k/ul|cells/ul|mm\s?hg|mcg/dl|µg/dl|umol/l|µmol/l|%)"
     r"(?![a-z0-9/])")
-_PERCENT_ANALYTES = re.compile(r"(?i)(?:a1c|hemoglobin a1c|hba1c|sat|saturation|spo2|hematocrit|hct|"
-                               r"ejection fraction|ef|neutrophils|lymphocytes|monocytes)$")
+_ANALYTE_BEFORE = re.compile(r"[a-z][a-z0-9\-]*\s*[:=]?\s*$")  # a word right before the value
+_PERCENT_ANALYTES = re.compile(r"(?:a1c|hba1c|sat|saturation|spo2|hematocrit|hct|ejection fraction|\bef\b|"
+                               r"neutrophils|lymphocytes|monocytes)")
+_ENCOUNTER_WORDS = ("assessment", "dx", "diagnosis", "diagnoses", "icd", "impression", "problem list",
+                    "secondary")
+_ENCOUNTER_KINDS = frozenset(("encounter", "label"))
 _ICD10 = re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])")
 _ENCOUNTER_LABEL = re.compile(
     r"(?i)(?:assessment|primary dx|secondary dx|admitting dx|discharge dx|\bdx(?: codes?)?|"
@@ -119,8 +130,18 @@ def vocabulary() -> Vocabulary:
     last = {line.split()[0].lower() for line in names.joinpath("dist.all.last").read_text().splitlines()
             if line.strip()}
     automaton = ahocorasick.Automaton()
-    for term in condition_terms():
-        automaton.add_word(term, len(term))
+    terms = resources.files(__package__).joinpath(CONDITIONS_FILE).read_text(encoding="utf-8").splitlines()
+    for term in terms:
+        if term and not term.startswith("#"):
+            automaton.add_word(term, ("diagnosis", len(term)))
+    for phrase in ASSERTIONS:
+        automaton.add_word(phrase, ("clinical_assertion", len(phrase)))
+    for label in ASSERTION_LABELS:
+        if not automaton.exists(label):
+            automaton.add_word(label, ("label", len(label)))
+    for word in _ENCOUNTER_WORDS:  # seen in the same pass: whether to look for ICD-10 codes at all
+        if not automaton.exists(word):
+            automaton.add_word(word, ("encounter", len(word)))
     automaton.make_automaton()
     return Vocabulary(frozenset(first - _NOT_NAMES), frozenset(last - _NOT_NAMES), automaton)
 
@@ -143,15 +164,32 @@ _MEDICAL_WORD = re.compile(r"(?:itis|osis|emia|aemia|oma|pathy|plasia|algia|iasi
 _NOT_CONDITIONS = frozenset("UVWXYZ")
 
 
+CONDITIONS_FILE = "conditions.txt"
+
+
+def write_conditions(path: Path) -> int:
+    """Regenerate the condition vocabulary file from the installed ICD-10-CM release
+    (``python -m gateway.stages.dlp.clinical``); a test checks the shipped file is current."""
+    terms = sorted(condition_terms())
+    header = "# Condition phrases derived from the ICD-10-CM tabular list (simple-icd-10-cm); generated.\n"
+    path.write_text(header + "\n".join(terms) + "\n", encoding="utf-8")
+    return len(terms)
+
+
 def condition_terms() -> set[str]:
     """The leading phrase of every ICD-10-CM description of a condition (chapters A-T)
     ("Unspecified atrial fibrillation" ->
     "atrial fibrillation"), lower case; also without a final "mellitus", "disease" or "disorder"
     ("gestational diabetes"). Phrases under 5 characters are left out (too many false hits)."""
-    import simple_icd_10_cm as icd
+    with warnings.catch_warnings():
+        # It reads its packaged data with importlib.resources.read_text, deprecated since 3.11.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import simple_icd_10_cm as icd
+
+        codes = icd.get_all_codes(True)
 
     terms: set[str] = set()
-    for code in icd.get_all_codes(True):
+    for code in codes:
         if code[:1] in _NOT_CONDITIONS:
             continue
         words = _CUT.split(f" {icd.get_description(code).lower()} ", maxsplit=1)[0].split()
@@ -182,19 +220,68 @@ def _persons(text: str, vocab: Vocabulary) -> Iterator[tuple[int, int]]:
         yield match.span()
 
 
-def _conditions(lowered: str, vocab: Vocabulary) -> Iterator[tuple[int, int]]:
-    for end, length in vocab.conditions.iter(lowered):  # type: ignore[attr-defined]
-        start = end - length + 1
-        if (start == 0 or not lowered[start - 1].isalnum()) and \
-                (end + 1 == len(lowered) or not lowered[end + 1].isalnum()):
-            yield start, end + 1
-
-
-def _labs(text: str) -> Iterator[tuple[int, int]]:
-    for match in _LAB.finditer(text):
-        if match.group(3) == "%" and not _PERCENT_ANALYTES.search(match.group(1)):
+def _unlisted_persons(text: str, vocab: Vocabulary,
+                      known: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Capitalised pairs that are no known name (a first name or surname from elsewhere: the
+    census lists are American), no stop word and no clinician: names only next to a statement
+    about someone's health (see `ClinicalContext.find`)."""
+    for match in _BIGRAM.finditer(text):
+        first, second = match.group(1).lower(), match.group(2).lower()
+        if first in _NOT_NAMES or second in _NOT_NAMES or any(s <= match.start() < e for s, e in known):
             continue
+        if _CLINICIAN_BEFORE.search(text, max(0, match.start() - 12), match.start()) or \
+                _CLINICIAN_AFTER.match(text, match.end(), min(len(text), match.end() + 12)):
+            continue
+        if vocab.conditions.exists(f"{first} {second}"):  # type: ignore[attr-defined]
+            continue  # "Atrial Fibrillation" in a heading
         yield match.span()
+
+
+def _statements(lowered: str, vocab: Vocabulary) -> tuple[list[tuple[str, tuple[int, int]]], bool]:
+    """Conditions and clinical assertions (whole words only), and whether an encounter label
+    (Assessment, Dx, ICD ...) occurs: one automaton pass."""
+    size = len(lowered)
+    said: list[tuple[str, tuple[int, int]]] = []
+    encounter = False
+    for end, (kind, length) in vocab.conditions.iter(lowered):  # type: ignore[attr-defined]
+        start = end - length + 1
+        encounter = encounter or kind in _ENCOUNTER_KINDS
+        if kind == "encounter" or (start and lowered[start - 1].isalnum()) or \
+                (end + 1 < size and lowered[end + 1].isalnum()):
+            continue
+        if kind == "label":  # "dx: ...", "diagnosis - ...": a label, not the word in a sentence
+            after = lowered[end + 1:end + 4].lstrip()
+            if after[:1] not in (":", "-"):
+                continue
+            kind = "clinical_assertion"
+        said.append((kind, (start, end + 1)))
+    return said, encounter
+
+
+_UNIT_MARK = re.compile(r"[/%]|hg")  # every unit holds one of these
+
+
+def _labs(lowered: str) -> Iterator[tuple[int, int]]:
+    """Lab values, looked for only around the characters every unit holds (a slash, a percent
+    sign, "hg"): found at memchr speed, where a regex over the whole text would try every
+    position."""
+    seen = -1
+    for mark in _UNIT_MARK.finditer(lowered):
+        position = mark.start()
+        if position < seen:
+            continue
+        for match in _LAB_VALUE.finditer(lowered, max(0, position - 24), min(len(lowered), position + 24)):
+            start = match.start()
+            if start < seen or match.end() <= position - 8:
+                continue
+            seen = match.end()
+            if not _ANALYTE_BEFORE.search(lowered, max(0, start - 30), start):
+                continue  # a number and a unit, but nothing measured: "20% off"
+            if match.group(2) == "%":
+                line_start = lowered.rfind("\n", 0, start) + 1
+                if not _PERCENT_ANALYTES.search(lowered, max(line_start, start - 60), start):
+                    continue
+            yield match.span()
 
 
 def _encounter_codes(text: str) -> Iterator[tuple[int, int]]:
@@ -225,14 +312,16 @@ def _prescriber_numbers(text: str) -> Iterator[tuple[int, int]]:
 _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 
 
-def _same_passage(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
+def _same_passage(text: str, a: tuple[int, int], b: tuple[int, int], limit: int = PASSAGE) -> bool:
     start, end = min(a[0], b[0]), max(a[1], b[1])
-    return end - start <= PASSAGE and _BLANK_LINE.search(text, start, end) is None
+    return end - start <= limit and _BLANK_LINE.search(text, start, end) is None
 
 
 class ClinicalContext:
-    """One detector object that reports the findings of all `NAMES` (see the module doc): they
-    share the person and condition passes. Looks at the whole text (digit_run 0)."""
+    """Who the text is about and what it says of their health: ``diagnosis``,
+    ``clinical_assertion``, ``lab_result``, and where anything is said, ``person_name`` and
+    ``patient_condition``; also ``icd10_encounter``. Looks at the whole text (digit_run 0), but
+    looks for names only where something clinical is said: most mail says nothing of the kind."""
 
     name = "clinical"
     digit_run = 0
@@ -243,16 +332,44 @@ class ClinicalContext:
     def find(self, text: str, lowered: str | None = None) -> list[Finding]:
         vocab = vocabulary()
         lowered = lowered if lowered is not None else text.lower()
+        said, encounter = _statements(lowered, vocab)
+        said += [("lab_result", span) for span in _labs(lowered)]
+        found = [Finding(name, *span) for name, span in said]
+        if encounter:
+            found += [Finding("icd10_encounter", *span) for span in _encounter_codes(text)]
+        if not said:
+            return found
         persons = list(_persons(text, vocab))
-        said = [("diagnosis", span) for span in _conditions(lowered, vocab)]
-        said += [("clinical_assertion", match.span()) for match in _ASSERTION.finditer(text)]
-        said += [("lab_result", span) for span in _labs(text)]
-        found = [Finding("person_name", *span) for span in persons]
-        found += [Finding(name, *span) for name, span in said]
+        found += [Finding("person_name", *span) for span in persons]
+        spans = [span for _, span in said]
         for person in persons:
-            about = next((span for _, span in said if _same_passage(text, person, span)), None)
+            about = next((span for span in spans if _same_passage(text, person, span)), None)
             if about is not None:
                 found.append(Finding("patient_condition", min(person[0], about[0]), max(person[1], about[1])))
-        found += [Finding("icd10_encounter", *span) for span in _encounter_codes(text)]
-        found += [Finding("prescriber_id", *span) for span in _prescriber_numbers(text)]
+        if not any(f.detector == "patient_condition" for f in found):
+            for person in _unlisted_persons(text, vocab, persons):
+                about = next((span for span in spans if _same_passage(text, person, span, NEAR)), None)
+                if about is not None:
+                    found.append(Finding("patient_condition", min(person[0], about[0]),
+                                         max(person[1], about[1])))
+                    break
         return found
+
+
+class PrescriberNumbers:
+    """``prescriber_id``: run only near numbers of seven digits or more (a DEA number's run)."""
+
+    name = "prescriber_id"
+    digit_run = 7
+
+    def can_match(self, lowered: str) -> bool:
+        return True
+
+    def find(self, text: str, lowered: str | None = None) -> list[Finding]:
+        return [Finding("prescriber_id", *span) for span in _prescriber_numbers(text)]
+
+
+
+if __name__ == "__main__":
+    target = Path(__file__).with_name(CONDITIONS_FILE)
+    print(f"{target}: {write_conditions(target)} condition phrases")

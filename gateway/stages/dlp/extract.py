@@ -138,10 +138,16 @@ class _Walker:
         self.entity(msg, depth)
 
     def headers(self, part: Message) -> None:
+        """The subject on its own (subject tags are read from it), the other header values as
+        one text, a line each: one scan instead of one per header."""
+        values = []
         for name, value in part.items():
             lower = name.lower()
-            if lower not in _HEADERS_SKIPPED and not lower.startswith("arc-"):
-                self.add("subject" if lower == "subject" else "header", _header_text(value))
+            if lower == "subject":
+                self.add("subject", _header_text(value))
+            elif lower not in _HEADERS_SKIPPED and not lower.startswith("arc-"):
+                values.append(_header_text(value))
+        self.add("header", "\n\n".join(values))
 
     def entity(self, part: Message, depth: int) -> None:
         self.check()

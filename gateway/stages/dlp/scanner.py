@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.stages.dlp import checksums
-from gateway.stages.dlp.clinical import ClinicalContext
+from gateway.stages.dlp.clinical import ClinicalContext, PrescriberNumbers
 from gateway.stages.dlp.detectors import BUILT_IN, Detector, PatternDetector, scan
 from gateway.stages.dlp.extract import ExtractLimits, extract
 from gateway.stages.dlp.policy import CustomDetector
 
-CLINICAL = ClinicalContext()
+CLINICAL = (ClinicalContext(), PrescriberNumbers())
 
 MAX_LOCATIONS = 1000  # per scan; counts stay exact beyond it
 
@@ -90,7 +90,8 @@ def build_detectors(custom: tuple[CustomDetector, ...]) -> tuple[tuple[Detector,
     """The built-in detectors (patterns and clinical context) plus the custom ones, compiled once
     per policy version."""
     built = [_build(spec) for spec in custom]
-    return (*BUILT_IN, CLINICAL, *built), {spec.name: spec.min_count for spec in custom if spec.min_count > 1}
+    minimums = {spec.name: spec.min_count for spec in custom if spec.min_count > 1}
+    return (*BUILT_IN, *CLINICAL, *built), minimums
 
 
 def _build(spec: CustomDetector) -> PatternDetector:

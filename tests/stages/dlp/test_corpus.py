@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.stages.dlp.clinical import NAMES as CLINICAL_NAMES
 from gateway.stages.dlp.scanner import ScanRequest, scan_message
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "dlp"
@@ -44,6 +45,9 @@ def evaluate() -> tuple[dict[str, Tally], Tally, list[str]]:
     mistakes = []
     for filename, expected in sorted(labels.items()):
         counts = scan_message((DATA / "corpus" / filename).read_bytes(), ScanRequest()).counts
+        # This corpus labels the pattern detectors; the clinical context ones are scored per
+        # message by tests/stages/dlp/test_phi_corpus.py.
+        counts = {name: count for name, count in counts.items() if name not in CLINICAL_NAMES}
         for detector in sorted(set(expected) | set(counts)):
             want, got = expected.get(detector, 0), counts.get(detector, 0)
             per_detector.setdefault(detector, Tally()).add(want, got)
