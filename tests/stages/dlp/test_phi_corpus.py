@@ -1,0 +1,47 @@
+"""The product's decision per message on the generated corpus (tests/data/phi): in `protect:
+sensitive` mode, with the shipped policy, is a message kept from leaving in clear exactly when it
+carries PHI? Scored on the held-out part, whose phrasing and name locales the rules were not tuned
+on; `python -m tests.data.phi.evaluate heldout` prints the full table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.stages.dlp import clinical
+from tests.data.phi.evaluate import Report, evaluate, table
+from tests.data.phi.generate import CATEGORIES, PLACEMENTS, corpus
+
+MIN_RECALL, MIN_PRECISION, MIN_CATEGORY_RECALL = 0.97, 0.97, 0.90
+
+
+@pytest.fixture(scope="module")
+def heldout() -> Report:
+    return evaluate(corpus(), "heldout")
+
+
+def test_the_corpus_is_large_varied_and_labelled_per_message() -> None:
+    samples = corpus()
+    assert len(samples) >= 1000
+    assert {s.placement for s in samples} == set(PLACEMENTS)
+    assert {c for s in samples for c in s.categories} == set(CATEGORIES)
+    assert sum(not s.phi for s in samples) >= 300  # hard negatives
+    assert {s.part for s in samples} == {"tuning", "heldout"}
+
+
+def test_precision_and_recall_on_the_held_out_part(heldout: Report) -> None:
+    assert heldout.overall.recall >= MIN_RECALL, table(heldout)
+    assert heldout.overall.precision >= MIN_PRECISION, table(heldout)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_recall_per_category_on_the_held_out_part(heldout: Report, category: str) -> None:
+    assert heldout.categories[category].recall >= MIN_CATEGORY_RECALL, table(heldout)
+
+
+def test_the_condition_vocabulary_matches_the_installed_icd10cm_release(tmp_path: Path) -> None:
+    shipped = Path(clinical.__file__).with_name(clinical.CONDITIONS_FILE).read_text()
+    clinical.write_conditions(tmp_path / "conditions.txt")
+    assert (tmp_path / "conditions.txt").read_text() == shipped, \
+        "run: python -m gateway.stages.dlp.clinical (the ICD-10-CM package was updated)"
