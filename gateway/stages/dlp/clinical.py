@@ -130,10 +130,8 @@ def vocabulary() -> Vocabulary:
     last = {line.split()[0].lower() for line in names.joinpath("dist.all.last").read_text().splitlines()
             if line.strip()}
     automaton = ahocorasick.Automaton()
-    terms = resources.files(__package__).joinpath(CONDITIONS_FILE).read_text(encoding="utf-8").splitlines()
-    for term in terms:
-        if term and not term.startswith("#"):
-            automaton.add_word(term, ("diagnosis", len(term)))
+    for term in condition_phrases():
+        automaton.add_word(term, ("diagnosis", len(term)))
     for phrase in ASSERTIONS:
         automaton.add_word(phrase, ("clinical_assertion", len(phrase)))
     for label in ASSERTION_LABELS:
@@ -174,6 +172,13 @@ def write_conditions(path: Path) -> int:
     header = "# Condition phrases derived from the ICD-10-CM tabular list (simple-icd-10-cm); generated.\n"
     path.write_text(header + "\n".join(terms) + "\n", encoding="utf-8")
     return len(terms)
+
+
+@functools.cache
+def condition_phrases() -> tuple[str, ...]:
+    """The shipped condition vocabulary (`CONDITIONS_FILE`)."""
+    text = resources.files(__package__).joinpath(CONDITIONS_FILE).read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def condition_terms() -> set[str]:
@@ -258,6 +263,9 @@ def _statements(lowered: str, vocab: Vocabulary) -> tuple[list[tuple[str, tuple[
     return said, encounter
 
 
+# The units a lab value ends in, as written (any case) for the prefilter's hints.
+LAB_UNITS = ("mg/dl", "mmol/l", "miu/l", "uiu/ml", "g/dl", "g/l", "ng/ml", "ng/dl", "pg/ml", "meq/l", "u/l",
+             "iu/l", "iu/ml", "ml/min", "/ul", "mm hg", "mmhg", "mcg/dl", "umol/l", "%")
 _UNIT_MARK = re.compile(r"[/%]|hg")  # every unit holds one of these
 
 
@@ -325,6 +333,13 @@ class ClinicalContext:
 
     name = "clinical"
     digit_run = 0
+    caseless = True
+
+    @property
+    def hints(self) -> tuple[str, ...]:
+        """For the prefilter: every phrase the pass looks for, and the units of lab values."""
+        phrases = [*condition_phrases(), *ASSERTIONS, *ASSERTION_LABELS, *_ENCOUNTER_WORDS, *LAB_UNITS]
+        return tuple(re.escape(phrase) for phrase in dict.fromkeys(phrases))
 
     def can_match(self, lowered: str) -> bool:
         return True
@@ -361,6 +376,8 @@ class PrescriberNumbers:
 
     name = "prescriber_id"
     digit_run = 7
+    hints = (r"[12]\d{9}", r"[A-Za-z][A-Za-z9]\d{7}")
+    caseless = False
 
     def can_match(self, lowered: str) -> bool:
         return True

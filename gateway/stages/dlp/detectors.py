@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.stages.dlp import checksums
+from gateway.stages.dlp.prefilter import Prefilter
 
 Validator = Callable[[str], bool]
 
@@ -33,6 +34,10 @@ class Detector(Protocol):
     def name(self) -> str: ...
     @property
     def digit_run(self) -> int: ...
+    @property
+    def hints(self) -> tuple[str, ...]: ...
+    @property
+    def caseless(self) -> bool: ...
 
     def can_match(self, lowered: str) -> bool: ...
     def find(self, text: str, lowered: str | None = None) -> list[Finding]: ...
@@ -63,6 +68,10 @@ class PatternDetector:
     # when none occurs in the text, the detector is skipped. Context words that every match needs
     # are a second such condition, added on their own.
     required: tuple[str, ...] = ()
+    # Hyperscan expressions of which every match holds one (see `prefilter`): the detector then
+    # looks only near them. () for none: it looks everywhere (digit runs, `required` words).
+    hints: tuple[str, ...] = ()
+    caseless: bool = False  # the hints match in any case
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _gates: tuple[tuple[str, ...], ...] = field(default=(), init=False, compare=False, repr=False)
@@ -146,39 +155,44 @@ def _bare(match: re.Match[str]) -> bool:
     return not match.group("sep")
 
 
-# Each states the digit run its matches hold (see `scan`). icd10 and mrn, whose matches may hold
-# single digits, scan the whole text, but only when their words occur in it.
+# Each states the digit run its matches hold (see `scan`): without the prefilter they look only
+# near such runs; icd10 and mrn, whose matches may hold single digits, scan the whole text, but
+# only when their words occur in it. Each also states its hints for the prefilter.
 BUILT_IN: tuple[PatternDetector, ...] = (
     PatternDetector(
         "ssn", re.compile(r"(?<![\d\-])\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4}(?![\d\-])"),
         checksums.ssn, ("ssn", "ssn#", "ss#", "ss #", "ss no", "s.s.n", "social security", "soc sec",
                         "soc. sec", "social sec", "ssa"),
-        context_only_if=_bare, exclude=_OTHER_NUMBERS, digit_run=9),
+        context_only_if=_bare, exclude=_OTHER_NUMBERS, digit_run=9,
+        hints=(r"\d{3}[\- ]?\d{2}[\- ]?\d{4}",)),
     PatternDetector(
         "npi", re.compile(r"(?<![\d\-])[12]\d{9}(?![\d\-])"), checksums.npi,
-        ("npi", "national provider", "provider id", "provider number", "prescriber"), digit_run=10),
+        ("npi", "national provider", "provider id", "provider number", "prescriber"), digit_run=10,
+        hints=(r"[12]\d{9}",)),
     PatternDetector(
         "dea", re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z9]\d{7}(?![A-Za-z0-9])"), checksums.dea,
-        ("dea", "registration", "prescriber", "controlled substance"), digit_run=7),
+        ("dea", "registration", "prescriber", "controlled substance"), digit_run=7,
+        hints=(r"[A-Za-z][A-Za-z9]\d{7}",)),
     PatternDetector(
         "medicare_mbi",
         re.compile(r"(?<![A-Za-z0-9])[1-9][A-Za-z][A-Za-z0-9]\d-?[A-Za-z][A-Za-z0-9]\d-?[A-Za-z]{2}\d{2}"
-                   r"(?![A-Za-z0-9])"), checksums.mbi, digit_run=2),
+                   r"(?![A-Za-z0-9])"), checksums.mbi, digit_run=2,
+        hints=(r"[1-9][A-Za-z][A-Za-z0-9]\d-?[A-Za-z]",)),
     PatternDetector(
         "payment_card", re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), checksums.payment_card,
-        digit_run=13),
+        digit_run=13, hints=(r"\d(?:[ \-]?\d){12,18}",)),
     PatternDetector(
         "aba_routing", re.compile(r"(?<![\d\-])\d{9}(?![\d\-])"), checksums.aba_routing,
-        ("routing", "aba", "rtn", "transit", "wire", "ach"), window=40, digit_run=9),
+        ("routing", "aba", "rtn", "transit", "wire", "ach"), window=40, digit_run=9, hints=(r"\d{9}",)),
     PatternDetector(
         "bank_account",
         re.compile(r"(?i)\b(?:account|acct)\.?(?:\s*(?:number|no\.?|#))?\s*[:#]?\s*(\d{4,17})\b"),
-        group=1, required=("account", "acct"), digit_run=4),
+        group=1, required=("account", "acct"), digit_run=4, hints=("account", "acct"), caseless=True),
     PatternDetector(
         "icd10",
         re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])"), None,
         ("diagnosis", "diagnoses", "diagnosed", "dx", "icd", "icd-10", "icd10", "assessment",
-         "condition", "problem list", "impression"), window=80),
+         "condition", "problem list", "impression"), window=80, hints=(r"[A-TV-Z]\d[0-9A-Z]",)),
     PatternDetector(
         "mrn",
         # The labels hospitals use: MRN, MR#, MR No., Med Rec No., Med. Rec. #, Medical Record
@@ -187,13 +201,15 @@ BUILT_IN: tuple[PatternDetector, ...] = (
                    r"medical\s+record(?:\s+(?:number|no\b\.?|#))?|patient\s+id|chart\s*(?:number|no\b\.?|#))"
                    r"\s*[:#]?\s*([A-Z0-9][A-Z0-9\-]{4,16})\b"),
         lambda value: sum(c.isdigit() for c in value) >= 4, group=1,
-        required=("mrn", "mr", "med", "medical record", "patient id", "chart")),
+        required=("mrn", "mr", "med", "medical record", "patient id", "chart"),
+        hints=(r"mrn|mr\s?(?:#|no)|med\.?\s*rec|medical\s+record|patient\s+id|chart\s*(?:number|no|#)",),
+        caseless=True),
     PatternDetector(
         "dob",
         re.compile(rf"(?i)(?:\b(?:dob|d\.o\.b\.?|date of birth|birth\s?date|born(?:\s+on)?)|(?<![\w.])b\.)"
                    rf"\s*[:\-]*\s*({_DATE})"),
         _valid_date, group=1, keep_separators=True, required=("dob", "d.o.b", "birth", "born", "b."),
-        digit_run=2),
+        digit_run=2, hints=(r"dob|d\.o\.b|date of birth|birth\s?date|born|b\.",), caseless=True),
 )
 
 
@@ -204,8 +220,28 @@ _MARGIN = 160
 _DIGIT_RUN = re.compile(r"\d(?:[ \-./]?\d)+")  # two digits or more: every `digit_run` is
 
 
-def scan(text: str, detectors: tuple[Detector, ...] = BUILT_IN) -> list[Finding]:
-    """Every finding of every detector in `text`."""
+def scan(text: str, detectors: tuple[Detector, ...] = BUILT_IN,
+         prefilter: Prefilter | None = None) -> list[Finding]:
+    """Every finding of every detector in `text`; with a `prefilter` (compiled for these
+    detectors), the hinted detectors look only at the slices around their hints."""
+    slices = prefilter.slices(text) if prefilter is not None else None
+    if slices is not None:
+        found: list[Finding] = []
+        for index, parts in slices.items():
+            detector = detectors[index]
+            for start, end in parts:
+                window = text[start:end]
+                lowered = window.lower()
+                if detector.can_match(lowered):
+                    found += [Finding(f.detector, f.start + start, f.end + start)
+                              for f in detector.find(window, lowered)]
+        rest = tuple(d for i, d in enumerate(detectors) if i not in prefilter.hinted)  # type: ignore[union-attr]
+        return found + (_scan_all(text, rest) if rest else [])
+    return _scan_all(text, detectors)
+
+
+def _scan_all(text: str, detectors: tuple[Detector, ...]) -> list[Finding]:
+    """Without hints: detectors of digit runs near such runs, the others over the whole text."""
     found: list[Finding] = []
     by_run: dict[int, list[Detector]] = {}
     for detector in detectors:

@@ -57,7 +57,7 @@ def labelled_rows(rows: list[list[str]]) -> str:
     value below it (an SSN column, a DOB column). A "Units" column joins the value before it
     ("Result: 7.9 %"). A table without a header row of words stays rows of cells."""
     rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if len(rows) < 2 or not _is_header(rows[0]) or sum(map(len, rows)) > _MAX_TABLE_CELLS:
+    if len(rows) < 2 or not _is_header(rows[0], rows[1]) or sum(map(len, rows)) > _MAX_TABLE_CELLS:
         return "\n".join(" ".join(cell for cell in row if cell) for row in rows)
     header = [cell.strip() for cell in rows[0]]
     lines = [" ".join(header)]
@@ -75,11 +75,24 @@ def labelled_rows(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _is_header(row: list[str]) -> bool:
-    """Words, not data: every non-empty cell has letters and at most a few digits."""
+def _is_header(row: list[str], below: list[str]) -> bool:
+    """Words, not data: every non-empty cell has letters and at most a few digits; a row with
+    digits ("ICD-10 code") must not have the shape of the row below it ("row 1" over "row 2")."""
     cells = [cell.strip() for cell in row if cell.strip()]
-    return bool(cells) and all(any(c.isalpha() for c in cell) and sum(c.isdigit() for c in cell) <= 3
-                               and len(cell) <= 60 for cell in cells)
+    if not cells or not all(any(c.isalpha() for c in cell) and sum(c.isdigit() for c in cell) <= 3
+                            and len(cell) <= 60 for cell in cells):
+        return False
+    if not any(c.isdigit() for cell in cells for c in cell):
+        return True
+    return [_shape(cell) for cell in row] != [_shape(cell) for cell in below[:len(row)]]
+
+
+_SHAPE = re.compile(r"[^\W\d_]+|\d+")
+
+
+def _shape(cell: str) -> str:
+    """Letters as "a", digits as "0": "row 12" and "row 7" have one shape, "Name" another."""
+    return _SHAPE.sub(lambda m: "0" if m.group()[0].isdigit() else "a", cell.strip())
 
 
 class _HtmlText(HTMLParser):

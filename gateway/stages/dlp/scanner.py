@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.stages.dlp import checksums
-from gateway.stages.dlp.clinical import ClinicalContext, PrescriberNumbers
+from gateway.stages.dlp.clinical import ClinicalContext, PrescriberNumbers, vocabulary
 from gateway.stages.dlp.detectors import BUILT_IN, Detector, PatternDetector, scan
 from gateway.stages.dlp.extract import ExtractLimits, extract
 from gateway.stages.dlp.policy import CustomDetector
+from gateway.stages.dlp.prefilter import Prefilter
+from gateway.stages.dlp.prefilter import available as prefilter_available
 
 CLINICAL = (ClinicalContext(), PrescriberNumbers())
 
@@ -57,6 +59,7 @@ def scan_message(raw: bytes, request: ScanRequest) -> ScanSummary:
     deadline = started + request.budget
     extracted = extract(raw, request.limits, deadline)
     detectors, minimums = build_detectors(request.detectors)
+    hints = build_prefilter(request.detectors)
     counts: dict[str, int] = {}
     locations: list[Location] = []
     limits_hit = set(extracted.limits_hit)
@@ -69,7 +72,7 @@ def scan_message(raw: bytes, request: ScanRequest) -> ScanSummary:
             limits_hit.add("time")
             facts.add("scan_incomplete")
             break
-        for finding in scan(text.text, detectors):
+        for finding in scan(text.text, detectors, hints):
             counts[finding.detector] = counts.get(finding.detector, 0) + 1
             if len(locations) < MAX_LOCATIONS:
                 locations.append(Location(finding.detector, text.source, part, finding.start, finding.end))
@@ -91,7 +94,14 @@ def build_detectors(custom: tuple[CustomDetector, ...]) -> tuple[tuple[Detector,
     per policy version."""
     built = [_build(spec) for spec in custom]
     minimums = {spec.name: spec.min_count for spec in custom if spec.min_count > 1}
+    vocabulary()  # the names and conditions, loaded now rather than in the middle of a scan
     return (*BUILT_IN, *CLINICAL, *built), minimums
+
+
+@functools.lru_cache(maxsize=8)
+def build_prefilter(custom: tuple[CustomDetector, ...]) -> Prefilter | None:
+    """The Hyperscan prefilter for `build_detectors(custom)`, or None without Hyperscan."""
+    return Prefilter(build_detectors(custom)[0]) if prefilter_available() else None
 
 
 def _build(spec: CustomDetector) -> PatternDetector:
@@ -105,5 +115,9 @@ def _build(spec: CustomDetector) -> PatternDetector:
     validator = getattr(checksums, spec.validator) if spec.validator is not None else None
     # A keyword match holds the keyword's first word: without one in the text, skip the scan.
     required = tuple(keyword.split()[0].lower() for keyword in spec.keywords if keyword.split())
+    # Keywords are their own hints for the prefilter; a custom regular expression may use what
+    # Hyperscan does not support, so such a detector looks at the whole text.
+    hints = tuple(r"\s+".join(re.escape(word) for word in keyword.split()) for keyword in spec.keywords)
     return PatternDetector(spec.name, pattern, validator, tuple(w.lower() for w in spec.context),
-                           window=spec.window, keep_separators=validator is None, required=required)
+                           window=spec.window, keep_separators=validator is None, required=required,
+                           hints=hints, caseless=spec.ignore_case)

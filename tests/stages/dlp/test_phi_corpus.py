@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.stages.dlp import clinical
+from gateway.stages.dlp import clinical, prefilter
+from gateway.stages.dlp.detectors import scan
+from gateway.stages.dlp.extract import extract
+from gateway.stages.dlp.scanner import build_detectors, build_prefilter
 from tests.data.phi.evaluate import Report, evaluate, table
 from tests.data.phi.generate import CATEGORIES, PLACEMENTS, corpus
 
@@ -45,3 +48,18 @@ def test_the_condition_vocabulary_matches_the_installed_icd10cm_release(tmp_path
     clinical.write_conditions(tmp_path / "conditions.txt")
     assert (tmp_path / "conditions.txt").read_text() == shipped, \
         "run: python -m gateway.stages.dlp.clinical (the ICD-10-CM package was updated)"
+
+
+def test_the_prefilter_finds_what_a_scan_of_the_whole_text_finds() -> None:
+    """The Hyperscan prefilter only decides where to look: the findings must be the same."""
+    assert prefilter.available(), "hyperscan is a dependency on x86-64"
+    detectors, _ = build_detectors(())
+    hints = build_prefilter(())
+    differ = []
+    for sample in corpus()[::4]:
+        for text in extract(sample.raw).texts:
+            with_hints = sorted((f.detector, f.start, f.end) for f in scan(text.text, detectors, hints))
+            everywhere = sorted((f.detector, f.start, f.end) for f in scan(text.text, detectors))
+            if with_hints != everywhere:
+                differ.append(f"{sample.name} {text.source}: {set(with_hints) ^ set(everywhere)}")
+    assert differ == []
