@@ -215,6 +215,22 @@ def _parser() -> argparse.ArgumentParser:
     u_remove.add_argument("name")
     u_remove.set_defaults(handler=cmd_user_remove)
     user.add_parser("list", help="list user names").set_defaults(handler=cmd_user_list)
+
+    api = commands.add_parser("api", help="the HTTP API").add_subparsers(
+        title="api commands", metavar="WHAT", required=True)
+    token = api.add_parser("token", help="bearer tokens").add_subparsers(
+        title="token commands", metavar="ACTION", required=True)
+    t_add = token.add_parser("add", help="make a token (printed once; only its hash is kept)")
+    t_add.add_argument("name")
+    t_add.add_argument("--scope", required=True, help="send, status or send,status")
+    t_add.add_argument("--sender-domain", action="append", default=[], metavar="DOMAIN",
+                       help="it may send only from this domain (repeatable; default any)")
+    t_add.add_argument("--pool", action="append", default=[], help="it may name only this pool (repeatable)")
+    t_add.set_defaults(handler=cmd_api_token, action="add")
+    t_remove = token.add_parser("remove", help="withdraw a token")
+    t_remove.add_argument("name")
+    t_remove.set_defaults(handler=cmd_api_token, action="remove")
+    token.add_parser("list", help="names and scopes").set_defaults(handler=cmd_api_token, action="list")
     _config_after_command(parser)
     return parser
 
@@ -510,6 +526,34 @@ def _read_password(args: argparse.Namespace) -> str:
     if first != getpass.getpass("Again: "):
         raise MailwardError("the passwords differ")
     return first
+
+
+def cmd_api_token(config: Config, args: argparse.Namespace) -> int:
+    from gateway import apitokens
+
+    path = config.api.tokens_file
+    try:
+        if args.action == "add":
+            token = apitokens.add(path, args.name, [s.strip() for s in args.scope.split(",") if s.strip()],
+                                  args.sender_domain, args.pool)
+            print(f"{args.name}: {token}")
+            print(f"(kept in {path} as a hash only: copy the token now, it is not shown again)",
+                  file=sys.stderr)
+            return EXIT_OK
+        if args.action == "remove":
+            if not apitokens.remove(path, args.name):
+                raise MailwardError(f"{args.name}: no such token in {path}")
+            print(f"{args.name}: removed (a running gateway stops accepting it after a reload)")
+            return EXIT_OK
+        tokens = apitokens.load(path) if path.exists() else []
+    except ValueError as exc:
+        raise MailwardError(str(exc)) from None
+    for entry in tokens:
+        print(f"{entry.name}\t{','.join(sorted(entry.scopes))}\t"
+              f"senders={','.join(entry.sender_domains) or 'any'}\tpools={','.join(entry.pools) or 'any'}")
+    if not tokens:
+        print(f"no tokens in {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_user_add(config: Config, args: argparse.Namespace) -> int:

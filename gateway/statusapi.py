@@ -1,7 +1,8 @@
 """The JSON status API (`docs/openapi.yaml`) on `api.listen`, for integrators' systems.
 
-Every request needs ``Authorization: Bearer TOKEN`` with a token from `api.tokens_file` (compared
-in constant time); anything else is 401. A message still in the spool is described from the spool
+Every request needs ``Authorization: Bearer TOKEN`` with a token from `api.tokens_file` (see
+`apitokens`: compared as hashes, in constant time); anything else is 401, and a token without the
+``status`` scope gets 403. A message still in the spool is described from the spool
 (its live state); a finished one from its audit records of the last `api.search_days` days. The
 answers hold ids, addresses, states, codes and protection methods, never content.
 """
@@ -9,7 +10,6 @@ answers hold ids, addresses, states, codes and protection methods, never content
 from __future__ import annotations
 
 import datetime
-import hmac
 import json
 import time
 from pathlib import Path
@@ -17,23 +17,18 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import apitokens
 from gateway.audit import reader
 from gateway.config import ApiConfig
-from gateway.errors import SpoolError
+from gateway.errors import ConfigError, SpoolError
 from gateway.httpheaders import Handler, server_header
-from gateway.keyfiles import read_secret
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool
 from gateway.spool.store import is_queue_id
 from gateway.status import queue_summary
 
 _RESULT_EVENTS = ("delivered", "deferred", "bounced", "expired")
-
-
-def load_tokens(path: Path) -> list[bytes]:
-    """One token per line; blank lines and # comments are skipped."""
-    lines = read_secret(path).decode("utf-8").splitlines()
-    return [line.strip().encode() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+TOKEN = web.RequestKey("token", apitokens.ApiToken)  # the token a request came with
 
 
 def _iso(timestamp: float) -> str:
@@ -80,7 +75,10 @@ class StatusApi:
         self.config = config
         self.spool = spool
         self.audit_dir = audit_dir
-        self.tokens = load_tokens(config.tokens_file)
+        try:
+            self.tokens = apitokens.load(config.tokens_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[server_header, self._authorize], client_max_size=4096)
@@ -92,13 +90,14 @@ class StatusApi:
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
-        token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
-        # Every token is compared, so the time taken says nothing about which one was close.
-        matched = False
-        for known in self.tokens:
-            matched |= hmac.compare_digest(token, known)
-        if not token or not matched:
+        presented = given[7:].strip()[:200] if given[:7].lower() == "bearer " else ""
+        token = apitokens.find(self.tokens, presented) if presented else None
+        if token is None:
             return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="mailward"'})
+        scope = "send" if request.method == "POST" else "status"
+        if scope not in token.scopes:
+            return _json({"error": f"this token has no {scope} scope"}, 403)
+        request[TOKEN] = token
         response = await handler(request)
         response.headers["Cache-Control"] = "no-store"
         return response
