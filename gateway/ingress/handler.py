@@ -54,6 +54,16 @@ AcceptedHook = Callable[[QueuedMessage], None]
 
 
 @dataclass(frozen=True)
+class Submitted:
+    """What became of a submitted message: its queue id if accepted, and the SMTP answer."""
+
+    queue_id: str | None
+    reply: str
+    code: int
+    held: bool = False
+
+
+@dataclass(frozen=True)
 class IngressSettings:
     """The reloadable part of the ingress."""
 
@@ -193,8 +203,6 @@ class IngressHandler:
 
     async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession,
                           envelope: Transaction) -> str:
-        settings = self.settings
-        queue_id = new_queue_id()
         client = ClientInfo(
             address=server.client_ip, helo=session.host_name or "", listener=server.listener.label,
             auth_user=session.auth_user,
@@ -207,13 +215,23 @@ class IngressHandler:
             if not envelope.recipients:
                 return replies.FEEDBACK_ACCEPTED
         asked_pool, original = take_pool_header(envelope.original_content)
+        submitted = await self.submit(
+            Envelope(sender=envelope.mail_from, recipients=tuple(envelope.recipients),
+                     body=envelope.body_type, smtputf8=envelope.smtp_utf8, ret=envelope.ret,
+                     envid=envelope.envid, requiretls=envelope.requiretls),
+            original, client, asked_pool=asked_pool, size=len(envelope.original_content))
+        return submitted.reply
+
+    async def submit(self, envelope: Envelope, original: bytes, client: ClientInfo, *,
+                     asked_pool: str | None = None, size: int | None = None) -> Submitted:
+        """One message through the pipeline (DLP) and into the spool, with its audit records:
+        what SMTP DATA and the HTTP sending API share. The reply is the SMTP answer; `queue_id`
+        is set only when the message was accepted (queued or held)."""
+        settings = self.settings
+        queue_id = new_queue_id()
         item = PipelineItem(QueuedMessage(
-            queue_id=queue_id, received_at=time.time(),
-            envelope=Envelope(sender=envelope.mail_from, recipients=tuple(envelope.recipients),
-                              body=envelope.body_type, smtputf8=envelope.smtp_utf8,
-                              ret=envelope.ret, envid=envelope.envid, requiretls=envelope.requiretls),
-            client=client, size=len(envelope.original_content),
-            message_id=_message_id(original)), original)
+            queue_id=queue_id, received_at=time.time(), envelope=envelope, client=client,
+            size=size if size is not None else len(original), message_id=_message_id(original)), original)
         state = QueueState.INCOMING
         try:
             await settings.pipeline.run(item)
@@ -221,10 +239,11 @@ class IngressHandler:
             state = QueueState.HOLD
         except Outcome as outcome:  # Reject or TempFail: the client gets the reply, we keep nothing
             await self._queue_generated(item)
-            self._reject(server, "policy", queue_id=queue_id, reply=outcome.code)
-            return outcome.reply
-        content = received_header(client, settings.hostname, queue_id, envelope.rcpt_tos,
-                                  smtputf8=envelope.smtp_utf8) + item.content
+            self._reject_policy(client.listener, client.address, queue_id, outcome.code)
+            return Submitted(None, outcome.reply, outcome.code)
+        rcpt_tos = [recipient.address for recipient in envelope.recipients]
+        content = received_header(client, settings.hostname, queue_id, rcpt_tos,
+                                  smtputf8=envelope.smtputf8) + item.content
         pool = item.message.policy.pool
         if settings.pool_header and asked_pool is not None:
             if asked_pool in settings.pools:
@@ -242,7 +261,7 @@ class IngressHandler:
             records.append({"event": "held", "queue_id": queue_id, "reason": "policy",
                             "rules": list(message.policy.rules)})
         if not await self._make_durable(message, content, state, records):
-            return replies.QUEUE_WRITE_ERROR
+            return Submitted(None, replies.QUEUE_WRITE_ERROR, 451)
         eventlog.event(log, "queued" if state is QueueState.INCOMING else "held", queue_id=queue_id,
                        client=client.address, listener=client.listener, relay=client.relay_reason,
                        sender=f"<{message.envelope.sender}>", nrcpt=len(envelope.recipients),
@@ -252,7 +271,8 @@ class IngressHandler:
         if self.on_accepted is not None and state is QueueState.INCOMING:
             self.on_accepted(message)
         await self._queue_generated(item)
-        return replies.QUEUED.format(queue_id=queue_id)
+        return Submitted(queue_id, replies.QUEUED.format(queue_id=queue_id), 250,
+                         held=state is QueueState.HOLD)
 
     async def _make_durable(self, message: QueuedMessage, content: bytes, state: QueueState,
                             records: list[dict[str, object]]) -> bool:
@@ -310,6 +330,12 @@ class IngressHandler:
         metrics.SMTP_REJECTIONS.labels(server.listener.label, reason).inc()
         eventlog.event(log, "rejected", logging.INFO, client=server.client_ip,
                        listener=server.listener.label, reason=reason, **fields)
+
+    @staticmethod
+    def _reject_policy(listener: str, client: str, queue_id: str, code: int) -> None:
+        metrics.SMTP_REJECTIONS.labels(listener, "policy").inc()
+        eventlog.event(log, "rejected", logging.INFO, client=client, listener=listener, reason="policy",
+                       queue_id=queue_id, reply=code)
 
 
 def _message_id(content: bytes) -> str | None:
