@@ -36,8 +36,10 @@ from gateway.delivery.traffic import unsubscribe_links
 from gateway.errors import MailwardError
 from gateway.ingress.feedback import Feedback, OneClick
 from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSettings
+from gateway.ingress.httpapi import SendLimits
 from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
+from gateway.ingress.sendapi import SendApi
 from gateway.ingress.users import UserStore
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
@@ -176,8 +178,9 @@ class Gateway:
         if config.portal.enabled:
             await self._start_portal()
         if config.api.listen is not None:
-            self._api_runner = web.AppRunner(StatusApi(config.api, self.spool, self.audit.directory)
-                                             .application(), access_log=None)
+            self._api_runner = web.AppRunner(StatusApi(config.api, self.spool, self.audit.directory,
+                                                       self._send_api(config)).application(),
+                                             access_log=None)
             await self._api_runner.setup()
             api_tls = certs.https_context(config.api.tls_cert_file, config.api.tls_key_file) \
                 if config.api.tls_cert_file is not None and config.api.tls_key_file is not None else None
@@ -186,6 +189,26 @@ class Gateway:
             eventlog.event(log, "api_listening", address=config.api.listen,
                            scheme="https" if api_tls is not None else "http")
         sdnotify.ready("accepting mail on " + ", ".join(f"{h}:{p}" for h, p in self.addresses))
+
+    def _send_api(self, config: Config) -> SendApi | None:
+        """POST /api/v1/messages, through the same ingress handler as SMTP."""
+        if self.handler is None:
+            return None
+        suppression_file = config.delivery.suppression.file
+
+        def suppressed(address: str, sender_domain: str) -> bool:
+            # A fresh read-only look each time (another process writes the list).
+            if not suppression_file.exists():
+                return False
+            found = SuppressionList(suppression_file)
+            try:
+                return found.find(address, sender_domain) is not None
+            finally:
+                found.close()
+
+        api = config.api
+        return SendApi(self.handler, SendLimits(api.max_recipients, int(api.max_request_size),
+                                                api.requests_per_minute), api.state_dir, suppressed)
 
     def _feedback(self, config: Config) -> Feedback | None:
         """The gateway's own addresses (complaint reports, mailto: unsubscribes), if configured."""

@@ -485,6 +485,11 @@ class ApiConfig:
     listen: HostPort | None = None
     tokens_file: Path = Path("var/keys/api-tokens")  # one bearer token per line (0600)
     search_days: int = 7  # how far back finished messages are looked up in the audit log
+    # The sending API (POST /api/v1/messages, tokens with the send scope):
+    max_request_size: ByteSize = ByteSize(25 * 1024 * 1024)  # the JSON body
+    max_recipients: int = 10_000  # per request; each becomes its own message
+    requests_per_minute: int = 600  # per token; then 429 with Retry-After
+    state_dir: Path = Path("var/api")  # idempotency keys (kept 24 h)
     # The API's own HTTPS certificate; without it, plain HTTP (keep `listen` on loopback then,
     # or put a TLS proxy in front).
     tls_cert_file: Path | None = None

@@ -13,7 +13,7 @@ import datetime
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -26,6 +26,9 @@ from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool
 from gateway.spool.store import is_queue_id
 from gateway.status import queue_summary
+
+if TYPE_CHECKING:
+    from gateway.ingress.sendapi import SendApi
 
 _RESULT_EVENTS = ("delivered", "deferred", "bounced", "expired")
 TOKEN = web.RequestKey("token", apitokens.ApiToken)  # the token a request came with
@@ -71,8 +74,10 @@ def from_audit(queue_id: str, records: list[dict[str, Any]]) -> dict[str, Any] |
 
 
 class StatusApi:
-    def __init__(self, config: ApiConfig, spool: Spool, audit_dir: Path | None) -> None:
+    def __init__(self, config: ApiConfig, spool: Spool, audit_dir: Path | None,
+                 sender: SendApi | None = None) -> None:
         self.config = config
+        self.sender = sender
         self.spool = spool
         self.audit_dir = audit_dir
         try:
@@ -81,8 +86,11 @@ class StatusApi:
             raise ConfigError(str(exc)) from None
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[server_header, self._authorize], client_max_size=4096)
+        size = int(self.config.max_request_size) if self.sender is not None else 4096
+        app = web.Application(middlewares=[server_header, self._authorize], client_max_size=size)
         app.router.add_get("/api/v1/messages/{queue_id}", self.message)
+        if self.sender is not None:
+            app.router.add_post("/api/v1/messages", self.send)
         app.router.add_get("/api/v1/messages", self.messages)
         app.router.add_get("/api/v1/queue", self.queue)
         return app
@@ -137,6 +145,10 @@ class StatusApi:
         queue_ids = list(dict.fromkeys(str(r["queue_id"]) for r in records if r.get("event") == "received"))
         found = [await self._describe(queue_id) for queue_id in queue_ids]
         return _json({"messages": [f for f in found if f is not None]}, 200)
+
+    async def send(self, request: web.Request) -> web.Response:
+        assert self.sender is not None
+        return await self.sender.send(request, request[TOKEN])
 
     async def queue(self, request: web.Request) -> web.Response:
         summary = await self.spool.offload(queue_summary, self.spool.directory, time.time())

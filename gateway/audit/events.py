@@ -34,7 +34,9 @@ def received(message: QueuedMessage) -> Record:
             "relay": client.relay_reason, "auth": client.auth_user, "client_cert": client.cert_subject,
             "tls": {"version": client.tls_version, "cipher": client.tls_cipher}
             if client.tls_version else None,
-            "size": message.size}
+            "size": message.size,
+            **({"via": "api", "token": (client.auth_user or "").removeprefix("token:")}
+               if client.listener == "api" else {})}
 
 
 def policy(message: QueuedMessage, summary: ScanSummary | None) -> Record:

@@ -223,7 +223,8 @@ class IngressHandler:
         return submitted.reply
 
     async def submit(self, envelope: Envelope, original: bytes, client: ClientInfo, *,
-                     asked_pool: str | None = None, size: int | None = None) -> Submitted:
+                     asked_pool: str | None = None, size: int | None = None,
+                     require_protection: bool = False) -> Submitted:
         """One message through the pipeline (DLP) and into the spool, with its audit records:
         what SMTP DATA and the HTTP sending API share. The reply is the SMTP answer; `queue_id`
         is set only when the message was accepted (queued or held)."""
@@ -241,6 +242,11 @@ class IngressHandler:
             await self._queue_generated(item)
             self._reject_policy(client.listener, client.address, queue_id, outcome.code)
             return Submitted(None, outcome.reply, outcome.code)
+        if require_protection:  # the sender asks for more than policy: every recipient protected
+            policy = item.message.policy
+            item.message = dataclasses.replace(item.message, policy=dataclasses.replace(
+                policy, protect=tuple(range(len(envelope.recipients))),
+                action="encrypt" if policy.action == "allow" else policy.action))
         rcpt_tos = [recipient.address for recipient in envelope.recipients]
         content = received_header(client, settings.hostname, queue_id, rcpt_tos,
                                   smtputf8=envelope.smtputf8) + item.content
