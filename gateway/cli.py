@@ -543,7 +543,7 @@ def cmd_api_token(config: Config, args: argparse.Namespace) -> int:
         if args.action == "remove":
             if not apitokens.remove(path, args.name):
                 raise MailwardError(f"{args.name}: no such token in {path}")
-            print(f"{args.name}: removed (a running gateway stops accepting it after a reload)")
+            print(f"{args.name}: removed (a running gateway refuses it from its next request)")
             return EXIT_OK
         tokens = apitokens.load(path) if path.exists() else []
     except ValueError as exc:

@@ -497,8 +497,8 @@ class ApiConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = _certificate_problems(self.tls_cert_file, self.tls_key_file)
-        if self.listen is not None and not self.tokens_file.is_file():
-            found.append(("tokens_file", f"file not found: {self.tokens_file} (one token per line, 0600)"))
+        # A missing tokens_file is no error: the API answers 401 until `mailward api token add`
+        # makes the first token (the running gateway reads the file again when it changes).
         return found
 
 
@@ -608,7 +608,8 @@ def load_config(path: Path | None) -> Config:
     """Load and validate `path` (None: embedded defaults); raise ConfigError naming file:line."""
     if path is None:
         # Trying it out: nothing leaves the machine, each message is written to var/capture.
-        embedded = Config(delivery=DeliveryConfig(capture_dir=Path("var/capture")))
+        embedded = Config(delivery=DeliveryConfig(capture_dir=Path("var/capture")),
+                          api=ApiConfig(listen=HostPort("127.0.0.1:8025")))
         return typing.cast(Config, _resolve_paths(embedded, Path.cwd()))
     try:
         text = path.read_text(encoding="utf-8")

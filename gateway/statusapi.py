@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway import apitokens
+from gateway import apitokens, eventlog
 from gateway.audit import reader
 from gateway.config import ApiConfig
 from gateway.errors import ConfigError, SpoolError
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from gateway.ingress.sendapi import SendApi
 
 _RESULT_EVENTS = ("delivered", "deferred", "bounced", "expired")
+log = logging.getLogger("mailward.api")
 TOKEN = web.RequestKey("token", apitokens.ApiToken)  # the token a request came with
 
 
@@ -80,10 +82,9 @@ class StatusApi:
         self.sender = sender
         self.spool = spool
         self.audit_dir = audit_dir
-        try:
-            self.tokens = apitokens.load(config.tokens_file)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self._tokens: list[apitokens.ApiToken] = []
+        self._tokens_seen: float | None = None
+        self.tokens()  # a malformed file is refused at start (ConfigError)
 
     def application(self) -> web.Application:
         size = int(self.config.max_request_size) if self.sender is not None else 4096
@@ -99,7 +100,7 @@ class StatusApi:
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
         presented = given[7:].strip()[:200] if given[:7].lower() == "bearer " else ""
-        token = apitokens.find(self.tokens, presented) if presented else None
+        token = apitokens.find(self.tokens(), presented) if presented else None
         if token is None:
             return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="mailward"'})
         scope = "send" if request.method == "POST" else "status"
@@ -109,6 +110,29 @@ class StatusApi:
         response = await handler(request)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def tokens(self) -> list[apitokens.ApiToken]:
+        """The tokens file as it is now: read again when it changed (``mailward api token add``
+        takes effect at once); no file is no token."""
+        path = self.config.tokens_file
+        try:
+            changed = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            if self._tokens_seen is None:
+                eventlog.event(log, "api_no_tokens", logging.WARNING, file=path,
+                               note="every request gets 401: mailward api token add NAME --scope send,status")
+            self._tokens, self._tokens_seen = [], -1.0
+            return self._tokens
+        if changed != self._tokens_seen:
+            try:
+                self._tokens = apitokens.load(path)
+            except ValueError as exc:
+                if self._tokens_seen is None:
+                    raise ConfigError(str(exc)) from None
+                eventlog.event(log, "api_tokens_unreadable", logging.ERROR, error=str(exc),
+                               note="the tokens read before stay in force")
+            self._tokens_seen = changed
+        return self._tokens
 
     def _since(self) -> datetime.datetime:
         return datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=self.config.search_days)
