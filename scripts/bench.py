@@ -324,6 +324,7 @@ def main() -> None:
     sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")
     sub.add_parser("crypto", help="S/MIME and PGP encryption of 50 KB messages vs openssl and gpg")
     sub.add_parser("dkim", help="DKIM signatures per second (RSA-2048, Ed25519) vs openssl speed")
+    sub.add_parser("api", help="messages/s through the HTTP sending API beside SMTP ingest")
     args = parser.parse_args()
     if args.what == "ingest":
         bench_ingest(args)
@@ -337,6 +338,15 @@ def main() -> None:
         import bench_dkim
 
         bench_dkim.run()
+    elif args.what == "api":
+        import bench_api
+
+        base = ROOT / "bench-out"
+        base.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=base, prefix="api-") as tmp:
+            for part in ("bulk", "singles", "smtp"):
+                (Path(tmp) / part).mkdir()
+            bench_api.run(mailward_gateway, wait_count, run_smtp_source, free_port, Path(tmp))
     else:
         import bench_dlp
 
