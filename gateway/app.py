@@ -196,13 +196,13 @@ class Gateway:
             return None
         suppression_file = config.delivery.suppression.file
 
-        def suppressed(address: str, sender_domain: str) -> bool:
-            # A fresh read-only look each time (another process writes the list).
+        def suppressed(addresses: list[str], sender_domain: str) -> set[str]:
+            # A fresh look per request (another process writes the list), in the caller's thread.
             if not suppression_file.exists():
-                return False
+                return set()
             found = SuppressionList(suppression_file)
             try:
-                return found.find(address, sender_domain) is not None
+                return {a for a in addresses if found.find(a, sender_domain) is not None}
             finally:
                 found.close()
 

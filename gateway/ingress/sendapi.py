@@ -41,7 +41,8 @@ from gateway.ingress.httpapi import (
 
 log = logging.getLogger("mailward.api")
 BATCH = 64  # recipients submitted at once: their spool writes and audit records share fsyncs
-Suppressed = Callable[[str, str], bool]  # (recipient, sender domain) -> on the suppression list
+# (recipients, sender domain) -> those on the suppression list: one look at the list per request.
+Suppressed = Callable[[list[str], str], set[str]]
 
 
 class SendApi:
@@ -103,10 +104,14 @@ class SendApi:
                                     "policy)")
         client = api_client(peer, token)
         recipients = fields["recipients"]
+        suppressed: set[str] = set()
+        if self.suppressed is not None:
+            suppressed = await asyncio.to_thread(self.suppressed, [r["address"].strip() for r in recipients],
+                                                 sender.rpartition("@")[2].lower())
         outcomes: list[Outcome] = []
         for start in range(0, len(recipients), BATCH):
             outcomes += await asyncio.gather(*(
-                self._one(fields, raw, sender, entry, client, pool, protection == "required")
+                self._one(fields, raw, sender, entry, client, pool, protection == "required", suppressed)
                 for entry in recipients[start:start + BATCH]))
         queued = [o for o in outcomes if o.queue_id is not None]
         eventlog.event(log, "api_request", token=token.name, recipients=len(outcomes), queued=len(queued),
@@ -116,12 +121,11 @@ class SendApi:
         return status, {"results": [o.json() for o in outcomes]}
 
     async def _one(self, fields: dict[str, Any], raw: bytes | None, sender: str, entry: dict[str, Any],
-                   client: Any, pool: str | None, require: bool) -> Outcome:
+                   client: Any, pool: str | None, require: bool, suppressed: set[str]) -> Outcome:
         address = entry["address"].strip()
         if not valid_address(address):
             return Outcome(address, error="invalid address", code=553)
-        if self.suppressed is not None and await asyncio.to_thread(
-                self.suppressed, address, sender.rpartition("@")[2].lower()):
+        if address in suppressed:
             return Outcome(address, error="suppressed: the recipient is on the suppression list", code=550)
         if raw is None:
             try:
