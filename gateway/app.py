@@ -28,6 +28,8 @@ from aiohttp import web
 from gateway import certs, eventlog, metrics, sdnotify
 from gateway.audit import reader as audit_reader
 from gateway.audit.events import Audit
+from gateway.audit.link import AuditLinkServer, inherited_fd
+from gateway.audit.log import AuditLog
 from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
@@ -109,6 +111,7 @@ class Gateway:
         self._portal_runner: web.AppRunner | None = None
         self._portal_sweeper: asyncio.Task[None] | None = None
         self._audit_pruner: asyncio.Task[None] | None = None
+        self._audit_link: AuditLinkServer | None = None  # in the main process: the children's writer
         self.webhooks: WebhookDispatcher | None = None
         self._api_runner: web.AppRunner | None = None
         self._ingest_workers: list[ChildProcess] = []
@@ -129,7 +132,14 @@ class Gateway:
     async def start(self) -> None:
         config = self.config
         self.spool = open_spool(config.spool, create_key=self.role != "delivery")
-        self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
+        link_fd = inherited_fd() if self.role in ("delivery", "ingest-worker") else None
+        if link_fd is not None:  # the parent writes the audit log for us
+            self.audit = Audit.remote(config.audit, link_fd)
+        else:
+            self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
+        if self.role == "ingest" and isinstance(self.audit.log, AuditLog):
+            self._audit_link = AuditLinkServer(self.audit.log)
+            self._audit_pruner = asyncio.create_task(self._prune_audit())
         if self.role != "delivery":
             # Before the delivery side starts: it reads the unsubscribe key this may create.
             self.feedback = self._feedback(config)
@@ -143,7 +153,8 @@ class Gateway:
                            orphan_journals=orphans)
             self.delivery = DeliveryService(config, self.spool, audit=self.audit)
             await self.delivery.start()
-            self._audit_pruner = asyncio.create_task(self._prune_audit())
+            if self.role == "all":
+                self._audit_pruner = asyncio.create_task(self._prune_audit())
             if config.webhooks:
                 # Cursors are positions in the audit log, so they live beside it.
                 self.webhooks = WebhookDispatcher(list(config.webhooks), config.audit.dir,
@@ -156,7 +167,7 @@ class Gateway:
         else:
             self._waker = BatchingWaker(self.spool.directory)
             if self.role == "ingest":
-                self._delivery_process = DeliveryProcess(config)
+                self._delivery_process = DeliveryProcess(config, audit_link=self._audit_link)
                 await self._delivery_process.start()
         if self._loaded.policies.files:
             await self.scan_pool.start()
@@ -168,7 +179,8 @@ class Gateway:
             return
         if config.ingest_processes > 1:
             ports = ",".join(str(port) for _, port in self.addresses)
-            self._ingest_workers = [ChildProcess(config, "ingest-worker", {PORTS_ENV: ports})
+            self._ingest_workers = [ChildProcess(config, "ingest-worker", {PORTS_ENV: ports},
+                                                 audit_link=self._audit_link)
                                     for _ in range(config.ingest_processes - 1)]
             for worker in self._ingest_workers:
                 await worker.start()
@@ -274,9 +286,9 @@ class Gateway:
             await asyncio.sleep(PORTAL_SWEEP_INTERVAL)
 
     async def _prune_audit(self) -> None:
-        """Daily: delete audit files past `audit.retention` (the delivery side does it, once)."""
+        """Daily: delete audit files past `audit.retention` (the process that writes the log)."""
         log_file = self.audit.log
-        while log_file is not None:
+        while isinstance(log_file, AuditLog):
             try:
                 deleted = await asyncio.get_running_loop().run_in_executor(
                     None, audit_reader.prune, log_file, float(self.config.audit.retention), time.time())
@@ -412,6 +424,8 @@ class Gateway:
             self._metrics_server.server_close()
         if self.spool is not None:
             self.spool.close()
+        if self._audit_link is not None:
+            await self._audit_link.close()
         self.audit.close()
         if self.suppression is not None:
             self.suppression.close()

@@ -26,6 +26,7 @@ import sys
 import time
 
 from gateway import eventlog, sdnotify
+from gateway.audit.link import FD_ENV, AuditLinkServer
 from gateway.config import Config
 
 log = logging.getLogger("mailward")
@@ -38,12 +39,14 @@ MIN_BACKOFF, MAX_BACKOFF = 1.0, 60.0
 class ChildProcess:
     """A supervised ``mailward run --role ROLE`` child (delivery, or an extra ingest process)."""
 
-    def __init__(self, config: Config, role: str = "delivery", env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Config, role: str = "delivery", env: dict[str, str] | None = None,
+                 audit_link: AuditLinkServer | None = None) -> None:
         self._argv = [sys.executable, "-m", "gateway",
                       *(["-c", str(config.source)] if config.source is not None else []),
                       "run", "--role", role]
         self.role = role
         self._env = env or {}
+        self._audit_link = audit_link  # a new link to the audit writer for each start
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -54,8 +57,16 @@ class ChildProcess:
 
     async def _spawn(self) -> None:
         env = {**sdnotify.child_environment(dict(os.environ)), **self._env, PARENT_ENV: str(os.getpid())}
-        self._proc = await asyncio.create_subprocess_exec(*self._argv, env=env,
-                                                          stdin=asyncio.subprocess.DEVNULL)
+        link = self._audit_link.child_socket() if self._audit_link is not None else None
+        if link is not None:
+            env[FD_ENV] = str(link.fileno())
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self._argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(link.fileno(),) if link is not None else ())
+        finally:
+            if link is not None:
+                link.close()  # the child has its copy
         eventlog.event(log, f"{self.role.replace('-', '_')}_process_started", pid=self._proc.pid)
 
     async def _supervise(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.audit.link import RemoteAuditLog
 from gateway.audit.log import AuditLog
 from gateway.config import AuditConfig
 from gateway.keyfiles import hex_key
@@ -91,7 +92,7 @@ class Audit:
     """Writes records to the audit log, or nowhere with `audit.enabled: false`. `observers` are
     told after each durable write (the webhook dispatcher wakes up)."""
 
-    def __init__(self, log: AuditLog | None) -> None:
+    def __init__(self, log: AuditLog | RemoteAuditLog | None) -> None:
         self.log = log
         self.observers: list[Callable[[], None]] = []
 
@@ -100,6 +101,13 @@ class Audit:
         if not config.enabled:
             return cls(None)
         return cls(AuditLog(config.dir, hex_key(config.key_file, create=create_key)))
+
+    @classmethod
+    def remote(cls, config: AuditConfig, fd: int) -> Audit:
+        """In a child process: records go to the parent's writer through the link on `fd`."""
+        if not config.enabled:
+            return cls(None)
+        return cls(RemoteAuditLog(fd, config.dir))
 
     @classmethod
     def off(cls) -> Audit:
@@ -117,7 +125,12 @@ class Audit:
             observer()
 
     def write_sync(self, *records: Record) -> None:
-        if self.log is not None and records:
+        """For the CLI, which always writes the log itself."""
+        if self.log is None or not records:
+            return
+        if not isinstance(self.log, AuditLog):
+            raise RuntimeError("write_sync needs the audit log itself, not the link to the writer")
+        if records:
             self.log.append(list(records))
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """The audit log on disk: append-only daily JSON Lines files in `audit.dir`, one hash chain across
-them, written by every Mailward process (ingest, delivery, the CLI) under one lock.
+them. The gateway's main process is its one writer on the message path (its child processes send
+their records to it, see `link`); CLI commands append too, under the same lock.
 
 Durability: `write` returns once the records are written and fsync'd. Callers await it before
 the step it records becomes visible (the 250 to the client, a message leaving the spool), so an
@@ -99,6 +100,11 @@ class AuditLog:
         if records:
             now = rfc3339(self.clock())
             await self._commits.add([{"ts": now, **record} for record in records])
+
+    async def write_stamped(self, records: list[dict[str, Any]]) -> None:
+        """`write` for records that carry their `ts` (another process's, through the audit link)."""
+        if records:
+            await self._commits.add(records)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Seal and append `records` now (blocking: a thread, or the CLI)."""
