@@ -149,6 +149,7 @@ class Gateway:
         if self.role in ("all", "delivery"):
             # Before delivering: nobody else touches active/ (the one delivery process is us).
             requeued, quarantined, orphans = self.spool.recover_active()
+            self.spool.track_journals()  # we alone write journals from here on
             eventlog.event(log, "spool_recovered", requeued=requeued, quarantined=quarantined,
                            orphan_journals=orphans)
             self.delivery = DeliveryService(config, self.spool, audit=self.audit)

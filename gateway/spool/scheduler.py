@@ -151,11 +151,10 @@ class Scheduler:
         self._track_deferred(queue_id)
 
     def _track_deferred(self, queue_id: str) -> None:
-        try:
-            due = self.spool.due(queue_id, QueueState.DEFERRED)
-        except FileNotFoundError:
-            return  # finished, or not deferred
-        heapq.heappush(self._deferred, (due, queue_id))
+        # The spool says whether this delivery deferred it (no stat of a file that is usually gone).
+        due = self.spool.take_deferral(queue_id)
+        if due is not None:
+            heapq.heappush(self._deferred, (due, queue_id))
 
     def _move_from_active(self, queue_id: str, to: QueueState) -> None:
         if self.spool.path(QueueState.ACTIVE, queue_id).exists():  # the delivery may have settled it

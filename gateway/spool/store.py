@@ -103,6 +103,12 @@ class Spool:
         # Disk writes and fsyncs run here so the event loop never blocks on the disk.
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
         self._incoming_sync = directory_sync(directory / QueueState.INCOMING.value, self._io)
+        # In the delivery process, the one writer of journals (see `track_journals`): the queue
+        # ids that have one, so a message delivered at its first attempt costs no failing
+        # open or unlink of a journal it never had. None elsewhere: read what is on disk.
+        self._journals: set[str] | None = None
+        # Due times of the messages `defer` moved, for the scheduler (`take_deferral`).
+        self._deferrals: dict[str, float] = {}
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
@@ -160,11 +166,15 @@ class Spool:
         path = self.directory / "journal" / queue_id
         plaintexts = [json.dumps(entry, separators=(",", ":")).encode() for entry in entries]
         try:
+            if self._journals is not None and queue_id not in self._journals:
+                raise FileNotFoundError(path)  # known not to exist: no failing open
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
             cipher = FileCipher.create(self.keyring, queue_id)
             write_new(path, cipher.header + b"".join(cipher.seal(_KIND_RESULT, p) for p in plaintexts))
             fsync_dir(path.parent)
+            if self._journals is not None:
+                self._journals.add(queue_id)
             return
         try:
             cipher, _ = FileCipher.from_header(self.keyring, queue_id, _read_prefix(path))
@@ -205,7 +215,7 @@ class Spool:
     def load(self, queue_id: str, state: QueueState | None = None) -> QueuedMessage:
         """Metadata and recipient statuses of one message (not its content)."""
         state = state or self._require(queue_id)
-        with open(self.path(state, queue_id), "rb") as handle:
+        with open(self.path(state, queue_id), "rb", buffering=0) as handle:
             prefix = handle.read(_HEADER_MAX + 4)
             cipher, offset = FileCipher.from_header(self.keyring, queue_id, prefix)
             meta = _read_record(handle, prefix, offset, queue_id)
@@ -218,7 +228,7 @@ class Spool:
 
     def read(self, queue_id: str, state: QueueState) -> tuple[QueuedMessage, bytes]:
         """Metadata with statuses, and content, in one read of the file (the delivery path)."""
-        blob = self.path(state, queue_id).read_bytes()
+        blob = _read_file(self.path(state, queue_id))
         cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
         records = dict(cipher.records(blob, offset, tolerate_torn_tail=False))
         if _KIND_META not in records or _KIND_CONTENT not in records:
@@ -230,7 +240,7 @@ class Spool:
     def content(self, queue_id: str, state: QueueState | None = None) -> bytes:
         """The message bytes as accepted (with our Received header), decrypted."""
         state = state or self._require(queue_id)
-        blob = self.path(state, queue_id).read_bytes()
+        blob = _read_file(self.path(state, queue_id))
         cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
         for kind, plaintext in cipher.records(blob, offset, tolerate_torn_tail=False):
             if kind == _KIND_CONTENT:
@@ -242,8 +252,10 @@ class Spool:
         (crash records after the last result; see `recover_active`)."""
         statuses = [RecipientStatus() for _ in range(count)]
         crashes = 0
+        if self._journals is not None and queue_id not in self._journals:
+            return tuple(statuses), 0
         try:
-            blob = (self.directory / "journal" / queue_id).read_bytes()
+            blob = _read_file(self.directory / "journal" / queue_id)
         except FileNotFoundError:
             return tuple(statuses), 0
         cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
@@ -309,13 +321,30 @@ class Spool:
         is simply retried sooner."""
         os.utime(self.path(QueueState.ACTIVE, queue_id), (due, due))
         os.rename(self.path(QueueState.ACTIVE, queue_id), self.path(QueueState.DEFERRED, queue_id))
+        self._deferrals[queue_id] = due
+
+    def take_deferral(self, queue_id: str) -> float | None:
+        """The due time if `defer` moved this message since the last call, else None."""
+        return self._deferrals.pop(queue_id, None)
 
     def finish(self, queue_id: str) -> None:
         """A message whose every recipient is final: delete it and its journal. Not fsync'd: if a
         crash brings the files back, the journal (or, without one, a redelivery of what was in
         flight) decides, which is the same guarantee as before the delete."""
         self.path(QueueState.ACTIVE, queue_id).unlink(missing_ok=True)
-        (self.directory / "journal" / queue_id).unlink(missing_ok=True)
+        self._drop_journal(queue_id)
+
+    def _drop_journal(self, queue_id: str) -> None:
+        if self._journals is None or queue_id in self._journals:
+            (self.directory / "journal" / queue_id).unlink(missing_ok=True)
+            if self._journals is not None:
+                self._journals.discard(queue_id)
+
+    def track_journals(self) -> None:
+        """Keep the set of journals in memory from now on. Only for the process that alone
+        writes and deletes journals (the delivery process, after `recover_active`); the CLI's
+        `queue delete` only removes journals of messages that are gone anyway."""
+        self._journals = set(os.listdir(self.directory / "journal"))
 
     def remove(self, queue_id: str) -> QueueState:
         """Delete a message and its journal for good; return the state it was in."""
@@ -324,7 +353,7 @@ class Spool:
             self.path(state, queue_id).unlink()
         except FileNotFoundError:
             raise SpoolError(f"{queue_id} moved while being deleted; try again") from None
-        (self.directory / "journal" / queue_id).unlink(missing_ok=True)
+        self._drop_journal(queue_id)
         fsync_dir(self.directory / state.value)
         return state
 
@@ -371,8 +400,15 @@ class Spool:
 
 
 def _read_prefix(path: Path) -> bytes:
-    with open(path, "rb") as handle:
+    with open(path, "rb", buffering=0) as handle:
         return handle.read(_HEADER_MAX + 4)
+
+
+def _read_file(path: Path) -> bytes:
+    """The whole file. Unbuffered: a buffered open asks whether the file is a terminal (a
+    failing ioctl per message) and copies the bytes once more."""
+    with open(path, "rb", buffering=0) as handle:
+        return handle.readall()
 
 
 def _read_record(handle: BinaryIO, prefix: bytes, offset: int, queue_id: str) -> bytes:

@@ -202,3 +202,36 @@ def test_spool_key_derivation_is_standard_hkdf() -> None:
     master, salt, info = b"m" * 32, b"s" * 16, b"mailward spool file v1"
     reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(master)
     assert hkdf_sha256(master, salt, info) == reference
+
+
+async def test_tracked_journals_read_what_recovery_and_results_wrote(spool: Spool, tmp_path: Path) -> None:
+    """The delivery process keeps the set of journals in memory: a message without one is loaded
+    and finished without touching the journal directory, and one with a journal (from before the
+    start, or written since) still has its results read and its journal deleted at the end."""
+    old, fresh, never = make_message(), make_message(), make_message()
+    for message in (old, fresh, never):
+        await spool.store(message, content())
+    spool.record(old.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 1.0, 0, "4.0.0", "x")})
+    spool.track_journals()
+    journals = tmp_path / "spool" / "journal"
+    assert spool.load(old.queue_id).statuses[0].state is RecipientState.DEFERRED
+    assert spool.load(never.queue_id).statuses[0].state is RecipientState.PENDING
+    spool.record(fresh.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 2.0, 0, "4.0.0", "y")})
+    spool.record(fresh.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 3.0, 0, "4.0.0", "z")})
+    assert spool.load(fresh.queue_id).statuses[0].attempts == 2
+    assert sorted(os.listdir(journals)) == sorted([old.queue_id, fresh.queue_id])
+    for message in (old, fresh, never):
+        assert spool.claim(message.queue_id, QueueState.INCOMING)
+        spool.finish(message.queue_id)
+    assert os.listdir(journals) == []
+    assert spool.ids(QueueState.ACTIVE) == []
+
+
+async def test_a_deferral_is_handed_to_the_scheduler_once(spool: Spool) -> None:
+    message = make_message()
+    await spool.store(message, content())
+    assert spool.claim(message.queue_id, QueueState.INCOMING)
+    spool.defer(message.queue_id, 1234.0)
+    assert spool.take_deferral(message.queue_id) == 1234.0
+    assert spool.take_deferral(message.queue_id) is None
+    assert spool.due(message.queue_id, QueueState.DEFERRED) == 1234.0
