@@ -42,7 +42,10 @@ async def linked(tmp_path: Path) -> tuple[AuditLog, AuditLinkServer, RemoteAudit
 async def test_records_from_the_link_join_the_writers_chain(tmp_path: Path) -> None:
     audit, server, remote = await linked(tmp_path)
     await audit.write({"event": "received", "queue_id": "Q1"})
-    await asyncio.gather(*(remote.write({"event": "delivered", "queue_id": f"Q{n}"}) for n in range(50)))
+    # Fifty first writes at once: they must share one connection (two readers on one socket
+    # would split the replies between them and leave writers waiting forever).
+    await asyncio.wait_for(asyncio.gather(
+        *(remote.write({"event": "delivered", "queue_id": f"Q{n}"}) for n in range(50))), 30)
     await audit.write({"event": "received", "queue_id": "Q99"})
     written = records(audit.directory)
     # Every remote write had returned, so every record was on disk: one chain, in seq order.
