@@ -13,6 +13,7 @@ does not tell which user names exist.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -26,7 +27,15 @@ from gateway.errors import KeyFileError
 from gateway.keyfiles import read_secret, write_secret
 
 _HASHER = PasswordHasher()
-_DUMMY_HASH = _HASHER.hash("mailward-dummy-password-for-timing")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked for an unknown user, so that it takes as long as a known one. Made on first use,
+    not at import: an argon2 hash takes 64 MB for a moment, and every gateway process imports
+    this module while only those that check a password need it."""
+    return _HASHER.hash("mailward-dummy-password-for-timing")
+
 _USER_NAME = re.compile(r"^[A-Za-z0-9._%+@-]{1,255}$")
 
 
@@ -42,8 +51,9 @@ class UserStore:
     def verify(self, user: str, password: str) -> bool:
         """True when `user` exists and `password` matches. Blocking: call from a worker thread."""
         stored = self._current().get(user)
+        dummy = _dummy_hash()  # for known users too: the first check costs the same for all
         try:
-            return _HASHER.verify(stored or _DUMMY_HASH, password) and stored is not None
+            return _HASHER.verify(stored or dummy, password) and stored is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
