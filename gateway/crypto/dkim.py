@@ -42,6 +42,8 @@ OVERSIGNED = ("from", "to", "subject", "date", "message-id", "mime-version", "co
 
 _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_LINE_END = re.compile(rb"\r?\n")
+_WSP_RUN = re.compile(rb"[\t ]+")
 _HEADER_END = b"\r\n\r\n"
 
 
@@ -148,10 +150,11 @@ def sign(content: bytes, keys: Sequence[SigningKey], *, now: float | None = None
     end = content.find(_HEADER_END)
     head, body = (content, b"") if end < 0 else (content[:end + 2], content[end + 4:])
     headers, _ = dkim.rfc822_parse(head + b"\r\n")
-    headers = [(name, value) for name, value in headers]
     include = header_names(headers)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    canonical = _RELAXED.canonicalize_headers(headers)
+    # The signed fields, canonical, hashed first for every key: computed once per message.
+    signed_fields = b"".join(name + b":" + relaxed_header(value)
+                             for name, value in select_headers(headers, include))
     timestamp = str(int(time.time() if now is None else now)).encode("ascii")
     fields_out = []
     for key in keys:
@@ -161,17 +164,42 @@ def sign(content: bytes, keys: Sequence[SigningKey], *, now: float | None = None
                   # A placeholder as long as a signature forces b= onto lines of its own, so
                   # folding the real value later leaves the hashed tags as they were.
                   (b"b", b"0" * 60)]
-        fields_out.append(_signature_field(key, fields, include, canonical))
+        fields_out.append(_signature_field(key, fields, signed_fields))
     return b"".join(fields_out)
 
 
-def _signature_field(key: SigningKey, fields: list[tuple[bytes, bytes]], include: list[bytes],
-                     canonical: list[tuple[bytes, bytes]]) -> bytes:
+def relaxed_header(value: bytes) -> bytes:
+    """A field value in relaxed canonical form (RFC 6376 §3.4.2), CRLF-terminated: unfolded,
+    runs of WSP made one space, no WSP at either end. The same as dkimpy's, with the patterns
+    compiled once (its module-level re.sub calls were a tenth of the time of a signature)."""
+    return _WSP_RUN.sub(b" ", _LINE_END.sub(b"", value)).strip() + b"\r\n"
+
+
+def select_headers(headers: Sequence[tuple[bytes, bytes]], include: Sequence[bytes]
+                   ) -> list[tuple[bytes, bytes]]:
+    """(lowercase name, raw value) of the fields `include` names, each name taken from the
+    bottom up (RFC 6376 §5.4.2); a name listed more often than present selects nothing more
+    (oversigning)."""
+    names = [name.lower().rstrip() for name, _ in headers]
+    selected = []
+    last: dict[bytes, int] = {}
+    for wanted in include:
+        index = last.get(wanted, len(headers))
+        while index > 0:
+            index -= 1
+            if names[index] == wanted:
+                selected.append((wanted, headers[index][1]))
+                break
+        last[wanted] = index
+    return selected
+
+
+def _signature_field(key: SigningKey, fields: list[tuple[bytes, bytes]], signed_fields: bytes) -> bytes:
     name = b"DKIM-Signature"
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name))
     value = dkim.RE_BTAG.sub(b"\\1", value)
-    hasher = hashlib.sha256()
-    dkim.hash_headers(hasher, _RELAXED, canonical, include, (name, b" " + value), None)
-    fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
+    # The signature field itself last, with b= empty and no CRLF at its end (§3.7).
+    digest = hashlib.sha256(signed_fields + b"dkim-signature:" + relaxed_header(value)[:-2]).digest()
+    fields[-1] = (b"b", base64.b64encode(key.sign_digest(digest)))
     signed: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(name))
     return name + b": " + signed

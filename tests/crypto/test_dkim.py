@@ -48,6 +48,32 @@ def test_rsa_signature_verifies_with_dkimpy(tmp_path: Path) -> None:
     assert not verifies(signed + b"P.S.\r\n")
 
 
+AWKWARD_HEADERS = [
+    b"From: Clinic <clinic@example.com>\r\nTo: a@example.org\r\nSubject: Hello\r\n",
+    # folded, tabs, runs of spaces, WSP at the ends, odd case
+    b"FROM:   Clinic\t <clinic@example.com>  \r\nto: a@example.org,\r\n\t b@example.org \r\n"
+    b"SUBJECT:  Lab \t results\r\n   are ready\r\n",
+    # fields listed twice (To, Cc), an empty Subject, unsigned fields in between
+    b"Received: from x by y\r\nTo: a@example.org\r\nFrom: c@example.com\r\nX-Mailer: z\r\n"
+    b"Cc: d@example.org\r\nTo: e@example.org\r\nCc:   f@example.org\r\nSubject:\r\n",
+]
+
+
+@pytest.mark.parametrize("head", AWKWARD_HEADERS)
+def test_signatures_over_awkward_header_fields_verify_with_dkimpy(tmp_path: Path, head: bytes) -> None:
+    key = make_key(tmp_path, "example.com", "s1")
+    signing = dkim.SigningKey("example.com", "s1", "rsa-sha256", dkim.load_key(key.key_file, "rsa-sha256"))
+    content = head + b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nBody\r\n"
+    signed = dkim.sign(content, [signing]) + content
+    assert dkimpy.DKIM(signed).verify(dnsfunc=lambda name, timeout=5: key.record.encode())
+    # Each canonical field as dkimpy's relaxed canonicalisation has it.
+    headers, _ = dkimpy.rfc822_parse(content)
+    ours = [(name, dkim.relaxed_header(value)) for name, value in dkim.select_headers(
+        headers, dkim.header_names(headers))]
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    assert ours == dkimpy.select_headers(policy.canonicalize_headers(headers), dkim.header_names(headers))
+
+
 def test_bare_line_feeds_become_crlf_before_signing() -> None:
     assert dkim.crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
     already = b"a\r\nb\r\n"
