@@ -40,6 +40,8 @@ SIGNED = ("cc", "reply-to", "in-reply-to", "references", "sender", "content-tran
 # second From or Subject, or a To that was not there, breaks the signature.
 OVERSIGNED = ("from", "to", "subject", "date", "message-id", "mime-version", "content-type")
 
+_SIGNED = tuple(name.encode("ascii") for name in SIGNED)
+_OVERSIGNED = tuple(name.encode("ascii") for name in OVERSIGNED)
 _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _LINE_END = re.compile(rb"\r?\n")
@@ -135,13 +137,13 @@ def relaxed_body(body: bytes) -> bytes:
 
 def header_names(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     """The h= list: each signed field once per occurrence, the oversigned ones once more."""
-    present: dict[str, int] = {}
+    present: dict[bytes, int] = {}
     for name, _value in headers:
-        key = name.decode("ascii", "replace").lower()
+        key = name.lower()
         present[key] = present.get(key, 0) + 1
-    names = [name for name in OVERSIGNED for _ in range(present.get(name, 0) + 1)]
-    names += [name for name in SIGNED for _ in range(present.get(name, 0))]
-    return [name.encode("ascii") for name in names]
+    names = [name for name in _OVERSIGNED for _ in range(present.get(name, 0) + 1)]
+    names += [name for name in _SIGNED for _ in range(present.get(name, 0))]
+    return names
 
 
 def sign(content: bytes, keys: Sequence[SigningKey], *, now: float | None = None) -> bytes:

@@ -30,6 +30,10 @@ log = logging.getLogger("mailward.dkim")
 
 OFFLOAD_SIZE = 256 * 1024
 _FROM = re.compile(rb"^From[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+# The common From forms, `addr@domain` and `Plain Name <addr@domain>` (no quotes, comments,
+# groups or lists), read without the full address parser, which costs as much as the rest of
+# preparing a signature.
+_SIMPLE_FROM = re.compile(r"[ \t]*(?:[^\"(),:;<>@\\]*<)?[^\s\"(),:;<>@\\\[\]]+@([A-Za-z0-9.-]+)>?[ \t]*")
 
 
 class SigningFailed(Exception):
@@ -125,6 +129,9 @@ def from_domain(content: bytes) -> str | None:
     if match is None:
         return None
     value = match.group(1).decode("utf-8", "replace").replace("\r\n", "")
+    simple = _SIMPLE_FROM.fullmatch(value)
+    if simple is not None:
+        return simple.group(1).lower() or None
     for _name, address in email.utils.getaddresses([value]):
         if "@" in address:
             return address.rpartition("@")[2].strip().rstrip(">").lower() or None

@@ -3,6 +3,7 @@ signatures that dkimpy's verifier accepts (the end-to-end tests use independent 
 
 from __future__ import annotations
 
+import email.utils
 import os
 from pathlib import Path
 
@@ -118,6 +119,17 @@ def test_from_domain_reads_folded_and_named_addresses() -> None:
     folded = b"To: a@x.org\r\nFROM: \"Roe, Jane\"\r\n <jane@Lab.Example.com>\r\n\r\nFrom: b@c.d\r\n"
     assert from_domain(folded) == "lab.example.com"
     assert from_domain(b"To: a@x.org\r\n\r\nFrom: b@c.d\r\n") is None
+
+
+@pytest.mark.parametrize("value", [
+    "a@Example.com", " Clinic <a@example.com> ", "<a@example.com>", "=?utf-8?q?Cl=C3=ADnica?= <a@ex.org>",
+    "Clinic Team <a.b+c@mail.example.co.uk>", '"Roe, Jane" <j@lab.example>', "a@b.org (Front desk)",
+    "a@b.org, c@d.org", "Jane <a@b@c.org>", "x <a@[127.0.0.1]>", "Undisclosed:;", "no address", "a@b.org.",
+])
+def test_from_domain_agrees_with_the_full_address_parser(value: str) -> None:
+    expected = next((address.rpartition("@")[2].strip().rstrip(">").lower() or None
+                     for _, address in email.utils.getaddresses([value]) if "@" in address), None)
+    assert from_domain(f"From: {value}\r\nTo: p@example.org\r\n\r\nbody\r\n".encode()) == expected
 
 
 def config_with(tmp_path: Path, keys: str) -> None:
