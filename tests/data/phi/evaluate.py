@@ -18,41 +18,14 @@ from gateway.stages.dlp.policy import Policies, load_policies
 from gateway.stages.dlp.scanner import ScanRequest, scan_message
 from gateway.stages.dlp.verdict import decide
 from tests.data.phi.generate import Sample, corpus
-
-
-@dataclass
-class Score:
-    true_positives: int = 0
-    false_positives: int = 0
-    false_negatives: int = 0
-    true_negatives: int = 0
-
-    def add(self, expected: bool, predicted: bool) -> None:
-        if expected and predicted:
-            self.true_positives += 1
-        elif predicted:
-            self.false_positives += 1
-        elif expected:
-            self.false_negatives += 1
-        else:
-            self.true_negatives += 1
-
-    @property
-    def precision(self) -> float:
-        found = self.true_positives + self.false_positives
-        return self.true_positives / found if found else 1.0
-
-    @property
-    def recall(self) -> float:
-        expected = self.true_positives + self.false_negatives
-        return self.true_positives / expected if expected else 1.0
+from tests.scoring import Tally
 
 
 @dataclass
 class Report:
-    overall: Score = field(default_factory=Score)
-    categories: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
-    placements: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
+    overall: Tally = field(default_factory=Tally)
+    categories: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    placements: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     misses: list[str] = field(default_factory=list)
 
 

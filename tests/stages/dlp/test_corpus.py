@@ -4,38 +4,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway.stages.dlp.clinical import NAMES as CLINICAL_NAMES
 from gateway.stages.dlp.scanner import ScanRequest, scan_message
+from tests.scoring import Tally
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "dlp"
 MIN_RECALL, MIN_PRECISION = 0.98, 0.95
-
-
-@dataclass
-class Tally:
-    true_positives: int = 0
-    false_positives: int = 0
-    false_negatives: int = 0
-
-    def add(self, expected: int, found: int) -> None:
-        self.true_positives += min(expected, found)
-        self.false_positives += max(0, found - expected)
-        self.false_negatives += max(0, expected - found)
-
-    @property
-    def precision(self) -> float:
-        found = self.true_positives + self.false_positives
-        return self.true_positives / found if found else 1.0
-
-    @property
-    def recall(self) -> float:
-        expected = self.true_positives + self.false_negatives
-        return self.true_positives / expected if expected else 1.0
 
 
 def evaluate() -> tuple[dict[str, Tally], Tally, list[str]]:
