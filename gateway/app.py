@@ -137,9 +137,11 @@ class Gateway:
             self.audit = Audit.remote(config.audit, link_fd)
         else:
             self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
-        if self.role == "ingest" and isinstance(self.audit.log, AuditLog):
-            self._audit_link = AuditLinkServer(self.audit.log)
+        if self.role in ("all", "ingest") and isinstance(self.audit.log, AuditLog):
+            # The main process writes the log (for its children too), so it prunes it.
             self._audit_pruner = asyncio.create_task(self._prune_audit())
+            if self.role == "ingest":
+                self._audit_link = AuditLinkServer(self.audit.log)
         if self.role != "delivery":
             # Before the delivery side starts: it reads the unsubscribe key this may create.
             self.feedback = self._feedback(config)
@@ -154,8 +156,6 @@ class Gateway:
                            orphan_journals=orphans)
             self.delivery = DeliveryService(config, self.spool, audit=self.audit)
             await self.delivery.start()
-            if self.role == "all":
-                self._audit_pruner = asyncio.create_task(self._prune_audit())
             if config.webhooks:
                 # Cursors are positions in the audit log, so they live beside it.
                 self.webhooks = WebhookDispatcher(list(config.webhooks), config.audit.dir,

@@ -285,9 +285,10 @@ def peak_rss_tree_mb(pid: int) -> float:
     return total
 
 
-def relay_delivery(sink: SmtpSink, sessions: int) -> str:
+def relay_delivery(sink: SmtpSink, sessions: int, extra: str = "") -> str:
+    """The `delivery:` mapping that routes the bench recipient's domain to the sink."""
     return (f'{{{NO_DNS}, routes: {{"example.org": "{SINK_HOST}:{sink.port}"}}, '
-            f"max_connections_per_destination: {sessions}")
+            f"max_connections_per_destination: {sessions}{extra}}}")
 
 
 def profile_relay(args: argparse.Namespace, base: Path) -> None:
@@ -298,7 +299,7 @@ def profile_relay(args: argparse.Namespace, base: Path) -> None:
     sink = SmtpSink()
     try:
         with (tempfile.TemporaryDirectory(dir=base, prefix="relay-profile-") as tmp,
-              mailward_gateway(Path(tmp), relay_delivery(sink, args.sessions) + "}",
+              mailward_gateway(Path(tmp), relay_delivery(sink, args.sessions),
                                bench_policies(Path(tmp)) + dkim_signing(Path(tmp))) as (port, _, proc)):
             raw = Path(tmp) / "py-spy.txt"
             sampler = bench_profile.record(proc.pid, raw)
@@ -329,9 +330,9 @@ def bench_relay(args: argparse.Namespace) -> None:
         try:
             with tempfile.TemporaryDirectory(dir=base, prefix=f"relay-{name}-") as tmp:
                 if name.startswith("mailward"):
-                    delivery = (relay_delivery(sink, args.sessions)
-                                + (POOLS_AND_SHAPING.format(sessions=args.sessions)
-                                   if name == "mailward-pools" else "") + "}")
+                    delivery = relay_delivery(sink, args.sessions,
+                                              POOLS_AND_SHAPING.format(sessions=args.sessions)
+                                              if name == "mailward-pools" else "")
                     # As shipped: the policies, the audit log and DKIM for the sender's domain;
                     # plain: none of them (a bare relay with the encrypted, fsync'd spool).
                     extra = (f"policies_dir: {Path(tmp) / 'no-policies'}\naudit: {{enabled: false}}\n"

@@ -130,8 +130,7 @@ class Audit:
             return
         if not isinstance(self.log, AuditLog):
             raise RuntimeError("write_sync needs the audit log itself, not the link to the writer")
-        if records:
-            self.log.append(list(records))
+        self.log.append(list(records))
 
     def close(self) -> None:
         if self.log is not None:

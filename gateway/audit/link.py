@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import eventlog
-from gateway.audit.log import AuditLog, rfc3339
+from gateway.audit.log import AuditLog, stamped
 
 log = logging.getLogger("mailward.audit")
 
@@ -126,7 +126,6 @@ class RemoteAuditLog:
             return writer
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        reason = "the audit writer is gone"
         try:
             while True:
                 size, request = HEADER.unpack(await reader.readexactly(HEADER.size))
@@ -141,22 +140,21 @@ class RemoteAuditLog:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._fail_all(reason)
+            self._fail_all()
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self) -> None:
         self._fd = -1
         self._writer = None
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
-                future.set_exception(OSError(errno.EPIPE, reason))
+                future.set_exception(OSError(errno.EPIPE, "the audit writer is gone"))
 
     async def write(self, *records: dict[str, Any]) -> None:
         """Append `records` durably (through the parent); returns once fsync'd."""
         if not records:
             return
-        now = rfc3339(time.time())
-        body = json.dumps([{"ts": now, **record} for record in records], separators=(",", ":")).encode()
+        body = json.dumps(stamped(records, time.time()), separators=(",", ":")).encode()
         writer = await self._connect()
         self._next = (self._next + 1) & 0xFFFFFFFF
         request = self._next

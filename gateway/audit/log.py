@@ -70,6 +70,12 @@ def rfc3339(timestamp: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def stamped(records: tuple[dict[str, Any], ...], timestamp: float) -> list[dict[str, Any]]:
+    """`records` with their `ts`: the moment they were handed to be written."""
+    ts = rfc3339(timestamp)
+    return [{"ts": ts, **record} for record in records]
+
+
 def head_mac(key: bytes, seq: int, digest: str) -> str:
     return hmac.new(key, f"head:{seq}:{digest}".encode(), hashlib.sha256).hexdigest()
 
@@ -98,8 +104,7 @@ class AuditLog:
     async def write(self, *records: dict[str, Any]) -> None:
         """Append `records` (event fields; ts is set now) durably; returns once fsync'd."""
         if records:
-            now = rfc3339(self.clock())
-            await self._commits.add([{"ts": now, **record} for record in records])
+            await self._commits.add(stamped(records, self.clock()))
 
     async def write_stamped(self, records: list[dict[str, Any]]) -> None:
         """`write` for records that carry their `ts` (another process's, through the audit link)."""
