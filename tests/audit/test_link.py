@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import os
 import signal
@@ -42,16 +43,18 @@ async def linked(tmp_path: Path) -> tuple[AuditLog, AuditLinkServer, RemoteAudit
 async def test_records_from_the_link_join_the_writers_chain(tmp_path: Path) -> None:
     audit, server, remote = await linked(tmp_path)
     await audit.write({"event": "received", "queue_id": "Q1"})
-    # Fifty first writes at once: they must share one connection (two readers on one socket
-    # would split the replies between them and leave writers waiting forever).
+    # Fifty first writes at once must share one connection: a second socket object on the same
+    # descriptor closes it when it is collected, and every later write would fail.
     await asyncio.wait_for(asyncio.gather(
         *(remote.write({"event": "delivered", "queue_id": f"Q{n}"}) for n in range(50))), 30)
+    gc.collect()
+    await asyncio.wait_for(remote.write({"event": "delivered", "queue_id": "Q50"}), 30)
     await audit.write({"event": "received", "queue_id": "Q99"})
     written = records(audit.directory)
     # Every remote write had returned, so every record was on disk: one chain, in seq order.
-    assert [r["seq"] for r in written] == list(range(1, 53))
+    assert [r["seq"] for r in written] == list(range(1, 54))
     assert sorted(r["queue_id"] for r in written if r["event"] == "delivered") == \
-        sorted(f"Q{n}" for n in range(50))
+        sorted(f"Q{n}" for n in range(51))
     assert all(isinstance(r["ts"], str) and r["ts"].endswith("Z") for r in written)
     remote.close()
     await server.close()

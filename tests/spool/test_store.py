@@ -12,6 +12,7 @@ from gateway.config import SpoolConfig
 from gateway.errors import KeyFileError, SpoolError
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient, RecipientState, RecipientStatus
 from gateway.spool import QueueState, Spool, SpoolKeyring, new_queue_id, open_spool
+from gateway.spool import store as store_module
 
 MARKER = "PHI-MARKER-4711"
 
@@ -204,7 +205,8 @@ def test_spool_key_derivation_is_standard_hkdf() -> None:
     assert hkdf_sha256(master, salt, info) == reference
 
 
-async def test_tracked_journals_read_what_recovery_and_results_wrote(spool: Spool, tmp_path: Path) -> None:
+async def test_tracked_journals_read_what_recovery_and_results_wrote(
+        spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The delivery process keeps the set of journals in memory: a message without one is loaded
     and finished without touching the journal directory, and one with a journal (from before the
     start, or written since) still has its results read and its journal deleted at the end."""
@@ -214,6 +216,19 @@ async def test_tracked_journals_read_what_recovery_and_results_wrote(spool: Spoo
     spool.record(old.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 1.0, 0, "4.0.0", "x")})
     spool.track_journals()
     journals = tmp_path / "spool" / "journal"
+    touched: list[str] = []  # journal paths opened for reading or unlinked from now on
+    read_file, unlink = store_module._read_file, os.unlink
+
+    def spy_read(path: Path) -> bytes:
+        touched.append(str(path))
+        return read_file(path)
+
+    def spy_unlink(path: str | Path, *args: object, **kwargs: object) -> None:
+        touched.append(str(path))
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "_read_file", spy_read)
+    monkeypatch.setattr(os, "unlink", spy_unlink)
     assert spool.load(old.queue_id).statuses[0].state is RecipientState.DEFERRED
     assert spool.load(never.queue_id).statuses[0].state is RecipientState.PENDING
     spool.record(fresh.queue_id, {0: RecipientStatus(RecipientState.DEFERRED, 2.0, 0, "4.0.0", "y")})
@@ -225,6 +240,9 @@ async def test_tracked_journals_read_what_recovery_and_results_wrote(spool: Spoo
         spool.finish(message.queue_id)
     assert os.listdir(journals) == []
     assert spool.ids(QueueState.ACTIVE) == []
+    # The message that never had a journal was loaded and finished without looking for one.
+    assert not [path for path in touched if path.endswith(f"journal/{never.queue_id}")]
+    assert [path for path in touched if path.endswith(f"journal/{old.queue_id}")]
 
 
 async def test_a_deferral_is_handed_to_the_scheduler_once(spool: Spool) -> None:
