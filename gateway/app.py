@@ -43,6 +43,7 @@ from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.sendapi import SendApi
 from gateway.ingress.users import UserStore
+from gateway.memory import tune_allocator
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
@@ -484,6 +485,7 @@ def check_addresses(config: Config) -> None:
 
 async def run(config: Config, role: Role | None = None) -> int:
     """`mailward run`: serve in the foreground until SIGTERM (`role` "delivery" is the child)."""
+    tune_allocator()
     if role in ("delivery", "ingest-worker"):
         die_with_parent()
     elif config.source is None:

@@ -120,6 +120,9 @@ class RelayConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_message_size: ByteSize = ByteSize(50 * 1024 * 1024)
+    # Bytes of messages over 1 MB that one process works on in memory at once (policy scan,
+    # spool write, delivery); more wait their turn on disk. One larger message still goes alone.
+    message_memory: ByteSize = ByteSize(32 * 1024 * 1024)
     max_recipients: int = 1000
     max_connections: int = 500
     max_connections_per_ip: int = 20  # relay.networks are held only to max_connections
@@ -138,8 +141,9 @@ class LimitsConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = [(key, "must be at least 1") for key in
-                 ("max_message_size", "max_recipients", "max_connections", "max_connections_per_ip",
-                  "max_errors", "auth_failures_per_ip", "auth_failures_per_user") if getattr(self, key) < 1]
+                 ("max_message_size", "message_memory", "max_recipients", "max_connections",
+                  "max_connections_per_ip", "max_errors", "auth_failures_per_ip",
+                  "auth_failures_per_user") if getattr(self, key) < 1]
         if self.reserved_connections < 0:
             found.append(("reserved_connections", "must be at least 0"))
         return found

@@ -14,7 +14,7 @@ import asyncio
 import errno
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -23,11 +23,15 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 T = TypeVar("T")
 
 
-def write_new(path: Path, content: bytes, mode: int = 0o600) -> None:
-    """Create `path` (which must not exist) with `content`, flushed to disk; no directory fsync."""
+def write_new(path: Path, content: bytes | Sequence[bytes], mode: int = 0o600) -> None:
+    """Create `path` (which must not exist) with `content`, flushed to disk; no directory fsync.
+    `content` may be a sequence of buffers, written in order (no joined copy of a large file)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        write_all(fd, content)
+        if isinstance(content, bytes):
+            write_all(fd, content)
+        else:
+            write_parts(fd, content)
         # fdatasync also flushes the file size, which is all the metadata a new file needs.
         os.fdatasync(fd)
     except BaseException:
@@ -46,6 +50,18 @@ def write_all(fd: int, content: bytes | bytearray | memoryview) -> None:
         if written <= 0:
             raise OSError(errno.EIO, "write made no progress")
         view = view[written:]
+
+
+def write_parts(fd: int, parts: Sequence[bytes]) -> None:
+    """Write the buffers in order: one writev for all of them, the rest (if it fell short) one
+    by one."""
+    written = os.writev(fd, parts)
+    for part in parts:
+        if written >= len(part):
+            written -= len(part)
+            continue
+        write_all(fd, memoryview(part)[written:])
+        written = 0
 
 
 def fsync_dir(directory: Path) -> None:

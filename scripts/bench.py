@@ -5,6 +5,7 @@
     scripts/bench dlp   (see scripts/bench_dlp.py)
     scripts/bench crypto (see scripts/bench_crypto.py)
     scripts/bench dkim (see scripts/bench_dkim.py)
+    scripts/bench big [--messages N] [--size-mb S] [--settle SECONDS] (see scripts/bench_big.py)
 
 Mailward runs with the shipped DLP policies (policies/), as it would be deployed, plus the one
 rule an admin adds for a trusted destination (an `allow` rule for the sink's domain at the end,
@@ -397,6 +398,12 @@ def main() -> None:
     sub.add_parser("crypto", help="S/MIME and PGP encryption of 50 KB messages vs openssl and gpg")
     sub.add_parser("dkim", help="DKIM signatures per second (RSA-2048, Ed25519) vs openssl speed")
     sub.add_parser("api", help="messages/s through the HTTP sending API beside SMTP ingest")
+    big = sub.add_parser("big", help="peak RSS for N concurrent messages of S MB vs Postfix")
+    big.add_argument("--messages", type=int, default=10)
+    big.add_argument("--size-mb", type=float, default=25)
+    big.add_argument("--settle", type=float, default=60,
+                     help="seconds after the last delivery before memory is read again")
+    big.add_argument("--verbose", action="store_true", help="also the peak of each process")
     args = parser.parse_args()
     if args.what == "ingest":
         bench_ingest(args)
@@ -410,6 +417,13 @@ def main() -> None:
         import bench_dkim
 
         bench_dkim.run()
+    elif args.what == "big":
+        import bench_big
+
+        base = ROOT / "bench-out"
+        base.mkdir(exist_ok=True)
+        bench_big.run(args, mailward_gateway, postfix_instance, SmtpSink, relay_delivery, SENDER,
+                      RECIPIENT, SINK_HOST, base)
     elif args.what == "api":
         import bench_api
 

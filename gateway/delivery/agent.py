@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import re
 import secrets
 import time
@@ -59,6 +60,7 @@ from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.delivery.traffic import Deferral, Route, Traffic
 from gateway.durable import write_atomic
 from gateway.errors import RetrySoon
+from gateway.memory import MemoryBudget
 from gateway.message import (
     QueuedMessage,
     Recipient,
@@ -110,7 +112,8 @@ class DeliveryAgent:
                  tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None,
                  portal: PortalHandoff | None = None, signer: DkimSigner | None = None,
                  audit: Audit | None = None, traffic: Traffic | None = None,
-                 suppression: SuppressionList | None = None, outcomes: Outcomes | None = None) -> None:
+                 suppression: SuppressionList | None = None, outcomes: Outcomes | None = None,
+                 memory: MemoryBudget | None = None) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -131,13 +134,23 @@ class DeliveryAgent:
         # Results decided but not yet durable (a failed audit write): the next attempt of the
         # message commits these instead of sending again.
         self._unsettled: dict[str, Settlement] = {}
+        self.memory = memory or MemoryBudget(32 << 20)  # kept across reloads by the service
 
     def take_unsettled(self, previous: DeliveryAgent) -> None:
         """A reload's new agent keeps the results the old one could not make durable yet."""
         self._unsettled.update(previous._unsettled)
 
     async def deliver(self, queue_id: str) -> None:
-        """Deliver the message in ``active/`` and leave it finished or deferred."""
+        """Deliver the message in ``active/`` and leave it finished or deferred. A large one waits
+        for its share of the process's memory budget first (see memory)."""
+        try:
+            size = await self.spool.offload(os.path.getsize, self.spool.path(QueueState.ACTIVE, queue_id))
+        except OSError:
+            size = 0  # gone: the read below says so
+        async with self.memory.hold(size):
+            await self._deliver(queue_id)
+
+    async def _deliver(self, queue_id: str) -> None:
         unsettled = self._unsettled.pop(queue_id, None)
         if unsettled is not None:
             message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)

@@ -23,7 +23,7 @@ import dataclasses
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -34,8 +34,26 @@ from gateway.delivery.dane import TlsaRecord
 from gateway.delivery.mx import Destination, ResolutionError
 from gateway.message import Envelope, Recipient, RecipientState, address_fit, encode_xtext
 
+DATA_PIECE = 256 * 1024  # a message above this is sent in pieces about this size
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib: lone CR or LF become CRLF
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+
+def data_pieces(content: bytes) -> Iterator[bytes]:
+    """`content` as it goes after DATA, in pieces that each end at a line end: line ends made
+    CRLF, a dot at a line start doubled, the final dot line last (RFC 5321 4.5.2)."""
+    start = 0
+    while start < len(content):
+        end = content.find(b"\n", start + DATA_PIECE)
+        end = len(content) if end < 0 else end + 1
+        piece = _LINE_START_DOT.sub(b"..", _LINE_END.sub(b"\r\n", content[start:end]))
+        start = end
+        if start >= len(content) and not piece.endswith(b"\r\n"):
+            piece += b"\r\n"
+        yield piece
+    yield b".\r\n"
 
 
 @dataclass(frozen=True)
@@ -258,7 +276,7 @@ class SmtpConnection:
             return replies, put_off
         self.reached_data = True
         try:
-            final = await self._client.data(content, timeout=self._timeouts.data)
+            final = await self._data(content)
             reply = Reply.from_smtp(final.code, final.message)
         except aiosmtplib.SMTPDataError as refused:
             reply = Reply.from_smtp(refused.code, refused.message)
@@ -267,6 +285,39 @@ class SmtpConnection:
         for index in accepted:
             replies[index] = reply
         return replies, put_off
+
+    async def _data(self, content: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA and the message. aiosmtplib prepares the whole message at once (three copies of
+        it, and the transport buffers the rest of what the socket does not take): fine for mail,
+        not for a 25 MB attachment, which goes in pieces of `DATA_PIECE`, each sent before the
+        next is made. The same bytes on the wire either way."""
+        timeout = self._timeouts.data
+        if len(content) <= DATA_PIECE:
+            return await self._client.data(content, timeout=timeout)
+        start = await self._client.execute_command(b"DATA", timeout=timeout)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = self._client.protocol
+        try:
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            drain = getattr(protocol, "_drain_helper", None)  # the transport's flow control
+            # As aiosmtplib's own DATA does: the reply is expected from now on. Without this, a
+            # reply that arrives before `read_response` is dropped as unsolicited, and the
+            # message already taken by the peer would wait for the timeout and be sent again.
+            protocol._response_pending = True
+            for piece in data_pieces(content):
+                protocol.write(piece)
+                if drain is not None:
+                    await asyncio.wait_for(drain(), timeout)
+            final = await protocol.read_response(timeout=timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError,
+                ConnectionError):
+            self._client.close()
+            raise
+        if final.code != 250:
+            raise aiosmtplib.SMTPDataError(final.code, final.message)
+        return final
 
     async def reset(self) -> None:
         """RSET: abandon the transaction so the connection can carry the next message."""

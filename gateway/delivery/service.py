@@ -29,6 +29,7 @@ from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlspolicy import MtaSts, StsCache, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
 from gateway.delivery.traffic import Traffic
+from gateway.memory import MemoryBudget
 from gateway.message import QueuedMessage
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import open_store
@@ -58,6 +59,7 @@ class DeliveryService:
         self.spool = spool
         self.suppression = SuppressionList(delivery.suppression.file)
         self.traffic: Traffic | None = None  # throttling state and warm-up counts outlive reloads
+        self.memory: MemoryBudget | None = None
         self.agent = self._agent(config, spool)
         # Through a lambda, so that a reload's new agent serves the next deliveries.
         self.scheduler = Scheduler(spool, lambda queue_id: self.agent.deliver(queue_id),
@@ -91,7 +93,15 @@ class DeliveryService:
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
                              tls_reports=self.tls_reports, learned=self.learned,
                              portal=self._portal(config), signer=self._signer(config), audit=self.audit,
-                             traffic=self.traffic, suppression=self.suppression, outcomes=outcomes)
+                             traffic=self.traffic, suppression=self.suppression, outcomes=outcomes,
+                             memory=self._memory(config))
+
+    def _memory(self, config: Config) -> MemoryBudget:
+        """One budget for the life of the service: a reload changes its limit, not its holders."""
+        if self.memory is None:
+            self.memory = MemoryBudget(config.limits.message_memory)
+        self.memory.limit = config.limits.message_memory
+        return self.memory
 
     @staticmethod
     def _signer(config: Config) -> DkimSigner:

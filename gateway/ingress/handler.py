@@ -38,6 +38,7 @@ from gateway.ingress.protocol import GatewaySession, GatewaySMTP, Transaction
 from gateway.ingress.received import received_header
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.users import UserStore
+from gateway.memory import MemoryBudget
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
 from gateway.pipeline import Pipeline, PipelineItem
 from gateway.spool import QueueState, Spool, new_queue_id
@@ -93,6 +94,7 @@ class IngressHandler:
         self.audit = audit or Audit.off()
         self.feedback = feedback
         self.auth_throttle = AuthThrottle()  # failed AUTH across all connections of this process
+        self.memory = MemoryBudget(settings.limits.message_memory)
 
     async def auth_failed(self, server: GatewaySMTP, user: str, reason: str, **fields: object) -> None:
         """A failed or refused AUTH: one log line fail2ban can match (``event=auth_failed
@@ -203,6 +205,19 @@ class IngressHandler:
 
     async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession,
                           envelope: Transaction) -> str:
+        if envelope.spill is None:
+            return await self._data(server, session, envelope)
+        # A large message waits on disk for its turn, then is worked on in memory (see memory).
+        self.memory.limit = self.settings.limits.message_memory
+        async with self.memory.hold(envelope.spill.size):
+            envelope.original_content = await self.spool.offload(envelope.spill.getvalue)
+            envelope.spill.close()
+            try:
+                return await self._data(server, session, envelope)
+            finally:
+                envelope.original_content = envelope.content = None
+
+    async def _data(self, server: GatewaySMTP, session: GatewaySession, envelope: Transaction) -> str:
         client = ClientInfo(
             address=server.client_ip, helo=session.host_name or "", listener=server.listener.label,
             auth_user=session.auth_user,

@@ -30,7 +30,9 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from gateway import eventlog
 from gateway.config import ListenerConfig
 from gateway.ingress import replies
+from gateway.ingress.dataread import DataState, read_data
 from gateway.message import Recipient, address_fit, decode_xtext
+from gateway.spool.spill import Spill
 
 if TYPE_CHECKING:
     from gateway.ingress.handler import IngressHandler
@@ -67,6 +69,7 @@ class Transaction(Envelope):
         self.relay_reason = ""  # decided at the first accepted RCPT, recorded with the message
         self.feedback: list[tuple[str, str]] = []  # (kind, address) of the gateway's own addresses
         self.sender_denied = False  # MAIL FROM outside relay.sender_domains: only feedback RCPTs
+        self.spill: Spill | None = None  # the message, when it was too large to keep in memory
 
 
 @dataclass
@@ -428,16 +431,47 @@ class GatewaySMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push(replies.DATA_SYNTAX)
+            return
         # The command timeout covers one command; the whole DATA transfer gets its own.
         self._reset_timeout(self._data_timeout)
         self._in_data = True
-        # aiosmtpd reads the message line by line through a StreamReader whose limit is the
-        # command line length (1001), so the transport is paused and resumed for every few
-        # kilobytes received. A larger limit while the message flows avoids that churn; lines
-        # over 1000 octets are still refused, by aiosmtpd's own length check on each line.
+        # A larger reader limit while the message flows: pieces of up to 64 KB instead of the
+        # transport paused and resumed every few kilobytes (see dataread).
         self._reader._limit = DATA_READ_LIMIT  # type: ignore[attr-defined]
         try:
-            await super().smtp_DATA(arg)
+            await self.push(replies.START_DATA)
+            spool = self.event_handler.spool
+            try:
+                received = await read_data(
+                    self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit,
+                    new_spill=lambda: Spill(spool.directory / "tmp", spool.keyring))
+            except asyncio.CancelledError:
+                log.info("event=connection_lost_in_data client=%s", self._client_ip)
+                self._writer.close()
+                raise
+            self._reader._limit = self.line_length_limit  # type: ignore[attr-defined]
+            if received.state is DataState.TOO_LONG:
+                reply = replies.LINE_TOO_LONG
+            elif received.state is DataState.TOO_MUCH:
+                reply = replies.TOO_MUCH_DATA
+            else:
+                self.envelope.original_content = self.envelope.content = received.content
+                self.envelope.spill = received.spill
+                try:
+                    reply = await self._call_handler_hook("DATA")
+                finally:
+                    if received.spill is not None:
+                        received.spill.close()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(reply)
         finally:
             self._in_data = False
             self._reader._limit = self.line_length_limit  # type: ignore[attr-defined]

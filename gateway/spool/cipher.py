@@ -134,8 +134,8 @@ class FileCipher:
     def seal(self, kind: bytes, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         sealed = self._aead.encrypt(nonce, plaintext, self._aad(kind))
-        body = bytes([len(kind)]) + kind + nonce + sealed
-        return struct.pack(">I", len(body)) + body
+        length = 1 + len(kind) + NONCE_SIZE + len(sealed)
+        return b"".join((struct.pack(">IB", length, len(kind)), kind, nonce, sealed))  # one copy
 
     def records(self, blob: bytes, offset: int, *, tolerate_torn_tail: bool) -> list[tuple[bytes, bytes]]:
         """Decrypt the records in `blob` from `offset`: [(kind, plaintext)].

@@ -141,8 +141,7 @@ class Spool:
     def _write_new(self, message: QueuedMessage, content: bytes, state: QueueState) -> None:
         cipher = FileCipher.create(self.keyring, message.queue_id)
         meta = json.dumps(message.to_dict(), separators=(",", ":")).encode()
-        blob = b"".join((cipher.header, cipher.seal(_KIND_META, meta),
-                         cipher.seal(_KIND_CONTENT, content)))
+        blob = (cipher.header, cipher.seal(_KIND_META, meta), cipher.seal(_KIND_CONTENT, content))
         # Written under a dot-name in the target directory itself: the creation and the rename
         # then touch one directory, so one (coalesced) directory fsync makes both durable. Scans
         # skip dot-names.

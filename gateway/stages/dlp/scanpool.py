@@ -42,9 +42,11 @@ class ScanFailed(Exception):
 
 def _serve(connection: multiprocessing.connection.Connection, parent: int) -> None:
     """The worker's main loop: one message in, one summary (or the error's type name) out."""
+    from gateway.memory import LARGE, release_freed, tune_allocator
     from gateway.workers import die_with_parent
 
     die_with_parent(parent)
+    tune_allocator()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the gateway, which stops us
     while True:
         try:
@@ -57,6 +59,9 @@ def _serve(connection: multiprocessing.connection.Connection, parent: int) -> No
         except Exception as exc:  # a scanner bug must not take the worker down with it
             result = type(exc).__name__
         connection.send(result)
+        if len(raw) > LARGE:
+            del raw
+            release_freed()
 
 
 class _Worker:

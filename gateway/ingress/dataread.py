@@ -1,0 +1,141 @@
+"""Reading the message of one SMTP DATA command (RFC 5321 4.5.2), in bounded memory.
+
+The bytes come in pieces, each up to the next ".<CRLF>" (or the reader's limit, 64 KB): a piece
+whose dot starts a line (the raw bytes before it end in CRLF) is the end of the data. Pieces are
+kept as they came and undone in one pass when there is enough of them: the dot a client
+doubled at the start of a line is removed, lines longer than the limit are noticed (500 after the
+end, as aiosmtpd does), and past the size limit nothing more is kept (552 after the end).
+
+A message up to `MEMORY_LIMIT` is returned as bytes; beyond that everything goes to a `Spill`
+(an encrypted file in the spool's tmp/) as it arrives, so what a slow client sends costs disk,
+not memory. Each piece is a copy of at most the reader's limit, so a 150 MB message passes
+through a few hundred kilobytes of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from gateway.spool.spill import MEMORY_LIMIT, Spill
+
+_END = b".\r\n"
+
+
+class DataState(Enum):
+    NOMINAL = "nominal"
+    TOO_LONG = "too_long"  # a line over the line length limit: 500
+    TOO_MUCH = "too_much"  # over the size limit: 552
+
+
+@dataclass
+class Received:
+    state: DataState
+    content: bytes | None = None  # the message, when it stayed in memory
+    spill: Spill | None = None  # the message, when it was larger (the caller closes it)
+
+
+class _Lines:
+    """The line length check across pieces: the bytes since the last line feed carry over."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.run = 0
+
+    def ok(self, raw: bytes) -> bool:
+        first = raw.find(b"\n")
+        if first < 0:
+            self.run += len(raw)
+            return self.run <= self.limit
+        longest = max(map(len, raw.split(b"\n")[1:-1]), default=0) + 1  # with their line feed
+        longest = max(longest, self.run + first + 1)
+        self.run = len(raw) - raw.rfind(b"\n") - 1
+        return longest <= self.limit and self.run <= self.limit
+
+
+def unstuff(raw: bytes, tail: bytes) -> bytes:
+    """`raw` with the leading dot of each line removed; `tail` is the raw bytes just before it
+    (at least the last two), so a line that began in the previous piece is handled too."""
+    if b"." not in raw:
+        return raw
+    joined = tail[-2:] + raw
+    return joined.replace(b"\r\n.", b"\r\n")[len(tail[-2:]):]
+
+
+async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int,
+                    new_spill: Callable[[], Spill], memory_limit: int = MEMORY_LIMIT) -> Received:
+    """Read up to and including the line with the lone dot. Raises what the reader raises when
+    the connection goes (the caller closes the spill it may have got by then: none is
+    returned on an exception, it is closed here)."""
+    state = DataState.NOMINAL
+    lines = _Lines(line_limit)
+    pieces: list[bytes] = []
+    pending = 0  # bytes in `pieces`
+    received = 0  # raw bytes, dots and all, as aiosmtpd counts them
+    # The raw bytes just before the next piece (starting with the DATA command's own line end),
+    # and just before the pieces not yet undone.
+    before = tail = b"\r\n"
+    spill: Spill | None = None
+    try:
+        while True:
+            try:
+                piece = await reader.readuntil(_END)
+                ends = True
+            except asyncio.LimitOverrunError as overrun:
+                piece = await reader.read(overrun.consumed)
+                ends = False
+            last = False
+            if ends:
+                body = piece[:-3]
+                if body.endswith(b"\r\n") or (before + body).endswith(b"\r\n"):
+                    piece, last = body, True
+            before = (before + piece[-2:])[-2:]
+            received += len(piece)
+            if state is DataState.NOMINAL and size_limit and received > size_limit:
+                state = DataState.TOO_MUCH
+            if state is DataState.NOMINAL:
+                pieces.append(piece)
+                pending += len(piece)
+                if spill is not None or pending > memory_limit:
+                    if spill is None:
+                        spill = new_spill()
+                    tail, pending = _flush(pieces, tail, lines, spill), 0
+                    if lines.run > line_limit:
+                        state = DataState.TOO_LONG
+            elif pieces or spill is not None:  # nothing more is kept: the answer is an error
+                pieces, pending = [], 0
+                if spill is not None:
+                    spill.close()
+                    spill = None
+            if last:
+                break
+        if state is not DataState.NOMINAL:
+            return Received(state)
+        if spill is not None:
+            received_spill, spill = spill, None
+            if pieces:
+                _flush(pieces, tail, lines, received_spill)
+            if lines.run > line_limit:
+                received_spill.close()
+                return Received(DataState.TOO_LONG)
+            return Received(state, spill=received_spill)
+        raw = b"".join(pieces)
+        if not lines.ok(raw):
+            return Received(DataState.TOO_LONG)
+        return Received(state, content=unstuff(raw, tail))
+    finally:
+        if spill is not None:
+            spill.close()
+
+
+def _flush(pieces: list[bytes], tail: bytes, lines: _Lines, spill: Spill) -> bytes:
+    """Write the pieces to the spill, undone; returns the new tail. A line too long leaves
+    `lines.run` over the limit (checked by the caller)."""
+    raw = b"".join(pieces)
+    pieces.clear()
+    if not lines.ok(raw):
+        lines.run = lines.limit + 1
+    spill.write(unstuff(raw, tail))
+    return (tail + raw)[-2:]

@@ -1,0 +1,78 @@
+"""What a process does about its memory when messages are large.
+
+`MemoryBudget`: the bytes of large messages one process works on in memory at the same time
+(policy scan, spool write, delivery). Ten clients sending 25 MB each must not mean ten 25 MB
+messages, and their copies, in memory at once: beyond the budget a message waits its turn on
+disk (in a spill file or the spool), which costs its sender a little time, not the gateway its
+memory. A message larger than the whole budget still goes, alone.
+
+`tune_allocator` and `release_freed`: glibc's malloc serves a large request from its own mapping
+only while the request is above a threshold that it raises to the size of every such block freed
+(up to 32 MB); after one 25 MB message, later ones come from the heap and their freed pages stay
+with the process. A fixed threshold keeps large buffers in their own mappings, returned to the
+system the moment they are freed, and `release_freed` (malloc_trim) gives back what the heap
+holds free after a large message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+LARGE = 1 << 20  # a message above this counts against the budget; below it is ordinary mail
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1 << 20
+
+
+class MemoryBudget:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed: asyncio.Condition | None = None
+
+    @asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Wait until `size` fits (or nothing else is held), hold it for the block."""
+        if size <= LARGE:
+            yield
+            return
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
+            release_freed()
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+def tune_allocator() -> None:
+    """Large buffers in their own mappings (see the module docstring); no-op without glibc."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+def release_freed() -> None:
+    """Give the heap's free pages back to the system (after a large message)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
