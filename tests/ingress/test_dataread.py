@@ -59,7 +59,7 @@ def content_of(received: Received) -> bytes:
     return received.content
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(80))
 async def test_random_messages_in_random_pieces_come_out_as_sent(seed: int, tmp_path: Path) -> None:
     rng = random.Random(seed)
     message = random_message(rng, rng.choice([0, 10, 300, 5000]))
