@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from gateway.stages.dlp import documents
+from gateway.stages.dlp.leanmime import parse_large
 
 # Facts a policy rule can test (`when: {facts: [...]}`).
 ENCRYPTED_ATTACHMENT = "encrypted_attachment"  # S/MIME, PGP, password-protected zip/PDF/Office
@@ -62,6 +63,7 @@ _UUENCODED = re.compile(r"^begin [0-7]{3,4} ([^\r\n]*)\r?\n(.*?)^end\s*$", re.M 
 _ENCRYPTED_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime", "application/pgp-encrypted",
                     "multipart/encrypted")
 _UNSCANNED_PREFIXES = ("image/", "audio/", "video/", "font/", "model/")
+LEAN_FROM = 1 << 20  # bytes: larger messages are parsed by leanmime when they are regular
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .doc/.xls/.ppt (and encrypted OOXML)
 
 
@@ -380,12 +382,15 @@ def _header_text(value: object) -> str:
         return text
 
 
-def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | None = None) -> Extracted:
-    """All the text of `raw` (a whole RFC 5322 message) with the facts found on the way."""
+def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | None = None, *,
+            lean_from: int = LEAN_FROM) -> Extracted:
+    """All the text of `raw` (a whole RFC 5322 message) with the facts found on the way. From
+    `lean_from` bytes on, a regular message is parsed without copies of its bodies (leanmime)."""
     walker = _Walker(limits or ExtractLimits(),
                      deadline if deadline is not None else time.monotonic() + 3600)
     try:
-        walker.message(parse(raw), 0)
+        message = parse_large(raw) if len(raw) >= lean_from else None
+        walker.message(message or parse(raw), 0)
         if walker.broken:  # what a client shows past the break may be in no part at all
             walker.add("body", raw.decode("utf-8", errors="replace"))
     except _Stop:
