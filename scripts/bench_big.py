@@ -3,9 +3,10 @@
 N clients send one message of S MB each at the same time (a short text part and a base64
 attachment of random bytes, as a scanned referral or an imaging report arrives) through the relay
 under test to Postfix's smtp-sink. A sampler reads the memory of every process of the relay (the
-gateway's tree; Postfix's master and its children) every 20 ms. Reported: the idle
-RSS before, the peak during, the growth as a multiple of the bytes in flight (N x S), the time
-until the sink has them all, and the RSS `--settle` seconds after the last one arrived.
+gateway's tree; Postfix's master and its children) every 50 ms. Reported: the idle memory
+(after one small warm-up message has gone through, so every process is started), the peak
+during, the growth as a multiple of the bytes in flight (N x S), the time until the sink has
+them all, and the memory `--settle` seconds after the last one arrived.
 
 Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup): resident pages, each page
 shared by k processes counted 1/k in each. Summed over the tree, a shared library or a page a
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SAMPLE_EVERY = 0.05
+WARM = 2.0  # seconds after the warm-up message before the idle reading
 
 
 def tree_pids(root: int) -> list[int]:
@@ -72,6 +74,7 @@ class MemorySampler:
         self._root = root
         self.peak = 0.0
         self.peaks: dict[int, float] = {}
+        self.idle: dict[int, float] = {}  # the first reading of each process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,6 +83,7 @@ class MemorySampler:
         for pid in tree_pids(self._root()):
             size = pss_mb(pid)
             self.peaks[pid] = max(self.peaks.get(pid, 0.0), size)
+            self.idle.setdefault(pid, size)
             total += size
         return total
 
@@ -151,11 +155,18 @@ def run(args: argparse.Namespace, mailward_gateway: Callable, postfix_instance: 
                         def root(pid_file: Path = pid_file) -> int:
                             return int(pid_file.read_text().split()[0])
                     sampler = MemorySampler(root)
+                    # Idle means ready and warm: one small message through first, so that every
+                    # process is started (Mailward's scan worker, Postfix's smtpd, cleanup, smtp).
+                    send_all(port, [big_message(0.01, sender, recipient, -1)], sender, recipient)
+                    if not sink.wait_for(1, timeout=60):
+                        raise SystemExit(f"{name}: the warm-up message did not arrive")
+                    time.sleep(WARM)
+                    sampler.idle.clear()
                     idle = sampler.now()
                     started = time.monotonic()
                     with sampler:
                         send_all(port, messages, sender, recipient)
-                        if not sink.wait_for(args.messages, timeout=600):
+                        if not sink.wait_for(args.messages + 1, timeout=600):
                             raise SystemExit(f"{name}: the sink got only {sink.count} of {args.messages}")
                         seconds = time.monotonic() - started
                     deadline = time.monotonic() + args.settle
@@ -164,7 +175,8 @@ def run(args: argparse.Namespace, mailward_gateway: Callable, postfix_instance: 
                     results.append(BigResult(name, idle, sampler.peak, sampler.now(), seconds))
                     if args.verbose:
                         for pid, peak in sorted(sampler.peaks.items(), key=lambda p: -p[1])[:8]:
-                            print(f"  {name} {pid} {process_name(pid)}: peak {peak:.0f} MB")
+                            print(f"  {name} {pid} {process_name(pid)}: idle {sampler.idle.get(pid, 0):.0f}, "
+                                  f"peak {peak:.0f}, after {pss_mb(pid):.0f} MB")
         finally:
             sink.close()
     print(f"\nbig: {args.messages} concurrent messages of {args.size_mb:g} MB (base64 attachment), "
