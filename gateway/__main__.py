@@ -2,5 +2,5 @@
 
 from gateway.cli import main
 
-if __name__ == "__main__":  # not when multiprocessing's spawn imports this module in a worker
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -43,6 +43,7 @@ from gateway.ingress.protocol import ConnectionTracker, GatewaySMTP
 from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.sendapi import SendApi
 from gateway.ingress.users import UserStore
+from gateway.lifeline import die_with_parent
 from gateway.memory import tune_allocator
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
@@ -55,7 +56,7 @@ from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanpool import ScanPool
 from gateway.stages.dlp.stage import DlpStage, dlp_settings, policies_directory
 from gateway.statusapi import StatusApi
-from gateway.workers import ChildProcess, DeliveryProcess, die_with_parent
+from gateway.workers import ChildProcess, DeliveryProcess
 
 log = logging.getLogger("mailward")
 PORTAL_SWEEP_INTERVAL = 3600.0

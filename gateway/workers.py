@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -28,11 +27,10 @@ import time
 from gateway import eventlog, sdnotify
 from gateway.audit.link import FD_ENV, AuditLinkServer
 from gateway.config import Config
+from gateway.lifeline import PARENT_ENV
 
 log = logging.getLogger("mailward")
 
-PARENT_ENV = "MAILWARD_PARENT_PID"
-_PR_SET_PDEATHSIG = 1
 MIN_BACKOFF, MAX_BACKOFF = 1.0, 60.0
 
 
@@ -109,13 +107,3 @@ class ChildProcess:
 DeliveryProcess = ChildProcess  # the delivery child is the default role
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """In a child process (delivery, DLP scan workers): be killed when the parent dies, and exit
-    now if it already has. `parent` defaults to the pid the delivery process is given."""
-    if parent is None:
-        parent = int(os.environ.get(PARENT_ENV, "0"))
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if parent and os.getppid() != parent:
-        raise SystemExit("mailward: the gateway process is gone; child process not started")

@@ -16,7 +16,9 @@ relay: `smtp-source` sends N messages over S sessions into the relay under test,
 them to Postfix's `smtp-sink` on another loopback address (127.0.0.20); the figure is end to end,
 from the first connection until the sink has counted all N messages. Mailward routes the
 recipient domain to the sink with `delivery.routes`, Postfix with `relayhost`; both fsync every
-message before the 250. The peak RSS of the gateway (all its processes) is reported.
+message before the 250. The peak memory of the gateway is reported: its processes' RSS summed
+at the same instant, the highest such sum over the run (sampled every 50 ms), and the same for
+PSS, which counts a page shared by processes (libraries, a forked child's) once.
 
 ingest: Postfix's `smtp-source` sends N messages of SIZE bytes over S concurrent sessions to each
 target in turn; the figure is messages per second from first connect until smtp-source has every
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,6 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_big  # noqa: E402
+
 from tests.postfix import free_port, postfix_instance, wait_listening  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -60,6 +65,7 @@ class Result:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     peak_rss_mb: float = 0.0
+    peak_pss_mb: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -278,14 +284,6 @@ class SmtpSink:
         self.proc.wait()
 
 
-def peak_rss_tree_mb(pid: int) -> float:
-    """Peak RSS of a process plus its children (a gateway may run several processes)."""
-    total = peak_rss_mb(pid)
-    for task in Path(f"/proc/{pid}/task").iterdir():  # children of every thread (scan workers too)
-        total += sum(peak_rss_mb(int(child)) for child in (task / "children").read_text().split())
-    return total
-
-
 def relay_delivery(sink: SmtpSink, sessions: int, extra: str = "") -> str:
     """The `delivery:` mapping that routes the bench recipient's domain to the sink."""
     return (f'{{{NO_DNS}, routes: {{"example.org": "{SINK_HOST}:{sink.port}"}}, '
@@ -343,14 +341,15 @@ def bench_relay(args: argparse.Namespace) -> None:
                 else:
                     target = postfix_instance(Path(tmp), (SINK_HOST, sink.port))
                 with target as (port, _, proc):
-                    rss_probe = proc
+                    sampler = bench_big.MemorySampler(lambda pid=proc.pid if proc else 0: pid)
                     started = time.monotonic()
-                    run_smtp_source(port, args.messages, args.sessions, args.size)
-                    if not sink.wait_for(args.messages, timeout=600):
-                        raise SystemExit(f"{name}: the sink got only {sink.count} of {args.messages}")
+                    with sampler if proc is not None else contextlib.nullcontext():
+                        run_smtp_source(port, args.messages, args.sessions, args.size)
+                        if not sink.wait_for(args.messages, timeout=600):
+                            raise SystemExit(f"{name}: the sink got only {sink.count} of {args.messages}")
                     result = Result(name, args.messages, time.monotonic() - started)
-                    if rss_probe is not None:
-                        result.peak_rss_mb = peak_rss_tree_mb(rss_probe.pid)
+                    if proc is not None:
+                        result.peak_rss_mb, result.peak_pss_mb = sampler.peak_rss, sampler.peak
                     rounds[name].append(result)
                     print(f"{name}: {result.rate:.0f} msg/s", file=sys.stderr)
         finally:
@@ -360,9 +359,9 @@ def bench_relay(args: argparse.Namespace) -> None:
     print(f"\nrelay: {args.messages} messages of {args.size} bytes, {args.sessions} sessions, "
           f"smtp-source -> relay -> smtp-sink on {SINK_HOST}, end to end, fsync on both"
           + (f"; median of {args.rounds} alternating rounds" if args.rounds > 1 else ""))
-    print(f"{'':<18}{'msg/s':>10}{'seconds':>10}{'peak RSS MB':>13}")
+    print(f"{'':<18}{'msg/s':>10}{'seconds':>10}{'peak RSS MB':>13}{'peak PSS MB':>13}")
     for r in results:
-        rss = f"{r.peak_rss_mb:13.0f}" if r.peak_rss_mb else f"{'-':>13}"
+        rss = f"{r.peak_rss_mb:13.0f}{r.peak_pss_mb:13.0f}" if r.peak_rss_mb else f"{'-':>13}{'-':>13}"
         print(f"{r.name:<18}{r.rate:10.0f}{r.seconds:10.2f}{rss}")
     ours, reference = results[0], results[1]
     print(f"ratio mailward/postfix: end-to-end throughput {ours.rate / reference.rate:.2f}x")

@@ -46,16 +46,23 @@ def tree_pids(root: int) -> list[int]:
     return found
 
 
-def pss_mb(pid: int) -> float:
-    """Proportional set size: resident pages, each shared page divided among its sharers."""
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of a process. PSS is the proportional set size: resident pages, each shared
+    page divided among its sharers."""
+    found = {b"Rss:": 0.0, b"Pss:": 0.0}
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
             for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) / 1024
+                key = line[:4]
+                if key in found:
+                    found[key] = int(line.split()[1]) / 1024
     except (OSError, IndexError, ValueError):
         pass
-    return 0.0
+    return found[b"Rss:"], found[b"Pss:"]
+
+
+def pss_mb(pid: int) -> float:
+    return memory_mb(pid)[1]
 
 
 def process_name(pid: int) -> str:
@@ -67,24 +74,27 @@ def process_name(pid: int) -> str:
 
 
 class MemorySampler:
-    """Samples the memory (PSS) of a process tree in a thread until stopped; keeps the peak of
-    the sum and of each process."""
+    """Samples the memory of a process tree in a thread until stopped; keeps the peak of the
+    sum (PSS, and RSS: both summed over the processes at the same instant) and of each process."""
 
     def __init__(self, root: Callable[[], int]) -> None:
         self._root = root
         self.peak = 0.0
+        self.peak_rss = 0.0
         self.peaks: dict[int, float] = {}
         self.idle: dict[int, float] = {}  # the first reading of each process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def now(self) -> float:
-        total = 0.0
+        total = total_rss = 0.0
         for pid in tree_pids(self._root()):
-            size = pss_mb(pid)
+            rss, size = memory_mb(pid)
             self.peaks[pid] = max(self.peaks.get(pid, 0.0), size)
             self.idle.setdefault(pid, size)
             total += size
+            total_rss += rss
+        self.peak_rss = max(self.peak_rss, total_rss)
         return total
 
     def __enter__(self) -> MemorySampler:

@@ -2,7 +2,8 @@
 up the event loop (and its GIL) that serves every other SMTP session, and so that scans use the
 other cores.
 
-Each worker is a spawned process serving one scan at a time over a pipe: the message bytes go
+Each worker is a process of its own (`gateway.stages.dlp.worker`) serving one scan at a time
+over a socket pair: the message bytes go
 as one buffer (no pickling of the content), the request and the summary as small pickles. The
 scanner keeps to its own deadline; if a worker still has not answered `grace` seconds after it,
 or dies, it is killed and replaced, and the caller gets `ScanFailed` (the policy's on_error
@@ -20,14 +21,15 @@ small sites and tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
-import multiprocessing
 import multiprocessing.connection
 import os
-import signal
+import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.context import SpawnProcess
 
 from gateway.stages.dlp.scanner import ScanRequest, ScanSummary, scan_message
 
@@ -40,14 +42,10 @@ class ScanFailed(Exception):
         self.reason = reason
 
 
-def _serve(connection: multiprocessing.connection.Connection, parent: int) -> None:
-    """The worker's main loop: one message in, one summary (or the error's type name) out."""
-    from gateway.memory import LARGE, release_freed, tune_allocator
-    from gateway.workers import die_with_parent
+def serve(connection: multiprocessing.connection.Connection) -> None:
+    """The worker's loop: one message in, one summary (or the error's type name) out."""
+    from gateway.memory import LARGE, release_freed
 
-    die_with_parent(parent)
-    tune_allocator()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the gateway, which stops us
     while True:
         try:
             raw = connection.recv_bytes()
@@ -65,13 +63,17 @@ def _serve(connection: multiprocessing.connection.Connection, parent: int) -> No
 
 
 class _Worker:
+    """One scan worker: ``python -m gateway.stages.dlp.worker`` on one end of a socket pair. A
+    process of its own that imports the scanner and nothing else (not the gateway's web, SMTP
+    and crypto stacks), so it costs its detectors and little more."""
+
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.connection, child = context.Pipe()
-        self.process: SpawnProcess = context.Process(
-            target=_serve, args=(child, os.getpid()), name="mailward-dlp", daemon=True)
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.stages.dlp.worker", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        self.connection = multiprocessing.connection.Connection(ours.detach())
 
     def scan(self, raw: bytes, request: ScanRequest, timeout: float) -> ScanSummary:
         """Blocking; runs in a pool thread. Raises ScanFailed."""
@@ -90,7 +92,8 @@ class _Worker:
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
         self.connection.close()
 
 
