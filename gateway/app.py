@@ -71,6 +71,7 @@ class _Loaded:
     settings: IngressSettings
     tls_context: ssl.SSLContext
     policies: Policies
+    dlp: DlpStage
 
 
 def _build(config: Config, scan_pool: ScanPool) -> _Loaded:
@@ -82,7 +83,7 @@ def _build(config: Config, scan_pool: ScanPool) -> _Loaded:
                                users=UserStore(config.relay.users_file),
                                pipeline=Pipeline((dlp,)), pools=frozenset(config.delivery.pools),
                                pool_header=config.delivery.pool_selection.header)
-    return _Loaded(config, settings, certs.server_context(config), dlp.settings.policies)
+    return _Loaded(config, settings, certs.server_context(config), dlp.settings.policies, dlp)
 
 
 Role = Literal["all", "ingest", "delivery", "ingest-worker"]
@@ -172,9 +173,10 @@ class Gateway:
             if self.role == "ingest":
                 self._delivery_process = DeliveryProcess(config, audit_link=self._audit_link)
                 await self._delivery_process.start()
-        if self._loaded.policies.files:
-            await self.scan_pool.start()
         self._report_policies(self._loaded)
+        # The detectors are built before the first message (a second or so): its scan on the
+        # event loop would overrun its 50 ms and go to a worker for nothing.
+        await asyncio.get_running_loop().run_in_executor(None, self._loaded.dlp.prepare)
         self.handler = IngressHandler(self._loaded.settings, self.spool, self._accepted, audit=self.audit,
                                       feedback=self.feedback)
         await self._listen(config)
@@ -344,6 +346,7 @@ class Gateway:
         self._loaded = loaded
         if self.handler is not None:  # the delivery process has no listeners
             self._report_policies(loaded)
+            loaded.dlp.prepare()
             self.handler.settings = loaded.settings
         if self.delivery is not None and self.spool is not None:
             self.delivery.reconfigure(loaded.config, self.spool)

@@ -290,7 +290,8 @@ class PdfText:
     truncated: bool = False  # stopped at the page limit or the deadline
 
 
-def pdf_text(data: bytes, max_pages: int, deadline: float) -> PdfText:
+def pdf_text(data: bytes, max_pages: int, deadline: float,
+             clock: Callable[[], float] = time.monotonic) -> PdfText:
     """Text per page, with pypdf. A PDF that opens with the empty password (owner-password only,
     common for "protected" forms) is read; one that needs a password is `encrypted`."""
     from pypdf import PdfReader  # imported here: only scan workers pay for it
@@ -307,7 +308,7 @@ def pdf_text(data: bytes, max_pages: int, deadline: float) -> PdfText:
                 outcome.encrypted = True
                 return outcome
         for number, page in enumerate(reader.pages):
-            if number >= max_pages or time.monotonic() > deadline:
+            if number >= max_pages or clock() > deadline:
                 outcome.truncated = True
                 break
             outcome.pages.append(page.extract_text())

@@ -33,6 +33,7 @@ import re
 import time
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -101,9 +102,11 @@ class _Stop(Exception):
 
 
 class _Walker:
-    def __init__(self, limits: ExtractLimits, deadline: float) -> None:
+    def __init__(self, limits: ExtractLimits, deadline: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.deadline = deadline
+        self.clock = clock
         self.result = Extracted()
         self.parts = 0
         self.inflated = 0
@@ -111,7 +114,7 @@ class _Walker:
         self.broken = False  # a part's MIME structure is broken: read the raw message too
 
     def check(self) -> None:
-        if time.monotonic() > self.deadline:
+        if self.clock() > self.deadline:
             self.result.hit("time")
             raise _Stop
 
@@ -348,13 +351,13 @@ class _Walker:
         self.file(content, inner, "", depth + 1)
 
     def _pdf(self, data: bytes) -> None:
-        outcome = documents.pdf_text(data, self.limits.max_pdf_pages, self.deadline)
+        outcome = documents.pdf_text(data, self.limits.max_pdf_pages, self.deadline, self.clock)
         if outcome.encrypted:
             self.result.facts.add(ENCRYPTED_ATTACHMENT)
         if outcome.unreadable:
             self.result.facts.add(UNREADABLE_ATTACHMENT)
         if outcome.truncated:
-            self.result.hit("time" if time.monotonic() > self.deadline else "pages")
+            self.result.hit("time" if self.clock() > self.deadline else "pages")
         for page in outcome.pages:
             self.add("attachment", page)
 
@@ -383,11 +386,10 @@ def _header_text(value: object) -> str:
 
 
 def extract(raw: bytes, limits: ExtractLimits | None = None, deadline: float | None = None, *,
-            lean_from: int = LEAN_FROM) -> Extracted:
+            lean_from: int = LEAN_FROM, clock: Callable[[], float] = time.monotonic) -> Extracted:
     """All the text of `raw` (a whole RFC 5322 message) with the facts found on the way. From
     `lean_from` bytes on, a regular message is parsed without copies of its bodies (leanmime)."""
-    walker = _Walker(limits or ExtractLimits(),
-                     deadline if deadline is not None else time.monotonic() + 3600)
+    walker = _Walker(limits or ExtractLimits(), deadline if deadline is not None else clock() + 3600, clock)
     try:
         message = parse_large(raw) if len(raw) >= lean_from else None
         walker.message(message or parse(raw), 0)

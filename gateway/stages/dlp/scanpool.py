@@ -3,14 +3,17 @@ up the event loop (and its GIL) that serves every other SMTP session, and so tha
 other cores.
 
 Each worker is a process of its own (`gateway.stages.dlp.worker`) serving one scan at a time
-over a socket pair: the message bytes go
-as one buffer (no pickling of the content), the request and the summary as small pickles. The
+over a socket pair: the message bytes go as one buffer (no pickling of the content), the
+request and the summary as small pickles. The
 scanner keeps to its own deadline; if a worker still has not answered `grace` seconds after it,
 or dies, it is killed and replaced, and the caller gets `ScanFailed` (the policy's on_error
-decides). Workers die with the gateway (PR_SET_PDEATHSIG).
+decides). Workers die with the gateway (PR_SET_PDEATHSIG). They start when a scan needs one, up
+to `dlp.workers`, and one left without work for `IDLE_EXIT` seconds exits, as Postfix's daemons
+do: a gateway whose mail is all small keeps no worker's memory (50 MB each).
 
 Small messages (up to `inline_max` bytes, 64 KB by default) are first scanned on the event loop
-itself under tight bounds (256 KB of text and of inflated archives, 3 PDF pages, 50 ms): a 5 KB
+itself under tight bounds (256 KB of text and of inflated archives, 3 PDF pages, 50 ms of the
+thread's CPU time, so that a busy machine does not send ordinary mail to a worker): a 5 KB
 note costs well under a millisecond there, less than the trip to a worker. If any bound is hit
 (a small zip that inflates, a PDF), the message is scanned again in a worker with the full limits.
 
@@ -74,6 +77,7 @@ class _Worker:
                 [sys.executable, "-m", "gateway.stages.dlp.worker", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         self.connection = multiprocessing.connection.Connection(ours.detach())
+        self.idle_since = 0.0
 
     def scan(self, raw: bytes, request: ScanRequest, timeout: float) -> ScanSummary:
         """Blocking; runs in a pool thread. Raises ScanFailed."""
@@ -97,6 +101,7 @@ class _Worker:
         self.connection.close()
 
 
+IDLE_EXIT = 100.0  # seconds a free worker waits for work before it exits (Postfix's max_idle)
 _INLINE_LIMITS = {"max_inflated": 256 * 1024, "max_text": 256 * 1024, "max_pdf_pages": 3}
 _INLINE_BUDGET = 0.05
 
@@ -106,29 +111,29 @@ def inline_request(request: ScanRequest) -> ScanRequest:
     """`request` with the tight bounds of an on-loop scan."""
     limits = dataclasses.replace(request.limits, **{
         key: min(getattr(request.limits, key), value) for key, value in _INLINE_LIMITS.items()})
-    return dataclasses.replace(request, limits=limits, budget=min(request.budget, _INLINE_BUDGET))
+    return dataclasses.replace(request, limits=limits, budget=min(request.budget, _INLINE_BUDGET),
+                               clock="thread_time")
 
 
 class ScanPool:
-    def __init__(self, workers: int, *, grace: float = 5.0, inline_max: int = 64 * 1024) -> None:
+    def __init__(self, workers: int, *, grace: float = 5.0, inline_max: int = 64 * 1024,
+                 idle_exit: float = IDLE_EXIT) -> None:
         self.size = workers
         self.grace = grace
         self.inline_max = inline_max
+        self.idle_exit = idle_exit
         self._threads = ThreadPoolExecutor(max_workers=max(workers, 2), thread_name_prefix="dlp-scan")
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
-        self._workers: list[_Worker] = []
-        self._starting: asyncio.Lock | None = None
+        self._workers: list[_Worker] = []  # started, busy or free
+        self._free: list[_Worker] = []  # the most recently used last: it is taken first
+        self._starting = 0
+        self._waiters: list[asyncio.Future[None]] = []  # scans waiting for a free worker
+        self._reaper: asyncio.TimerHandle | None = None
+        self._closed = False
 
     async def start(self) -> None:
-        """Spawn the workers (once; `scan` calls this too, for policies that appear on reload)."""
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            loop = asyncio.get_running_loop()
-            while len(self._workers) < self.size:
-                worker = await loop.run_in_executor(self._threads, _Worker)
-                self._workers.append(worker)
-                self._idle.put_nowait(worker)
+        """Start every worker now (they otherwise start as scans need them)."""
+        while len(self._workers) + self._starting < self.size:
+            self._release(await self._spawn())
 
     async def scan(self, raw: bytes, request: ScanRequest) -> ScanSummary:
         """The summary, or ScanFailed. If the caller is cancelled (the client went away), the
@@ -152,16 +157,62 @@ class ScanPool:
                 raise ScanFailed("timeout") from None
             except Exception as exc:
                 raise ScanFailed("scan_failed") from exc
-        if len(self._workers) < self.size:
-            await self.start()
-        worker = await self._idle.get()
+        worker = await self._acquire()
         try:
             return await loop.run_in_executor(self._threads, worker.scan, raw, request, timeout)
         except ScanFailed:
             worker = await loop.run_in_executor(self._threads, self._replace, worker)
             raise
         finally:
-            self._idle.put_nowait(worker)
+            self._release(worker)
+
+    async def _acquire(self) -> _Worker:
+        """A free worker; else a new one while there are fewer than `size`; else wait for one."""
+        while not self._free and len(self._workers) + self._starting >= self.size:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        return self._free.pop() if self._free else await self._spawn()
+
+    async def _spawn(self) -> _Worker:
+        self._starting += 1
+        try:
+            worker = await asyncio.get_running_loop().run_in_executor(self._threads, _Worker)
+        finally:
+            self._starting -= 1
+        self._workers.append(worker)
+        return worker
+
+    def _release(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        worker.idle_since = loop.time()
+        self._free.append(worker)
+        if self._reaper is None:
+            self._reaper = loop.call_later(self.idle_exit, self._reap)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def _reap(self) -> None:
+        """Workers free for `idle_exit` seconds exit: a gateway whose mail is scanned on the
+        event loop (small messages) keeps no worker's memory. The next large message starts one
+        again (about a second)."""
+        self._reaper = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.idle_exit
+        for worker in [w for w in self._free if w.idle_since <= deadline]:
+            self._free.remove(worker)
+            self._workers.remove(worker)
+            self._threads.submit(worker.kill)
+        if self._free:  # the next one to come of age
+            due = min(w.idle_since for w in self._free) + self.idle_exit
+            self._reaper = loop.call_at(due, self._reap)
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
@@ -170,6 +221,9 @@ class ScanPool:
         return fresh
 
     def close(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         for worker in self._workers:
             worker.kill()
         self._workers.clear()

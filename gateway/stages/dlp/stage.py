@@ -22,7 +22,7 @@ from gateway.policies import builtin_directory
 from gateway.stages.dlp.extract import ExtractLimits
 from gateway.stages.dlp.notify import notification
 from gateway.stages.dlp.policy import Policies, load_policies
-from gateway.stages.dlp.scanner import ScanRequest, ScanSummary
+from gateway.stages.dlp.scanner import ScanRequest, ScanSummary, build_detectors, build_prefilter
 from gateway.stages.dlp.scanpool import ScanFailed, ScanPool
 from gateway.stages.dlp.verdict import Verdict, decide, on_error
 
@@ -45,6 +45,12 @@ class DlpStage:
     def __init__(self, settings: DlpSettings, pool: ScanPool) -> None:
         self.settings = settings
         self.pool = pool
+
+    def prepare(self) -> None:
+        """Build the detectors now (cached per policy version) rather than in the first scan."""
+        if self.settings.policies.files:
+            build_detectors(self.settings.request.detectors)
+            build_prefilter(self.settings.request.detectors)
 
     async def process(self, item: PipelineItem) -> None:
         settings = self.settings

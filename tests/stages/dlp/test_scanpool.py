@@ -12,6 +12,7 @@ import pytest
 
 from gateway.stages.dlp.scanner import ScanRequest
 from gateway.stages.dlp.scanpool import ScanFailed, ScanPool
+from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
 PHI = b.message("SSN 219-45-6789")
@@ -75,5 +76,21 @@ async def test_in_process_mode_scans_without_workers() -> None:
     scan_pool = ScanPool(0)
     try:
         assert (await scan_pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}
+    finally:
+        scan_pool.close()
+
+
+async def test_workers_start_when_needed_and_exit_when_left_idle() -> None:
+    scan_pool = ScanPool(2, inline_max=0, idle_exit=0.5)
+    try:
+        assert scan_pool._workers == []  # nothing started for mail that never needed a worker
+        summaries = await asyncio.gather(*(scan_pool.scan(PHI, ScanRequest()) for _ in range(3)))
+        assert [s.counts for s in summaries] == [{"ssn": 1}] * 3
+        started = [worker.process for worker in scan_pool._workers]
+        assert 1 <= len(started) <= 2  # never more than dlp.workers
+        await eventually(lambda: scan_pool._workers == [], timeout=10)
+        await eventually(lambda: all(process.poll() is not None for process in started), timeout=10)
+        assert (await scan_pool.scan(PHI, ScanRequest())).counts == {"ssn": 1}  # a new one starts
+        assert len(scan_pool._workers) == 1
     finally:
         scan_pool.close()

@@ -180,6 +180,7 @@ def cpu_ticks(pid: int) -> int:
 
 async def test_other_sessions_are_served_while_a_large_message_is_scanned(start_dlp: StartDlp) -> None:
     gateway = await start_dlp()
+    await gateway.gateway.scan_pool.start()  # workers start on demand; this one now, to watch it
     worker = gateway.gateway.scan_pool._workers[0].process
     assert worker.pid is not None
     idle = cpu_ticks(worker.pid)
