@@ -64,7 +64,9 @@ _UUENCODED = re.compile(r"^begin [0-7]{3,4} ([^\r\n]*)\r?\n(.*?)^end\s*$", re.M 
 _ENCRYPTED_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime", "application/pgp-encrypted",
                     "multipart/encrypted")
 _UNSCANNED_PREFIXES = ("image/", "audio/", "video/", "font/", "model/")
-LEAN_FROM = 1 << 20  # bytes: larger messages are parsed by leanmime when they are regular
+# Messages from this size on are parsed by leanmime when they are regular: all of them, as it
+# reads the same and takes a third less time for a 5 KB note (email's parser reads line by line).
+LEAN_FROM = 0
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .doc/.xls/.ppt (and encrypted OOXML)
 
 
