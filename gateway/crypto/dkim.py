@@ -127,25 +127,42 @@ def crlf(content: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", content)
 
 
-def relaxed_body(body: bytes) -> bytes:
+def relaxed_body(body: bytes) -> bytes | memoryview:
     """The relaxed canonical body (RFC 6376 §3.4.4). Most bodies have no whitespace to fold (no
     tab, no run of spaces, no space before a line end): for them only the trailing empty lines
-    change, and dkimpy's two passes over the whole body, the larger part of signing a message
-    with Ed25519, are skipped."""
+    change, done here without a copy (dkimpy's passes over the whole body were the larger part
+    of signing a message with Ed25519)."""
     if b"\t" in body or b"  " in body or b" \r\n" in body:
         return bytes(_RELAXED.canonicalize_body(body))
-    return bytes(dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body)))
+    # dkimpy's strip_trailing_lines and correct_empty_body: one CRLF at the end, none for a body
+    # that is only line ends.
+    end = len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    if end == len(body):
+        return body + b"\r\n" if body else b""
+    return memoryview(body)[:end + 2] if end else b""
 
 
-def header_names(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-    """The h= list: each signed field once per occurrence, the oversigned ones once more."""
-    present: dict[bytes, int] = {}
-    for name, _value in headers:
-        key = name.lower()
-        present[key] = present.get(key, 0) + 1
-    names = [name for name in _OVERSIGNED for _ in range(present.get(name, 0) + 1)]
-    names += [name for name in _SIGNED for _ in range(present.get(name, 0))]
-    return names
+def signed_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+    """The h= list (each signed field once per occurrence, the oversigned ones once more) and the
+    (lowercase name, raw value) of the fields it selects, each name taken from the bottom up
+    (RFC 6376 §5.4.2; the extra name of an oversigned field selects nothing)."""
+    positions: dict[bytes, list[int]] = {}
+    for index, (name, _) in enumerate(headers):
+        positions.setdefault(name.lower().rstrip(), []).append(index)
+    include: list[bytes] = []
+    selected: list[tuple[bytes, bytes]] = []
+    for name in _OVERSIGNED:
+        found = positions.get(name, ())
+        include += [name] * (len(found) + 1)
+        selected += [(name, headers[index][1]) for index in reversed(found)]
+    for name in _SIGNED:
+        found = positions.get(name, ())
+        if found:
+            include += [name] * len(found)
+            selected += [(name, headers[index][1]) for index in reversed(found)]
+    return include, selected
 
 
 def sign(content: bytes, keys: Sequence[SigningKey], *, now: float | None = None) -> bytes:
@@ -153,12 +170,10 @@ def sign(content: bytes, keys: Sequence[SigningKey], *, now: float | None = None
     Raises dkim.MessageFormatError for a header block that is not RFC 5322."""
     end = content.find(_HEADER_END)
     head, body = (content, b"") if end < 0 else (content[:end + 2], content[end + 4:])
-    headers = header_fields(head)
-    include = header_names(headers)
+    include, selected = signed_headers(header_fields(head))
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     # The signed fields, canonical, hashed first for every key: computed once per message.
-    signed_fields = b"".join(name + b":" + relaxed_header(value)
-                             for name, value in select_headers(headers, include))
+    signed_fields = b"".join(name + b":" + relaxed_header(value) for name, value in selected)
     timestamp = str(int(time.time() if now is None else now)).encode("ascii")
     fields_out = []
     for key in keys:
@@ -199,22 +214,6 @@ def relaxed_header(value: bytes) -> bytes:
     if b"\n" in value or b"\r" in value or b"\t" in value or b"  " in value:
         value = _WSP_RUN.sub(b" ", _LINE_END.sub(b"", value))
     return value.strip() + b"\r\n"
-
-
-def select_headers(headers: Sequence[tuple[bytes, bytes]], include: Sequence[bytes]
-                   ) -> list[tuple[bytes, bytes]]:
-    """(lowercase name, raw value) of the fields `include` names, each name taken from the
-    bottom up (RFC 6376 §5.4.2); a name listed more often than present selects nothing more
-    (oversigning)."""
-    positions: dict[bytes, list[int]] = {}
-    for index, (name, _) in enumerate(headers):
-        positions.setdefault(name.lower().rstrip(), []).append(index)
-    selected = []
-    for wanted in include:
-        found = positions.get(wanted)
-        if found:  # the lowest one not taken yet is the last in the list
-            selected.append((wanted, headers[found.pop()][1]))
-    return selected
 
 
 def _signature_field(key: SigningKey, tags: Sequence[bytes], signed_fields: bytes) -> bytes:

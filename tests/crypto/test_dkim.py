@@ -26,7 +26,7 @@ MESSAGE = (b"From: Clinic <clinic@example.com>\r\nTo: pat@example.org\r\nSubject
 def test_header_list_oversigns_the_fixed_set_and_signs_others_per_occurrence() -> None:
     headers = [(b"From", b""), (b"To", b""), (b"To", b""), (b"Cc", b""), (b"Received", b""),
                (b"X-Mailer", b"")]
-    names = [n.decode() for n in dkim.header_names(headers)]
+    names = [n.decode() for n in dkim.signed_headers(headers)[0]]
     assert names.count("from") == 2 and names.count("to") == 3 and names.count("subject") == 1
     assert names.count("cc") == 1
     assert "received" not in names and "x-mailer" not in names
@@ -67,12 +67,26 @@ def test_signatures_over_awkward_header_fields_verify_with_dkimpy(tmp_path: Path
     content = head + b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nBody\r\n"
     signed = dkim.sign(content, [signing]) + content
     assert dkimpy.DKIM(signed).verify(dnsfunc=lambda name, timeout=5: key.record.encode())
-    # Each canonical field as dkimpy's relaxed canonicalisation has it.
+    # Each canonical field as dkimpy's parse and relaxed canonicalisation have it.
+    include, selected = dkim.signed_headers(dkim.header_fields(content[:content.index(b"\r\n\r\n") + 2]))
+    ours = [(name, dkim.relaxed_header(value)) for name, value in selected]
     headers, _ = dkimpy.rfc822_parse(content)
-    ours = [(name, dkim.relaxed_header(value)) for name, value in dkim.select_headers(
-        headers, dkim.header_names(headers))]
     policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
-    assert ours == dkimpy.select_headers(policy.canonicalize_headers(headers), dkim.header_names(headers))
+    assert ours == dkimpy.select_headers(policy.canonicalize_headers(headers), include)
+
+
+@pytest.mark.parametrize("body", [b"", b"\r\n", b"\r\n\r\n", b"a", b"a\r\n", b"a\r\n\r\n\r\n",
+                                  b"a\r\r\n", b"a\r\n\r", b"\r\na\r\n", b"a  b \r\n\t\r\n\r\n"])
+def test_relaxed_body_is_dkimpys(body: bytes) -> None:
+    assert bytes(dkim.relaxed_body(body)) == CanonicalizationPolicy.from_c_value(
+        b"relaxed/relaxed").canonicalize_body(body)
+
+
+def test_a_header_block_that_is_not_rfc_5322_is_refused() -> None:
+    for head in (b" folded first: x\r\n", b"No colon here\r\n", b"Bad Name: x\r\n"):
+        with pytest.raises(dkimpy.MessageFormatError):
+            dkim.header_fields(head)
+    assert dkim.header_fields(b"From someone Mon Jan 1\r\nSubject: x\r\n") == [(b"Subject", b" x")]
 
 
 def test_bare_line_feeds_become_crlf_before_signing() -> None:
