@@ -284,6 +284,12 @@ class SmtpSink:
         self.proc.wait()
 
 
+def plain_relay(workdir: Path) -> str:
+    """Config lines for a bare relay: no DLP rules, audit off, no DKIM (the encrypted, fsync'd
+    spool stays)."""
+    return f"policies_dir: {workdir / 'no-policies'}\naudit: {{enabled: false}}\n"
+
+
 def relay_delivery(sink: SmtpSink, sessions: int, extra: str = "") -> str:
     """The `delivery:` mapping that routes the bench recipient's domain to the sink."""
     return (f'{{{NO_DNS}, routes: {{"example.org": "{SINK_HOST}:{sink.port}"}}, '
@@ -299,7 +305,8 @@ def profile_relay(args: argparse.Namespace, base: Path) -> None:
     try:
         with (tempfile.TemporaryDirectory(dir=base, prefix="relay-profile-") as tmp,
               mailward_gateway(Path(tmp), relay_delivery(sink, args.sessions),
-                               bench_policies(Path(tmp)) + dkim_signing(Path(tmp))) as (port, _, proc)):
+                               plain_relay(Path(tmp)) if args.plain
+                               else bench_policies(Path(tmp)) + dkim_signing(Path(tmp))) as (port, _, proc)):
             raw = Path(tmp) / "py-spy.txt"
             sampler = bench_profile.record(proc.pid, raw)
             started = time.monotonic()
@@ -334,8 +341,7 @@ def bench_relay(args: argparse.Namespace) -> None:
                                               if name == "mailward-pools" else "")
                     # As shipped: the policies, the audit log and DKIM for the sender's domain;
                     # plain: none of them (a bare relay with the encrypted, fsync'd spool).
-                    extra = (f"policies_dir: {Path(tmp) / 'no-policies'}\naudit: {{enabled: false}}\n"
-                             if name == "mailward-plain"
+                    extra = (plain_relay(Path(tmp)) if name == "mailward-plain"
                              else bench_policies(Path(tmp)) + dkim_signing(Path(tmp)))
                     target = mailward_gateway(Path(tmp), delivery, extra)
                 else:
@@ -388,7 +394,8 @@ def main() -> None:
     relay.add_argument("--size", type=int, default=5120)
     relay.add_argument("--rounds", type=int, default=1, help="alternate the two this many times")
     relay.add_argument("--plain", action="store_true",
-                       help="also run Mailward as a plain relay: no DLP rules, audit off, no DKIM")
+                       help="also run Mailward as a plain relay: no DLP rules, audit off, no DKIM "
+                            "(with --profile: profile the plain relay)")
     relay.add_argument("--profile", action="store_true",
                        help="one Mailward run under py-spy: CPU us per message by stage and process")
     relay.add_argument("--pools", action="store_true",
