@@ -20,6 +20,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,17 +34,26 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self._changed: asyncio.Condition | None = None
+        self._queue: deque[object] = deque()  # waiting holders, first come first served
 
     @asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[None]:
-        """Wait until `size` fits (or nothing else is held), hold it for the block."""
+        """Wait until `size` fits (or nothing else is held), hold it for the block. Holders go
+        in arrival order, so a message larger than the rest is not passed over for ever."""
         if size <= LARGE:
             yield
             return
         if self._changed is None:
             self._changed = asyncio.Condition()
+        turn = object()
         async with self._changed:
-            await self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self._queue.append(turn)
+            try:
+                await self._changed.wait_for(lambda: self._queue[0] is turn and (
+                    self.used == 0 or self.used + size <= self.limit))
+            finally:
+                self._queue.remove(turn)
+                self._changed.notify_all()  # the next in line may fit beside us
             self.used += size
         try:
             yield

@@ -4,7 +4,9 @@ The bytes come in pieces, each up to the next CRLF "." CRLF (or the reader's lim
 5 KB message is one search in C, not a call per line. Pieces are kept as they came and undone
 in one pass when there is enough of them: the dot a client
 doubled at the start of a line is removed, lines longer than the limit are noticed (500 after the
-end, as aiosmtpd does), and past the size limit nothing more is kept (552 after the end).
+end, as aiosmtpd does), and past the size limit nothing more is kept (552 after the end). If the
+spill file cannot be written (a full disk), the rest is read and dropped and the answer is 451:
+the client keeps the message, and none of its lines is ever taken for a command.
 
 A message up to `MEMORY_LIMIT` is returned as bytes; beyond that everything goes to a `Spill`
 (an encrypted file in the spool's tmp/) as it arrives, so what a slow client sends costs disk,
@@ -19,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from gateway.errors import SpoolError
 from gateway.spool.spill import MEMORY_LIMIT, Spill
 
 _END_LINE = b"\r\n.\r\n"
@@ -28,6 +31,7 @@ class DataState(Enum):
     NOMINAL = "nominal"
     TOO_LONG = "too_long"  # a line over the line length limit: 500
     TOO_MUCH = "too_much"  # over the size limit: 552
+    WRITE_FAILED = "write_failed"  # the spill file could not be written (a full disk): 451
 
 
 @dataclass
@@ -85,9 +89,12 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, lin
                 pieces.append(piece)
                 pending += len(piece)
                 if spill is not None or pending > memory_limit:
-                    if spill is None:
-                        spill = new_spill()
-                    tail, pending = _flush(pieces, tail, lines, spill), 0
+                    try:
+                        if spill is None:
+                            spill = new_spill()
+                        tail, pending = _flush(pieces, tail, lines, spill), 0
+                    except SpoolError:  # the rest is read and dropped: never taken as commands
+                        state = DataState.WRITE_FAILED
                     if lines.run > line_limit:
                         state = DataState.TOO_LONG
             elif pieces or spill is not None:  # nothing more is kept: the answer is an error
@@ -100,7 +107,11 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, lin
         if spill is not None:
             received_spill, spill = spill, None
             if pieces:
-                _flush(pieces, tail, lines, received_spill)
+                try:
+                    _flush(pieces, tail, lines, received_spill)
+                except SpoolError:
+                    received_spill.close()
+                    return Received(DataState.WRITE_FAILED)
             if lines.run > line_limit:
                 received_spill.close()
                 return Received(DataState.TOO_LONG)

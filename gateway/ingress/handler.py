@@ -29,7 +29,7 @@ from gateway.audit import events as audit_events
 from gateway.audit.events import Audit
 from gateway.certs import peer_names
 from gateway.config import LimitsConfig, ListenerConfig
-from gateway.errors import Hold, Outcome
+from gateway.errors import Hold, Outcome, SpoolError
 from gateway.ingress import replies
 from gateway.ingress.authlimit import AuthThrottle
 from gateway.ingress.feedback import Feedback
@@ -210,8 +210,13 @@ class IngressHandler:
         # A large message waits on disk for its turn, then is worked on in memory (see memory).
         self.memory.limit = self.settings.limits.message_memory
         async with self.memory.hold(envelope.spill.size):
-            envelope.original_content = await self.spool.offload(envelope.spill.getvalue)
-            envelope.spill.close()
+            try:
+                envelope.original_content = await self.spool.offload(envelope.spill.getvalue)
+            except SpoolError as exc:  # read back what was written: a disk error, or tampering
+                log.error("event=queue_write_failed client=%s error=%s", server.client_ip, exc)
+                return replies.QUEUE_WRITE_ERROR
+            finally:
+                envelope.spill.close()
             try:
                 return await self._data(server, session, envelope)
             finally:

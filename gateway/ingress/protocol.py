@@ -462,6 +462,9 @@ class GatewaySMTP(SMTP):
                 reply = replies.LINE_TOO_LONG
             elif received.state is DataState.TOO_MUCH:
                 reply = replies.TOO_MUCH_DATA
+            elif received.state is DataState.WRITE_FAILED:
+                log.error("event=queue_write_failed client=%s error=spill_file", self._client_ip)
+                reply = replies.QUEUE_WRITE_ERROR
             else:
                 self.envelope.original_content = self.envelope.content = received.content
                 self.envelope.spill = received.spill

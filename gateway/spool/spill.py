@@ -13,6 +13,7 @@ removes any a crash left behind. Records are AES-GCM under a fresh per-file key 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -78,7 +79,8 @@ class Spill:
             os.close(self._fd)
             self._fd = None
         if self._path is not None:
-            self._path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # gone already, or never made (a broken disk)
+                self._path.unlink()
             self._path = None
 
     def _open(self) -> None:

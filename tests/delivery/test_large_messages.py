@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 
+import aiosmtplib
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
@@ -101,3 +102,30 @@ async def test_a_large_message_to_a_fast_peer_is_sent_once(world: MailWorld) -> 
         output, _ = sink.communicate(timeout=10)
     counts = [line.rpartition(b"mesg=")[2].strip() for line in output.split(b"\r") if b"mesg=" in line]
     assert counts[-1] == b"1"  # taken once
+
+
+async def test_a_large_message_that_cannot_be_spilled_is_451_and_the_session_goes_on(
+        world: MailWorld) -> None:
+    await world.start_dns(MX)
+    sink = await world.sink("127.0.0.11")
+    gateway = await world.gateway()
+    scratch = gateway.spool.directory / "tmp"
+    scratch.rmdir()
+    scratch.write_text("not a directory")  # every spill file fails to open, as on a broken disk
+    try:
+        client = gateway.client()
+        await client.connect()
+        await client.mail(SENDER)
+        await client.rcpt("pat@clinic.test")
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await client.data(large_message(0, 2 << 20))
+        assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.0")
+        assert gateway.queued() == []
+        # The same session carries on: the message's lines were read, not taken as commands.
+        assert (await client.noop()).code == 250
+        code, text = await send(client, SENDER, ["pat@clinic.test"], b"Subject: small\r\n\r\nhello\r\n")
+        assert code == 250, text
+    finally:
+        scratch.unlink()
+        scratch.mkdir()
+    await eventually(lambda: len(sink.messages) == 1)

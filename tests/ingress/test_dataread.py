@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import SpoolError
 from gateway.ingress.dataread import DataState, Received, read_data
 from gateway.spool.cipher import SpoolKeyring
 from gateway.spool.spill import RECORD_SIZE, Spill
@@ -136,3 +137,18 @@ async def test_a_spill_record_moved_or_altered_is_refused(tmp_path: Path) -> Non
     with pytest.raises(Exception, match="authentication"):
         spill.getvalue()
     spill.close()
+
+
+async def test_a_spill_that_cannot_be_written_is_451_and_the_rest_is_not_taken_for_commands(
+        tmp_path: Path) -> None:
+    reader = asyncio.StreamReader(limit=64)
+
+    def no_spill() -> Spill:
+        raise SpoolError("cannot write a spill file: No space left on device")
+
+    body = b"".join(b"RCPT TO:<line%d@example.org>\r\n" % i for i in range(200))
+    reader.feed_data(stuffed(body) + b"QUIT\r\n")
+    received = await read_data(reader, size_limit=None, line_limit=1001, new_spill=no_spill,
+                               memory_limit=100)
+    assert received.state is DataState.WRITE_FAILED
+    assert await reader.readuntil(b"\r\n") == b"QUIT\r\n"  # the message's lines were all read
