@@ -101,7 +101,10 @@ class _Worker:
         self.connection.close()
 
 
-IDLE_EXIT = 100.0  # seconds a free worker waits for work before it exits (Postfix's max_idle)
+# Seconds a free worker waits for work before it exits. Postfix lets its daemons idle 100 s
+# (max_idle), but they cost a few MB; a scan worker holds its detectors (about 50 MB), and a
+# second of start-up for the next large message is the cheaper side of the trade.
+IDLE_EXIT = 30.0
 _INLINE_LIMITS = {"max_inflated": 256 * 1024, "max_text": 256 * 1024, "max_pdf_pages": 3}
 _INLINE_BUDGET = 0.05
 
