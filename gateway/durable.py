@@ -14,7 +14,7 @@ import asyncio
 import errno
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -23,15 +23,19 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 T = TypeVar("T")
 
 
-def write_new(path: Path, content: bytes | Sequence[bytes], mode: int = 0o600) -> None:
+def write_new(path: Path, content: bytes | Sequence[bytes] | Iterator[bytes], mode: int = 0o600) -> None:
     """Create `path` (which must not exist) with `content`, flushed to disk; no directory fsync.
-    `content` may be a sequence of buffers, written in order (no joined copy of a large file)."""
+    `content` may be a sequence of buffers (written with one writev: no joined copy), or an
+    iterator of them, each written as it comes (a large file through little memory)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         if isinstance(content, bytes):
             write_all(fd, content)
-        else:
+        elif isinstance(content, (list, tuple)):
             write_parts(fd, content)
+        else:
+            for part in content:
+                write_all(fd, part)
         # fdatasync also flushes the file size, which is all the metadata a new file needs.
         os.fdatasync(fd)
     except BaseException:

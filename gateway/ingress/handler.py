@@ -42,6 +42,7 @@ from gateway.memory import MemoryBudget
 from gateway.message import ClientInfo, Envelope, QueuedMessage, Recipient
 from gateway.pipeline import Pipeline, PipelineItem
 from gateway.spool import QueueState, Spool, new_queue_id
+from gateway.spool.store import Content
 from gateway.stages.dlp.scanner import ScanSummary
 from gateway.typedyaml import address_in
 
@@ -268,8 +269,10 @@ class IngressHandler:
                 policy, protect=tuple(range(len(envelope.recipients))),
                 action="encrypt" if policy.action == "allow" else policy.action))
         rcpt_tos = [recipient.address for recipient in envelope.recipients]
-        content = received_header(client, settings.hostname, queue_id, rcpt_tos,
-                                  smtputf8=envelope.smtputf8) + item.content
+        # Our Received header on top; kept apart until the spool writes them one after the other,
+        # so a large message is not copied whole to put a line in front of it.
+        content = (received_header(client, settings.hostname, queue_id, rcpt_tos,
+                                   smtputf8=envelope.smtputf8), item.content)
         pool = item.message.policy.pool
         if settings.pool_header and asked_pool is not None:
             if asked_pool in settings.pools:
@@ -277,7 +280,7 @@ class IngressHandler:
             else:
                 eventlog.event(log, "unknown_pool", logging.WARNING, queue_id=queue_id, pool=asked_pool,
                                note="X-Mailward-Pool names no configured pool; the usual choice applies")
-        message = dataclasses.replace(item.message, size=len(content), pool=pool)
+        message = dataclasses.replace(item.message, size=sum(map(len, content)), pool=pool)
         records = [audit_events.received(message)]
         if "dlp" in item.notes or message.policy.action != "allow":
             summary = item.notes.get("dlp")
@@ -300,7 +303,7 @@ class IngressHandler:
         return Submitted(queue_id, replies.QUEUED.format(queue_id=queue_id), 250,
                          held=state is QueueState.HOLD)
 
-    async def _make_durable(self, message: QueuedMessage, content: bytes, state: QueueState,
+    async def _make_durable(self, message: QueuedMessage, content: Content, state: QueueState,
                             records: list[dict[str, object]]) -> bool:
         """Store the message and write its audit records side by side (the 250 needs both); on
         a failure undo the half that worked, as far as possible, and say so."""

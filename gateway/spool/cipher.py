@@ -22,10 +22,12 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import KeyFileError, SpoolError
@@ -36,6 +38,8 @@ VERSION = 1
 SALT_SIZE = 16
 NONCE_SIZE = 12
 KEY_SIZE = 32
+TAG_SIZE = 16
+STREAM_PIECE = 1 << 20  # bytes encrypted at a time by `seal_stream`
 _HKDF_INFO = b"mailward spool file v1"
 MAX_RECORD = 1 << 31  # a record length above this is corruption, not data
 
@@ -107,7 +111,8 @@ class FileCipher:
     """The cipher of one spool file: created for writing, or opened from an existing header."""
 
     def __init__(self, master: bytes, master_id: str, file_id: str, salt: bytes) -> None:
-        self._aead = AESGCM(hkdf_sha256(master, salt, _HKDF_INFO))
+        self._key = hkdf_sha256(master, salt, _HKDF_INFO)
+        self._aead = AESGCM(self._key)
         self._file_id = file_id.encode()
         self._header = MAGIC + bytes([VERSION, len(master_id)]) + master_id.encode() + salt
 
@@ -136,6 +141,21 @@ class FileCipher:
         sealed = self._aead.encrypt(nonce, plaintext, self._aad(kind))
         length = 1 + len(kind) + NONCE_SIZE + len(sealed)
         return b"".join((struct.pack(">IB", length, len(kind)), kind, nonce, sealed))  # one copy
+
+    def seal_stream(self, kind: bytes, parts: Sequence[bytes]) -> Iterator[bytes]:
+        """The same record as `seal` of the parts joined, made and handed out a piece at a time
+        (AES-GCM is a stream cipher with a tag at the end): a 100 MB message is written through
+        a megabyte of memory, not copied whole, then encrypted whole, then joined."""
+        nonce = os.urandom(NONCE_SIZE)
+        size = sum(len(part) for part in parts)
+        yield struct.pack(">IB", 1 + len(kind) + NONCE_SIZE + size + TAG_SIZE, len(kind)) + kind + nonce
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(self._aad(kind))
+        for part in parts:
+            view = memoryview(part)
+            for start in range(0, len(view), STREAM_PIECE):
+                yield encryptor.update(view[start:start + STREAM_PIECE])
+        yield encryptor.finalize() + encryptor.tag
 
     def records(self, blob: bytes, offset: int, *, tolerate_torn_tail: bool) -> list[tuple[bytes, bytes]]:
         """Decrypt the records in `blob` from `offset`: [(kind, plaintext)].

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from typing import BinaryIO, TypeVar
 
 from gateway.durable import directory_sync, fsync_dir, write_new
 from gateway.errors import SpoolError
+from gateway.memory import LARGE
 from gateway.message import QueuedMessage, RecipientState, RecipientStatus
 from gateway.spool.cipher import FileCipher, SpoolKeyring
 
@@ -48,6 +50,7 @@ _KIND_CONTENT = b"content"
 _KIND_RESULT = b"result"
 _QUEUE_ID = re.compile(r"^[0-9A-F]{13}[0-9A-F]{6}$")
 _HEADER_MAX = 6 + 255 + 16
+Content = bytes | tuple[bytes, ...]  # a message's bytes, whole or in parts to be concatenated
 T = TypeVar("T")
 CRASH_LIMIT = 3  # crashes in a row while a message was active before it is quarantined
 
@@ -122,10 +125,11 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def store(self, message: QueuedMessage, content: bytes,
+    async def store(self, message: QueuedMessage, content: Content,
                     state: QueueState = QueueState.INCOMING) -> None:
         """Persist a new message in ``incoming/`` (or straight into ``hold/``, for a message
-        policy holds for review); durable when this returns."""
+        policy holds for review); durable when this returns. `content` may be given in parts
+        (our Received header and the message as it came), stored as their concatenation."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._write_new, message, content, state)
         if state is QueueState.INCOMING:
@@ -138,10 +142,16 @@ class Spool:
         self._write_new(message, content, QueueState.INCOMING)
         fsync_dir(self.directory / QueueState.INCOMING.value)
 
-    def _write_new(self, message: QueuedMessage, content: bytes, state: QueueState) -> None:
+    def _write_new(self, message: QueuedMessage, content: Content, state: QueueState) -> None:
         cipher = FileCipher.create(self.keyring, message.queue_id)
         meta = json.dumps(message.to_dict(), separators=(",", ":")).encode()
-        blob = (cipher.header, cipher.seal(_KIND_META, meta), cipher.seal(_KIND_CONTENT, content))
+        parts = (content,) if isinstance(content, bytes) else content
+        blob: tuple[bytes, ...] | Iterator[bytes]
+        if sum(len(part) for part in parts) <= LARGE:
+            blob = (cipher.header, cipher.seal(_KIND_META, meta), cipher.seal(_KIND_CONTENT, b"".join(parts)))
+        else:  # a large message is encrypted and written a piece at a time
+            blob = itertools.chain((cipher.header, cipher.seal(_KIND_META, meta)),
+                                   cipher.seal_stream(_KIND_CONTENT, parts))
         # Written under a dot-name in the target directory itself: the creation and the rename
         # then touch one directory, so one (coalesced) directory fsync makes both durable. Scans
         # skip dot-names.
