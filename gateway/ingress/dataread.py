@@ -1,12 +1,12 @@
 """Reading the message of one SMTP DATA command (RFC 5321 4.5.2), in bounded memory.
 
 The bytes come in pieces, each up to the next CRLF "." CRLF (or the reader's limit, 64 KB): a
-5 KB message is one search in C, not a call per line. Pieces are kept as they came and undone
-in one pass when there is enough of them: the dot a client
-doubled at the start of a line is removed, lines longer than the limit are noticed (500 after the
-end, as aiosmtpd does), and past the size limit nothing more is kept (552 after the end). If the
-spill file cannot be written (a full disk), the rest is read and dropped and the answer is 451:
-the client keeps the message, and none of its lines is ever taken for a command.
+5 KB message is one search in C, not a call per line. Pieces are kept as they came and undone in
+one pass when there are enough of them: the dot a client doubled at the start of a line is
+removed, lines longer than the limit are noticed (500 after the end, as aiosmtpd does), and past
+the size limit nothing more is kept (552 after the end). If the spill file cannot be written (a
+full disk), the rest is read and dropped and the answer is 451: the client keeps the message,
+and none of its lines is ever taken for a command.
 
 A message up to `MEMORY_LIMIT` is returned as bytes; beyond that everything goes to a `Spill`
 (an encrypted file in the spool's tmp/) as it arrives, so what a slow client sends costs disk,
