@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import os
 import re
 import secrets
 import time
@@ -60,7 +59,7 @@ from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.delivery.traffic import Deferral, Route, Traffic
 from gateway.durable import write_atomic
 from gateway.errors import RetrySoon
-from gateway.memory import MemoryBudget
+from gateway.memory import LARGE, MemoryBudget
 from gateway.message import (
     QueuedMessage,
     Recipient,
@@ -70,6 +69,7 @@ from gateway.message import (
 from gateway.portal.handoff import PortalHandoff
 from gateway.spool import QueueState, Spool
 from gateway.spool.generated import generated
+from gateway.spool.store import TooLarge
 
 log = logging.getLogger("mailward.delivery")
 
@@ -142,21 +142,21 @@ class DeliveryAgent:
 
     async def deliver(self, queue_id: str) -> None:
         """Deliver the message in ``active/`` and leave it finished or deferred. A large one waits
-        for its share of the process's memory budget first (see memory)."""
+        for its share of the process's memory budget before it is read (see memory)."""
         try:
-            size = await self.spool.offload(os.path.getsize, self.spool.path(QueueState.ACTIVE, queue_id))
-        except OSError:
-            size = 0  # gone: the read below says so
-        async with self.memory.hold(size):
-            await self._deliver(queue_id)
+            loaded = await self.spool.offload(self._read, queue_id, LARGE)
+        except TooLarge as large:
+            async with self.memory.hold(large.size):
+                await self._deliver(queue_id, await self.spool.offload(self._read, queue_id, None))
+            return
+        await self._deliver(queue_id, loaded)
 
-    async def _deliver(self, queue_id: str) -> None:
+    async def _deliver(self, queue_id: str, loaded: tuple[QueuedMessage, bytes, dict[int, Attempt]]) -> None:
+        message, content, suppressed = loaded
         unsettled = self._unsettled.pop(queue_id, None)
         if unsettled is not None:
-            message, content = await self.spool.offload(self.spool.read, queue_id, QueueState.ACTIVE)
             await self._commit(message, content, unsettled)
             return
-        message, content, suppressed = await self.spool.offload(self._read, queue_id)
         # Recipients that policy says must be protected travel apart from the others: they get
         # the protection methods of the policy's order (see `protection`), never plaintext.
         by_domain: dict[tuple[str, bool], list[int]] = {}
@@ -182,9 +182,10 @@ class DeliveryAgent:
                 attempts += group
         await self._commit(message, content, await self._settle(message, attempts))
 
-    def _read(self, queue_id: str) -> tuple[QueuedMessage, bytes, dict[int, Attempt]]:
-        """The message, and its suppressed recipients, in one trip to the I/O thread."""
-        message, content = self.spool.read(queue_id, QueueState.ACTIVE)
+    def _read(self, queue_id: str, max_size: int | None) -> tuple[QueuedMessage, bytes, dict[int, Attempt]]:
+        """The message, and its suppressed recipients, in one trip to the I/O thread (TooLarge
+        for a file over `max_size`, not read)."""
+        message, content = self.spool.read(queue_id, QueueState.ACTIVE, max_size=max_size)
         return message, content, self._suppressed(message)
 
     def _suppressed(self, message: QueuedMessage) -> dict[int, Attempt]:

@@ -235,9 +235,11 @@ class Spool:
         statuses, _ = self._journal_state(queue_id, len(message.envelope.recipients))
         return message.with_statuses(statuses)
 
-    def read(self, queue_id: str, state: QueueState) -> tuple[QueuedMessage, bytes]:
-        """Metadata with statuses, and content, in one read of the file (the delivery path)."""
-        blob = _read_file(self.path(state, queue_id))
+    def read(self, queue_id: str, state: QueueState, *, max_size: int | None = None
+             ) -> tuple[QueuedMessage, bytes]:
+        """Metadata with statuses, and content, in one read of the file (the delivery path).
+        With `max_size`, a larger file is not read: `TooLarge` says its size."""
+        blob = _read_file(self.path(state, queue_id), max_size)
         cipher, offset = FileCipher.from_header(self.keyring, queue_id, blob)
         records = dict(cipher.records(blob, offset, tolerate_torn_tail=False))
         if _KIND_META not in records or _KIND_CONTENT not in records:
@@ -413,10 +415,22 @@ def _read_prefix(path: Path) -> bytes:
         return handle.read(_HEADER_MAX + 4)
 
 
-def _read_file(path: Path) -> bytes:
+class TooLarge(Exception):
+    """The file is larger than the reader asked for (see `Spool.read`)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _read_file(path: Path, max_size: int | None = None) -> bytes:
     """The whole file. Unbuffered: a buffered open asks whether the file is a terminal (a
     failing ioctl per message) and copies the bytes once more."""
     with open(path, "rb", buffering=0) as handle:
+        if max_size is not None:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_size:
+                raise TooLarge(size)
         return handle.readall()
 
 

@@ -253,3 +253,19 @@ async def test_a_deferral_is_handed_to_the_scheduler_once(spool: Spool) -> None:
     assert spool.take_deferral(message.queue_id) == 1234.0
     assert spool.take_deferral(message.queue_id) is None
     assert spool.due(message.queue_id, QueueState.DEFERRED) == 1234.0
+
+
+async def test_a_large_message_in_parts_is_stored_streamed_and_read_whole_or_refused_by_size(
+        spool: Spool, tmp_path: Path) -> None:
+    message = make_message()
+    received = b"Received: from client.test\r\n"
+    body = content() + (f"{MARKER} ".encode() * 40 + b"\r\n") * 40_000  # 9 MB: sealed piecewise
+    await spool.store(message, (received, body))
+    blob = spool.path(QueueState.INCOMING, message.queue_id).read_bytes()
+    assert MARKER.encode() not in blob
+    assert spool.claim(message.queue_id, QueueState.INCOMING)  # into active/
+    with pytest.raises(store_module.TooLarge) as large:
+        spool.read(message.queue_id, QueueState.ACTIVE, max_size=1 << 20)
+    assert large.value.size == len(blob)  # said without reading it
+    loaded, read = spool.read(message.queue_id, QueueState.ACTIVE)
+    assert read == received + body and loaded.queue_id == message.queue_id
