@@ -9,6 +9,7 @@ caller's bounded `read` function, which enforces size, ratio and count limits.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import logging
@@ -186,7 +187,9 @@ _BREAKS = {
 }
 _TAG = re.compile(r"<[^>]*>")
 _SHARED_STRING = re.compile(r"<si>(.*?)</si>", re.S)
-_SHEET_TOKEN = re.compile(r"<c\b([^>]*?)(?:/>|>(.*?)</c>)|</row>", re.S)
+_SHEET_CELL = re.compile(
+    r'<c r="([A-Z]{1,3})\d+"(?: s="\d+")?(?: t="(\w+)")?(?: s="\d+")?>(?:<f>[^<]*</f>)?<v>([^<]*)</v></c>'
+    r"|<c\b([^>]*?)(?:/>|>(.*?)</c>)|(</row>)", re.S)
 _CELL_TYPE = re.compile(r"\bt=\"(\w+)\"")
 _CELL_REF = re.compile(r"\br=\"([A-Z]{1,3})\d+\"")
 
@@ -226,39 +229,50 @@ def office_text(archive: zipfile.ZipFile, kind: str, read: Reader) -> Iterator[s
 def _sheet_text(sheet: str, shared: list[str]) -> str:
     """The sheet as `labelled_rows`: each value next to its column's header. Cells are placed by
     their reference (B7 is column 2), so empty cells do not shift a row against the header.
-    One pass over the sheet (a sheet can have a million cells)."""
+    One pass over the sheet (a sheet can have a million cells): the usual cell, as Excel and
+    most libraries write it (a reference, a type, a value), is read whole by one pattern; any
+    other form (inline strings, other attribute orders) by the general one."""
     rows: list[list[str]] = []
     cells: dict[int, str] = {}
-    for token in _SHEET_TOKEN.finditer(sheet):
-        attributes, body = token.group(1), token.group(2)
-        if attributes is None:  # </row>
+    for letters, kind, value, attributes, body, row_end in _SHEET_CELL.findall(sheet):
+        if row_end:
             if cells:
-                rows.append([cells.get(column, "") for column in range(max(cells) + 1)])
+                rows.append(_row(cells))
                 cells = {}
             continue
-        if not body:
-            continue
-        reference = _CELL_REF.search(attributes)
-        column = _column(reference.group(1)) if reference is not None else len(cells)
-        kind = _CELL_TYPE.search(attributes) if "t=" in attributes else None
-        if kind is not None and kind.group(1) == "inlineStr":
-            cells[column] = _xml_text(body)
-            continue
-        start = body.find("<v>")
-        end = body.find("</v>", start)
-        if start < 0 or end < 0:
-            continue
-        value = body[start + 3:end]
-        if kind is not None and kind.group(1) == "s":
+        if letters:  # the usual form: <c r="B7" t="s"><v>3</v></c>
+            column = _column(letters)
+        else:
+            if not body:
+                continue
+            reference = _CELL_REF.search(attributes)
+            column = _column(reference.group(1)) if reference is not None else len(cells)
+            found = _CELL_TYPE.search(attributes) if "t=" in attributes else None
+            kind = found.group(1) if found is not None else ""
+            if kind == "inlineStr":
+                cells[column] = _xml_text(body)
+                continue
+            start = body.find("<v>")
+            end = body.find("</v>", start)
+            if start < 0 or end < 0:
+                continue
+            value = body[start + 3:end]
+        if kind == "s":
             index = value.strip()
             cells[column] = shared[int(index)] if index.isdigit() and int(index) < len(shared) else ""
         else:
             cells[column] = html.unescape(value) if "&" in value else value
     if cells:
-        rows.append([cells.get(column, "") for column in range(max(cells) + 1)])
+        rows.append(_row(cells))
     return labelled_rows(rows)
 
 
+def _row(cells: dict[int, str]) -> list[str]:
+    """The cells of a row by column, empty where a column has none."""
+    return [cells.get(column, "") for column in range(max(cells) + 1)]
+
+
+@functools.lru_cache(maxsize=4096)
 def _column(letters: str) -> int:
     number = 0
     for letter in letters[:3]:  # XFD is the last column

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from gateway.stages.dlp.detectors import scan
-from gateway.stages.dlp.documents import html_to_text, normalise
+from gateway.stages.dlp.documents import _sheet_text, html_to_text, normalise
 from gateway.stages.dlp.extract import ExtractLimits, extract
 from tests.stages.dlp import builders as b
 
@@ -170,3 +170,14 @@ def test_broken_mime_does_not_raise() -> None:
            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@not base64\r\n"
            b"--zz\r\nContent-Type: application/pdf; name*=bogus''%ZZ\r\n\r\n\x00\x01")
     extract(raw)  # no exception: malformed parts are facts at worst
+
+
+def test_a_sheet_reads_the_same_in_the_usual_cell_form_and_in_any_other() -> None:
+    shared = ["Patient", "SSN", "Pat Doe"]
+    usual = ('<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" s="2" t="s"><v>1</v></c></row>'
+             '<row r="2"><c r="A2" t="s"><v>2</v></c><c r="B2"><f>X</f><v>078-05-1120</v></c></row>')
+    other = ('<row r="1"><c t="s" r="A1"><v>0</v></c><c t="s" r="B1" s="2"><v>1</v></c></row>'
+             '<row r="2"><c r="A2" t="inlineStr"><is><t>Pat Doe</t></is></c>'
+             '<c s="1" r="B2"><v>078-05-1120</v></c></row>')
+    assert _sheet_text(usual, shared) == _sheet_text(other, shared) == \
+        "Patient SSN\nPatient: Pat Doe; SSN: 078-05-1120"
