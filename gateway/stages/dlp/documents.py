@@ -214,7 +214,7 @@ def office_text(archive: zipfile.ZipFile, kind: str, read: Reader) -> Iterator[s
         table = next((m for m in archive.infolist() if m.filename == "xl/sharedStrings.xml"), None)
         content = read(table) if table is not None else None
         if content is not None:
-            shared = [_xml_text(s) for s in _SHARED_STRING.findall(_xml(content))]
+            shared = _shared_strings(_xml(content))
         for member in members:
             content = read(member)
             if content is not None:
@@ -224,6 +224,19 @@ def office_text(archive: zipfile.ZipFile, kind: str, read: Reader) -> Iterator[s
         content = read(member)
         if content is not None:
             yield _xml_text(_BREAKS[kind].sub("\n", _xml(content)))
+
+
+def _shared_strings(xml: str) -> list[str]:
+    """The text of each <si> item of a shared-string table, in order (cells refer to them by
+    index). Tags are dropped and entities undone for the whole table at once, not per item (a
+    table can hold a hundred thousand strings); an item holds no NUL (XML cannot), so NUL
+    separates them meanwhile."""
+    pieces = xml.split("</si>")[:-1]
+    starts = [piece.find("<si>") for piece in pieces]
+    if -1 in starts:  # not the plain form: item by item
+        return [_xml_text(item) for item in _SHARED_STRING.findall(xml)]
+    joined = "\0".join(piece[start + 4:] for piece, start in zip(pieces, starts, strict=True))
+    return _xml_text(joined).split("\0") if pieces else []
 
 
 def _sheet_text(sheet: str, shared: list[str]) -> str:

@@ -9,7 +9,14 @@ import random
 import pytest
 
 from gateway.stages.dlp.detectors import scan
-from gateway.stages.dlp.documents import _sheet_text, html_to_text, normalise
+from gateway.stages.dlp.documents import (
+    _SHARED_STRING,
+    _shared_strings,
+    _sheet_text,
+    _xml_text,
+    html_to_text,
+    normalise,
+)
 from gateway.stages.dlp.extract import ExtractLimits, extract
 from tests.stages.dlp import builders as b
 
@@ -181,3 +188,12 @@ def test_a_sheet_reads_the_same_in_the_usual_cell_form_and_in_any_other() -> Non
              '<c s="1" r="B2"><v>078-05-1120</v></c></row>')
     assert _sheet_text(usual, shared) == _sheet_text(other, shared) == \
         "Patient SSN\nPatient: Pat Doe; SSN: 078-05-1120"
+
+
+@pytest.mark.parametrize("xml", [
+    '<sst><si><t>a &amp; b</t></si>\n  <si><r><t>x</t></r><r><t>y</t></r></si><si><t/></si></sst>',
+    "<sst></sst>",
+    "<sst><si><t>one</t></si><x/></si><si><t>two</t></si></sst>",  # a stray end tag: item by item
+])
+def test_shared_strings_are_read_item_by_item_or_all_at_once_alike(xml: str) -> None:
+    assert _shared_strings(xml) == [_xml_text(item) for item in _SHARED_STRING.findall(xml)]
