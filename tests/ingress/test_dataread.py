@@ -13,6 +13,7 @@ from gateway.errors import SpoolError
 from gateway.ingress.dataread import DataState, Received, read_data
 from gateway.spool.cipher import SpoolKeyring
 from gateway.spool.spill import RECORD_SIZE, Spill
+from tests.polling import eventually
 
 
 def stuffed(message: bytes) -> bytes:
@@ -47,7 +48,9 @@ async def feed_and_read(wire: bytes, tmp_path: Path, *, pieces: list[int], limit
     for length in pieces:  # the bytes arrive cut where the test says
         reader.feed_data(wire[offset:offset + length])
         offset += length
-        await asyncio.sleep(0)  # let the reader run between arrivals: a real interleaving
+        # The reader takes what has arrived and waits for more (or is done) before the next
+        # bytes come: each cut is one the reader really sees.
+        await eventually(lambda: task.done() or reader._waiter is not None, timeout=5, interval=0)
     reader.feed_data(wire[offset:])
     return await asyncio.wait_for(task, 10), reader, spills
 
