@@ -80,10 +80,9 @@ def test_data_pieces_are_what_aiosmtplib_would_send_in_one() -> None:
         assert all(len(piece) <= 2 * (DATA_PIECE + 1024) for piece in pieces)
 
 
-async def test_a_large_message_to_a_fast_peer_is_sent_once(world: MailWorld) -> None:
-    """Postfix's smtp-sink, in its own process, answers the moment the final dot arrives: the
-    reply must be taken, not dropped while the last piece is still being handed to the socket
-    (which would time out, defer and send the message again)."""
+async def test_a_large_message_to_postfix_smtp_sink_is_taken_once(world: MailWorld) -> None:
+    """A real peer in its own process (Postfix's smtp-sink) that answers the moment the final dot
+    arrives: the message sent in pieces is taken once, and nothing is left to retry."""
     await world.start_dns(MX)
     sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-c", "-u", "nobody", f"127.0.0.11:{world.port}", "16"],
                             stdout=subprocess.PIPE)
@@ -126,3 +125,45 @@ async def test_a_large_message_that_cannot_be_spilled_is_451_and_the_session_goe
         scratch.unlink()
         scratch.mkdir()
     await eventually(lambda: len(sink.messages) == 1)
+
+
+async def test_a_refusal_sent_while_a_large_message_is_still_going_out_is_taken(
+        world: MailWorld) -> None:
+    """Some servers refuse a message as soon as they see it is too big, before the final dot.
+    That reply arrives while the pieces are still being written; it must be the answer (a 552
+    and a bounce at once), not be dropped as unsolicited, leaving the delivery to time out and
+    be retried for days."""
+    await world.start_dns(MX)
+    seen_data = asyncio.Event()
+
+    async def refusing_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mx1.clinic.test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                writer.write(b"250 mx1.clinic.test\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                await reader.readexactly(64 * 1024)  # the first of the message, then refuse
+                writer.write(b"552 5.3.4 Message size exceeds fixed limit\r\n")
+                seen_data.set()
+                await reader.readuntil(b"\r\n.\r\n")  # the rest, as a server must
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    world.servers.append(await asyncio.start_server(refusing_peer, "127.0.0.11", world.port, limit=8 << 20))
+    gateway = await world.gateway()
+    client = gateway.client()
+    code, text = await send(client, SENDER, ["pat@clinic.test"], large_message(0, 3 << 20))
+    assert code == 250, text
+    await seen_data.wait()
+    # Bounced at once with the peer's own words (the world's command timeout is 3 s and its
+    # retries 1 s apart: a dropped reply would show as a deferral, not a bounce).
+    dsn = await eventually(lambda: world.dsns(), timeout=20)
+    assert "552" in dsn[0].as_string() and "5.3.4" in dsn[0].as_string()
+    await eventually(lambda: not any(gateway.spool.counts().values()))
