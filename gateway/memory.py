@@ -30,16 +30,19 @@ _MMAP_THRESHOLD = 1 << 20
 
 
 class MemoryBudget:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    """What large messages hold now, shared by the holders of one process; the limit is the
+    config's (`limits.message_memory`), given at each hold, so a reload applies at once."""
+
+    def __init__(self) -> None:
         self.used = 0
         self._changed: asyncio.Condition | None = None
         self._queue: deque[object] = deque()  # waiting holders, first come first served
 
     @asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[None]:
-        """Wait until `size` fits (or nothing else is held), hold it for the block. Holders go
-        in arrival order, so a message larger than the rest is not passed over for ever."""
+    async def hold(self, size: int, limit: int) -> AsyncIterator[None]:
+        """Wait until `size` fits within `limit` (or nothing else is held), hold it for the
+        block. Holders go in arrival order, so a message larger than the rest is not passed
+        over for ever."""
         if size <= LARGE:
             yield
             return
@@ -50,7 +53,7 @@ class MemoryBudget:
             self._queue.append(turn)
             try:
                 await self._changed.wait_for(lambda: self._queue[0] is turn and (
-                    self.used == 0 or self.used + size <= self.limit))
+                    self.used == 0 or self.used + size <= limit))
             finally:
                 self._queue.remove(turn)
                 self._changed.notify_all()  # the next in line may fit beside us

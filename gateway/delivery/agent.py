@@ -113,7 +113,7 @@ class DeliveryAgent:
                  portal: PortalHandoff | None = None, signer: DkimSigner | None = None,
                  audit: Audit | None = None, traffic: Traffic | None = None,
                  suppression: SuppressionList | None = None, outcomes: Outcomes | None = None,
-                 memory: MemoryBudget | None = None) -> None:
+                 memory: MemoryBudget | None = None, memory_limit: int = 32 << 20) -> None:
         self.spool = spool
         self.hostname = hostname
         self.config = config
@@ -134,7 +134,8 @@ class DeliveryAgent:
         # Results decided but not yet durable (a failed audit write): the next attempt of the
         # message commits these instead of sending again.
         self._unsettled: dict[str, Settlement] = {}
-        self.memory = memory or MemoryBudget(32 << 20)  # kept across reloads by the service
+        self.memory = memory or MemoryBudget()  # kept across reloads by the service
+        self.memory_limit = memory_limit  # limits.message_memory
 
     def take_unsettled(self, previous: DeliveryAgent) -> None:
         """A reload's new agent keeps the results the old one could not make durable yet."""
@@ -146,7 +147,7 @@ class DeliveryAgent:
         try:
             loaded = await self.spool.offload(self._read, queue_id, LARGE)
         except TooLarge as large:
-            async with self.memory.hold(large.size):
+            async with self.memory.hold(large.size, self.memory_limit):
                 await self._deliver(queue_id, await self.spool.offload(self._read, queue_id, None))
             return
         await self._deliver(queue_id, loaded)

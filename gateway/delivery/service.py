@@ -59,7 +59,7 @@ class DeliveryService:
         self.spool = spool
         self.suppression = SuppressionList(delivery.suppression.file)
         self.traffic: Traffic | None = None  # throttling state and warm-up counts outlive reloads
-        self.memory: MemoryBudget | None = None
+        self.memory = MemoryBudget()  # outlives reloads: the holders of the old agent count
         self.agent = self._agent(config, spool)
         # Through a lambda, so that a reload's new agent serves the next deliveries.
         self.scheduler = Scheduler(spool, lambda queue_id: self.agent.deliver(queue_id),
@@ -94,14 +94,7 @@ class DeliveryService:
                              tls_reports=self.tls_reports, learned=self.learned,
                              portal=self._portal(config), signer=self._signer(config), audit=self.audit,
                              traffic=self.traffic, suppression=self.suppression, outcomes=outcomes,
-                             memory=self._memory(config))
-
-    def _memory(self, config: Config) -> MemoryBudget:
-        """One budget for the life of the service: a reload changes its limit, not its holders."""
-        if self.memory is None:
-            self.memory = MemoryBudget(config.limits.message_memory)
-        self.memory.limit = config.limits.message_memory
-        return self.memory
+                             memory=self.memory, memory_limit=config.limits.message_memory)
 
     @staticmethod
     def _signer(config: Config) -> DkimSigner:

@@ -8,7 +8,7 @@ the size limit nothing more is kept (552 after the end). If the spill file canno
 full disk), the rest is read and dropped and the answer is 451: the client keeps the message,
 and none of its lines is ever taken for a command.
 
-A message up to `MEMORY_LIMIT` is returned as bytes; beyond that everything goes to a `Spill`
+A message up to `memory.LARGE` is returned as bytes; beyond that everything goes to a `Spill`
 (an encrypted file in the spool's tmp/) as it arrives, so what a slow client sends costs disk,
 not memory. Each piece is a copy of at most the reader's limit, so a 150 MB message passes
 through a few hundred kilobytes of memory.
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from gateway.errors import SpoolError
-from gateway.spool.spill import MEMORY_LIMIT, Spill
+from gateway.memory import LARGE
+from gateway.spool.spill import Spill
 
 _END_LINE = b"\r\n.\r\n"
 
@@ -69,7 +70,7 @@ def unstuff(raw: bytes, tail: bytes) -> bytes:
 
 
 async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int,
-                    new_spill: Callable[[], Spill], memory_limit: int = MEMORY_LIMIT) -> Received:
+                    new_spill: Callable[[], Spill], memory_limit: int = LARGE) -> Received:
     """Read up to and including the line with the lone dot. Raises what the reader raises when
     the connection goes (the caller closes the spill it may have got by then: none is
     returned on an exception, it is closed here)."""

@@ -95,7 +95,7 @@ class IngressHandler:
         self.audit = audit or Audit.off()
         self.feedback = feedback
         self.auth_throttle = AuthThrottle()  # failed AUTH across all connections of this process
-        self.memory = MemoryBudget(settings.limits.message_memory)
+        self.memory = MemoryBudget()  # large messages of all sessions of this process
 
     async def auth_failed(self, server: GatewaySMTP, user: str, reason: str, **fields: object) -> None:
         """A failed or refused AUTH: one log line fail2ban can match (``event=auth_failed
@@ -209,8 +209,7 @@ class IngressHandler:
         if envelope.spill is None:
             return await self._data(server, session, envelope)
         # A large message waits on disk for its turn, then is worked on in memory (see memory).
-        self.memory.limit = self.settings.limits.message_memory
-        async with self.memory.hold(envelope.spill.size):
+        async with self.memory.hold(envelope.spill.size, self.settings.limits.message_memory):
             try:
                 envelope.original_content = await self.spool.offload(envelope.spill.getvalue)
             except SpoolError as exc:  # read back what was written: a disk error, or tampering

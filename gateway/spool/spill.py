@@ -2,7 +2,7 @@
 
 A client may take minutes to send a 150 MB message, and many may do so at once: holding each in
 memory while it arrives would make the gateway's memory a function of what strangers send. The
-SMTP side keeps a message in memory up to `MEMORY_LIMIT` (every ordinary message stays there and
+SMTP side keeps a message in memory up to `memory.LARGE` (every ordinary message stays there and
 costs nothing more) and beyond that moves it to a `Spill`: an encrypted file in the spool's
 ``tmp/``, written in sealed records of `RECORD_SIZE` as the bytes arrive.
 
@@ -24,11 +24,10 @@ from gateway.errors import SpoolError
 from gateway.spool.cipher import FileCipher, SpoolKeyring
 
 RECORD_SIZE = 1 << 20
-MEMORY_LIMIT = 1 << 20  # a message up to this size never touches the disk before the spool
 
 
 class Spill:
-    """Bytes appended in order; read back whole or in records. Not thread-safe."""
+    """Bytes appended in order, read back whole. Not thread-safe."""
 
     def __init__(self, directory: Path, keyring: SpoolKeyring) -> None:
         self._directory = directory
@@ -51,9 +50,9 @@ class Spill:
 
     def getvalue(self) -> bytes:
         """All the bytes written so far, read back into memory."""
-        return b"".join((*self.chunks(), self._buffer))
+        return b"".join((*self._chunks(), self._buffer))
 
-    def chunks(self) -> Iterator[bytes]:
+    def _chunks(self) -> Iterator[bytes]:
         """The sealed records read back one at a time and opened, in order (without the tail
         still in memory, which `getvalue` adds)."""
         if self._cipher is None or self._path is None:
