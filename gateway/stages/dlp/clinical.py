@@ -334,6 +334,7 @@ class ClinicalContext:
     name = "clinical"
     digit_run = 0
     caseless = True
+    hints_plain_only = False
 
     @property
     def hints(self) -> tuple[str, ...]:
@@ -378,6 +379,7 @@ class PrescriberNumbers:
     digit_run = 7
     hints = (r"[12]\d{9}", r"[A-Za-z][A-Za-z9]\d{7}")
     caseless = False
+    hints_plain_only = False
 
     def can_match(self, lowered: str) -> bool:
         return True

@@ -38,6 +38,8 @@ class Detector(Protocol):
     def hints(self) -> tuple[str, ...]: ...
     @property
     def caseless(self) -> bool: ...
+    @property
+    def hints_plain_only(self) -> bool: ...
 
     def can_match(self, lowered: str) -> bool: ...
     def find(self, text: str, lowered: str | None = None) -> list[Finding]: ...
@@ -72,6 +74,9 @@ class PatternDetector:
     # looks only near them. () for none: it looks everywhere (digit runs, `required` words).
     hints: tuple[str, ...] = ()
     caseless: bool = False  # the hints match in any case
+    # The hints miss matches in text that is not `prefilter.plain` (a custom pattern's Unicode
+    # classes): the prefilter gives such text whole.
+    hints_plain_only: bool = False
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _gates: tuple[tuple[str, ...], ...] = field(default=(), init=False, compare=False, repr=False)

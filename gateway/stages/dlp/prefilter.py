@@ -8,12 +8,18 @@ Hyperscan matches bytes: the text is encoded as Latin-1 (characters beyond it be
 per character, so offsets are character offsets. A slice never starts or ends inside a word or a
 number. Where Hyperscan is not installed (it ships for x86-64 only), or the hints flood (more
 than `MAX_HITS`), the caller scans as before.
+
+A custom detector's own regular expression serves as its hint where that is safe (`pattern_hint`):
+Hyperscan compiles it in prefilter mode, which stands in for what it cannot run (lookarounds, back
+references) with a wider expression, so its matches are a superset of Python's.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from re import _constants as sre  # the parsed form of a pattern: its width and its anchors
+from re import _parser as sre_parse
 from typing import Any, Protocol
 
 hyperscan: Any
@@ -24,7 +30,7 @@ except ImportError:  # not on this platform: scan without a prefilter
 
 MARGIN = 300
 MAX_HITS = 200_000
-_EDGE = 40  # how far a slice's edge moves to reach white space
+EDGE = 40  # how far a slice's edge moves to reach white space
 
 
 class Hinted(Protocol):
@@ -32,6 +38,8 @@ class Hinted(Protocol):
     def hints(self) -> tuple[str, ...]: ...
     @property
     def caseless(self) -> bool: ...
+    @property
+    def hints_plain_only(self) -> bool: ...
 
 
 class Prefilter:
@@ -45,8 +53,9 @@ class Prefilter:
             for hint in detector.hints:
                 expressions.append(hint.encode("latin-1", "replace"))
                 self.owner.append(index)
-                flags.append(hyperscan.HS_FLAG_CASELESS if detector.caseless else 0)
+                flags.append(_flags(detector.caseless))
         self.hinted = frozenset(self.owner)
+        self.plain_only = frozenset(index for index in self.hinted if detectors[index].hints_plain_only)
         self.database: Any = None
         if expressions:
             self.database = hyperscan.Database()
@@ -71,7 +80,71 @@ class Prefilter:
         if count > MAX_HITS:
             return None
         size = len(text)
-        return {index: _merge(text, found, size) for index, found in ends.items() if found}
+        found = {index: _merge(text, hits, size) for index, hits in ends.items() if hits}
+        if self.plain_only and not plain(text):
+            found.update({index: [(0, size)] for index in self.plain_only})
+        return found
+
+
+def _flags(caseless: bool) -> int:
+    # Prefilter mode changes nothing for an expression Hyperscan supports as it is.
+    return hyperscan.HS_FLAG_PREFILTER | (hyperscan.HS_FLAG_CASELESS if caseless else 0)
+
+
+# A letter, digit or space beyond ASCII: Python's \w, \d, \s and \b see it, Hyperscan's do not.
+_UNICODE_CLASSED = re.compile(r"[^\W\x00-\x7f]|[^\S\x00-\x7f]")
+
+
+def plain(text: str) -> bool:
+    """Whether Python's character classes mean in `text` what Hyperscan's mean in its bytes."""
+    return text.isascii() or _UNICODE_CLASSED.search(text) is None
+
+
+def pattern_hint(pattern: re.Pattern[str], window: int) -> tuple[tuple[str, ...], bool]:
+    """A custom detector's regular expression as its own hint, and whether that hint holds only
+    in `plain` text; ((), False) where it cannot serve: a match and the context `window` around
+    it must fit in a slice, the pattern may not be anchored to the start or end of the text or a
+    line (a slice starts elsewhere), and Hyperscan must compile it. Only ASCII patterns, and none
+    with what the two read differently: a POSIX class, a repeat without its minimum."""
+    source = pattern.pattern
+    if hyperscan is None or not source.isascii() or "[:" in source or "{," in source:
+        return (), False
+    try:
+        parsed = sre_parse.parse(source, pattern.flags)
+    except (re.error, RecursionError):
+        return (), False
+    if parsed.getwidth()[1] + window > MARGIN - EDGE or _anchored(parsed):
+        return (), False
+    try:
+        hyperscan.Database().compile(expressions=[source.encode()],
+                                     flags=[_flags(bool(pattern.flags & re.IGNORECASE))])
+    except hyperscan.error:
+        return (), False
+    return (source,), any(
+        (op is sre.IN and any(kind is sre.CATEGORY and value in _UNICODE_CATEGORIES for kind, value in av))
+        or (op is sre.AT and av in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY)) for op, av in _walk(parsed))
+
+
+_UNICODE_CATEGORIES = (sre.CATEGORY_DIGIT, sre.CATEGORY_WORD, sre.CATEGORY_SPACE)
+
+
+def _anchored(parsed: Any) -> bool:
+    return any(op is sre.AT and av not in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY) for op, av in _walk(parsed))
+
+
+def _walk(parsed: Any) -> Iterator[tuple[Any, Any]]:
+    """Every (operator, argument) of a parsed pattern, nested ones included."""
+    for op, av in parsed:
+        yield op, av
+        yield from (item for sub in _nested(av) for item in _walk(sub))
+
+
+def _nested(value: Any) -> Iterator[Any]:
+    if isinstance(value, sre_parse.SubPattern):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _nested(item)
 
 
 _SPACE = re.compile(r"\s")
@@ -94,11 +167,11 @@ def _edge(text: str, position: int, *, backwards: bool) -> int:
     if position <= 0 or position >= len(text) or text[position].isspace():
         return max(0, min(position, len(text)))
     if backwards:
-        space = max(text.rfind(" ", max(0, position - _EDGE), position),
-                    text.rfind("\n", max(0, position - _EDGE), position))
-        return space if space >= 0 else max(0, position - _EDGE)
-    match = _SPACE.search(text, position, min(len(text), position + _EDGE))
-    return match.start() if match else min(len(text), position + _EDGE)
+        space = max(text.rfind(" ", max(0, position - EDGE), position),
+                    text.rfind("\n", max(0, position - EDGE), position))
+        return space if space >= 0 else max(0, position - EDGE)
+    match = _SPACE.search(text, position, min(len(text), position + EDGE))
+    return match.start() if match else min(len(text), position + EDGE)
 
 
 def available() -> bool:

@@ -19,7 +19,7 @@ from gateway.stages.dlp.clinical import ClinicalContext, PrescriberNumbers, voca
 from gateway.stages.dlp.detectors import BUILT_IN, Detector, PatternDetector, scan
 from gateway.stages.dlp.extract import ExtractLimits, extract
 from gateway.stages.dlp.policy import CustomDetector
-from gateway.stages.dlp.prefilter import Prefilter
+from gateway.stages.dlp.prefilter import EDGE, MARGIN, Prefilter, pattern_hint
 from gateway.stages.dlp.prefilter import available as prefilter_available
 
 CLINICAL = (ClinicalContext(), PrescriberNumbers())
@@ -126,9 +126,15 @@ def _build(spec: CustomDetector) -> PatternDetector:
     validator = getattr(checksums, spec.validator) if spec.validator is not None else None
     # A keyword match holds the keyword's first word: without one in the text, skip the scan.
     required = tuple(keyword.split()[0].lower() for keyword in spec.keywords if keyword.split())
-    # Keywords are their own hints for the prefilter; a custom regular expression may use what
-    # Hyperscan does not support, so such a detector looks at the whole text.
-    hints = tuple(r"\s+".join(re.escape(word) for word in keyword.split()) for keyword in spec.keywords)
+    # Keywords are their own hints for the prefilter, and so is a regular expression where that
+    # is safe (else the detector looks at the whole text).
+    if spec.pattern is not None:
+        hints, plain_only = pattern_hint(pattern, spec.window)
+    else:
+        hints = tuple(r"\s+".join(re.escape(word) for word in keyword.split()) for keyword in spec.keywords)
+        plain_only = False
+        if max(map(len, hints), default=0) + spec.window > MARGIN - EDGE:  # a slice could cut its context
+            hints = ()
     return PatternDetector(spec.name, pattern, validator, tuple(w.lower() for w in spec.context),
                            window=spec.window, keep_separators=validator is None, required=required,
-                           hints=hints, caseless=spec.ignore_case)
+                           hints=hints, caseless=spec.ignore_case, hints_plain_only=plain_only)

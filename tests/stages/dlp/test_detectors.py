@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.stages.dlp.detectors import BUILT_IN, Finding, scan
+from gateway.stages.dlp.detectors import BUILT_IN, Detector, Finding, scan
+from gateway.stages.dlp.policy import CustomDetector
+from gateway.stages.dlp.prefilter import Prefilter
+from gateway.stages.dlp.scanner import build_detectors
 
 
 def names(text: str) -> list[str]:
@@ -63,3 +66,51 @@ def test_scan_finds_numbers_anywhere_in_long_text_with_their_context() -> None:
     assert found == ["aba_routing", "dob", "icd10", "payment_card", "ssn"]
     for finding in scan(text):
         assert any(ch.isdigit() for ch in text[finding.start:finding.end])
+
+
+def custom(pattern: str, window: int = 40) -> tuple[tuple[Detector, ...], Prefilter]:
+    """The detectors with the custom one "member" last, and their prefilter."""
+    spec = CustomDetector("member", pattern=pattern, context=("member",), window=window, ignore_case=False)
+    detectors, _ = build_detectors((spec,))
+    return detectors, Prefilter(detectors)
+
+
+def members(text: str, detectors: tuple[Detector, ...], hints: Prefilter) -> int:
+    return sum(f.detector == "member" for f in scan(text, detectors, hints))
+
+
+def test_a_custom_pattern_is_its_own_hint_lookarounds_and_all() -> None:
+    """A custom pattern goes through the prefilter like a built-in detector (Hyperscan's
+    prefilter mode stands in for the lookbehind it cannot run): in a long text the detector
+    reads slices, not the whole, and still finds the one id with its context word."""
+    detectors, hints = custom(r"(?<![A-Z])[A-Z]{3}\d{9}\b")
+    assert detectors[-1].hints
+    text = "plain words without numbers " * 20_000 + "member XYZ123456789 " + "more words " * 1000
+    slices = hints.slices(text)
+    assert slices is not None and sum(end - start for start, end in slices[len(detectors) - 1]) < 1000
+    assert members(text, detectors, hints) == 1
+    assert members(text.replace("XYZ", "XYz"), detectors, hints) == 0
+
+
+@pytest.mark.parametrize("pattern", [r"^[A-Z]{3}\d{9}", r"[A-Z]{3}\d{9}$", r"\A\d{9}", r"member.{0,400}\d{9}",
+                                     r"[A-Z]{,3}\d{9}", r"Mitgliedsnr\.?\s*ä?\d{9}"])
+def test_a_custom_pattern_that_a_slice_would_change_reads_the_whole_text(pattern: str) -> None:
+    """Anchored to the text's start or end, wider than a slice, or written in syntax the two
+    engines read differently: no hint, the whole text."""
+    detectors, _ = custom(pattern)
+    assert detectors[-1].hints == ()
+
+
+def test_a_wide_context_window_reads_the_whole_text() -> None:
+    detectors, _ = custom(r"[A-Z]{3}\d{9}", window=400)
+    assert detectors[-1].hints == ()
+
+
+def test_a_unicode_class_in_a_custom_pattern_sees_letters_beyond_ascii() -> None:
+    """Python's \\w is Unicode and Hyperscan's ASCII: in text with such letters the detector
+    reads the whole text, and finds what the hint alone would have missed."""
+    detectors, hints = custom(r"\b\w{3}\d{9}\b")
+    assert detectors[-1].hints_plain_only
+    text = "filler " * 5000 + "member ÉÀÜ123456789 here"
+    assert members(text, detectors, hints) == 1
+    assert members(text.replace("ÉÀÜ", "EAU"), detectors, hints) == 1
