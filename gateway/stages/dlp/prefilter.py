@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from re import _constants as sre  # the parsed form of a pattern: its width and its anchors
-from re import _parser as sre_parse
+from re import _constants as sre  # type: ignore[attr-defined]  # a pattern's parsed form:
+from re import _parser as sre_parse  # type: ignore[attr-defined]  # its width and anchors
 from typing import Any, Protocol
 
 hyperscan: Any
@@ -88,7 +88,8 @@ class Prefilter:
 
 def _flags(caseless: bool) -> int:
     # Prefilter mode changes nothing for an expression Hyperscan supports as it is.
-    return hyperscan.HS_FLAG_PREFILTER | (hyperscan.HS_FLAG_CASELESS if caseless else 0)
+    flags: int = hyperscan.HS_FLAG_PREFILTER | (hyperscan.HS_FLAG_CASELESS if caseless else 0)
+    return flags
 
 
 # A letter, digit or space beyond ASCII: Python's \w, \d, \s and \b see it, Hyperscan's do not.
