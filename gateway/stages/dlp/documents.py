@@ -13,6 +13,7 @@ import functools
 import html
 import io
 import logging
+import operator
 import re
 import time
 import zipfile
@@ -57,6 +58,14 @@ def labelled_rows(rows: list[list[str]]) -> str:
     Roe; DOB: 06-Aug-1949`` per row, so that a label in the header row is context for every
     value below it (an SSN column, a DOB column). A "Units" column joins the value before it
     ("Result: 7.9 %"). A table without a header row of words stays rows of cells."""
+    if rows and len(set(map(len, rows))) == 1:
+        dense = dense_table([list(map(operator.itemgetter(index), rows)) for index in range(len(rows[0]))])
+        if dense is not None:
+            return dense
+    return _row_by_row(rows)
+
+
+def _row_by_row(rows: list[list[str]]) -> str:
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if len(rows) < 2 or not _is_header(rows[0], rows[1]) or sum(map(len, rows)) > _MAX_TABLE_CELLS:
         return "\n".join(" ".join(cell for cell in row if cell) for row in rows)
@@ -74,6 +83,23 @@ def labelled_rows(rows: list[list[str]]) -> str:
                 pairs.append([title or "-", value])
         lines.append("; ".join(f"{title}: {value}" for title, value in pairs))
     return "\n".join(lines)
+
+
+def dense_table(columns: list[list[str]]) -> str | None:
+    """`labelled_rows` of a table given by its columns, of equal length, without an empty cell:
+    built a column at a time (a sheet can have a million cells); None for anything else (empty
+    cells, a Units column), which `labelled_rows` reads row by row."""
+    stripped = [list(map(str.strip, column)) for column in columns]
+    if not columns or any("" in column for column in stripped):
+        return None
+    header = [column[0] for column in stripped]
+    below = [column[1] for column in stripped if len(column) > 1]
+    if len(below) < len(header) or not _is_header(header, below) or sum(map(len, columns)) > _MAX_TABLE_CELLS:
+        return "\n".join(map(" ".join, zip(*columns, strict=True)))
+    if any(_UNIT_HEADER.match(title) for title in header):
+        return None
+    labelled = [map(f"{title}: ".__add__, column[1:]) for title, column in zip(header, stripped, strict=True)]
+    return "\n".join((" ".join(header), *map("; ".join, zip(*labelled, strict=True))))
 
 
 def _is_header(row: list[str], below: list[str]) -> bool:
@@ -187,6 +213,7 @@ _BREAKS = {
 }
 _TAG = re.compile(r"<[^>]*>")
 _SHARED_STRING = re.compile(r"<si>(.*?)</si>", re.S)
+_PLAIN_STRING = re.compile(r'<si><t(?: xml:space="preserve")?>([^<]*)</t></si>')
 _SHEET_CELL = re.compile(
     r'<c r="([A-Z]{1,3})\d+"(?: s="\d+")?(?: t="(\w+)")?(?: s="\d+")?>(?:<f>[^<]*</f>)?<v>([^<]*)</v></c>'
     r"|<c\b([^>]*?)(?:/>|>(.*?)</c>)|(</row>)", re.S)
@@ -231,6 +258,9 @@ def _shared_strings(xml: str) -> list[str]:
     index). Tags are dropped and entities undone for the whole table at once, not per item (a
     table can hold a hundred thousand strings); an item holds no NUL (XML cannot), so NUL
     separates them meanwhile."""
+    items = _PLAIN_STRING.findall(xml)
+    if len(items) == xml.count("<si"):  # all in the plain form, as Excel writes them
+        return html.unescape("\0".join(items)).split("\0") if "&" in xml else items
     pieces = xml.split("</si>")[:-1]
     starts = [piece.find("<si>") for piece in pieces]
     if -1 in starts:  # not the plain form: item by item
@@ -242,9 +272,17 @@ def _shared_strings(xml: str) -> list[str]:
 def _sheet_text(sheet: str, shared: list[str]) -> str:
     """The sheet as `labelled_rows`: each value next to its column's header. Cells are placed by
     their reference (B7 is column 2), so empty cells do not shift a row against the header.
-    One pass over the sheet (a sheet can have a million cells): the usual cell, as Excel and
-    most libraries write it (a reference, a type, a value), is read whole by one pattern; any
-    other form (inline strings, other attribute orders) by the general one."""
+    A sheet can have a million cells: one whose rows all fill the same columns (an export) is
+    read a column at a time, any other cell by cell."""
+    columns = _dense_sheet(sheet, shared)
+    text = dense_table(columns) if columns is not None else None
+    return text if text is not None else labelled_rows(_cell_by_cell(sheet, shared))
+
+
+def _cell_by_cell(sheet: str, shared: list[str]) -> list[list[str]]:
+    """The rows of any sheet, in one pass: the usual cell, as Excel and most libraries write it
+    (a reference, a type, a value), is read whole by one pattern; any other form (inline strings,
+    other attribute orders) by the general one."""
     rows: list[list[str]] = []
     cells: dict[int, str] = {}
     for letters, kind, value, attributes, body, row_end in _SHEET_CELL.findall(sheet):
@@ -277,7 +315,30 @@ def _sheet_text(sheet: str, shared: list[str]) -> str:
             cells[column] = html.unescape(value) if "&" in value else value
     if cells:
         rows.append(_row(cells))
-    return labelled_rows(rows)
+    return rows
+
+
+def _dense_sheet(sheet: str, shared: list[str]) -> list[list[str]] | None:
+    """The columns of a sheet whose every row has a value in the same columns, from A on, each
+    cell in the usual form; None for any other (read cell by cell). Each cell costs a few C-level
+    steps."""
+    cells = _DENSE_CELL.findall(sheet)
+    if not cells or len(cells) != sheet.count("<c "):
+        return None
+    width = sheet.count("<c ", 0, sheet.find("</row>"))
+    letters = list(map(operator.itemgetter(0), cells))
+    if not 0 < width <= len(_LETTERS) or letters != _LETTERS[:width] * sheet.count("</row>"):
+        return None
+    try:
+        values = [shared[int(value)] if 't="s"' in attributes else html.unescape(value) if "&" in value
+                  else value for _, attributes, value in cells]
+    except (ValueError, IndexError):
+        return None
+    return [values[index::width] for index in range(width)]
+
+
+_DENSE_CELL = re.compile(r'<c r="([A-Z])\d+"([^>]*)>(?:<f>[^<]*</f>)?<v>([^<]*)</v></c>')
+_LETTERS = [chr(ord("A") + index) for index in range(26)]
 
 
 def _row(cells: dict[int, str]) -> list[str]:

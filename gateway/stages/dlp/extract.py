@@ -455,7 +455,11 @@ def _decode(payload: bytes, charset: str | None) -> str:
 
 def _looks_binary(data: bytes) -> bool:
     sample = data[:4096]
-    return b"\x00" in sample or sum(b < 9 or 13 < b < 32 for b in sample) > len(sample) // 10
+    controls = len(sample) - len(sample.translate(None, _CONTROLS))
+    return b"\x00" in sample or controls > len(sample) // 10
+
+
+_CONTROLS = bytes((*range(9), *range(14, 32)))
 
 
 def _looks_text(data: bytes) -> bool:

@@ -7,9 +7,12 @@ holds counts, facts and locations only: the matched characters never leave this 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,6 +64,26 @@ class ScanSummary:
 
 
 def scan_message(raw: bytes, request: ScanRequest) -> ScanSummary:
+    with _collector_paused():
+        return _scan_message(raw, request)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a scan. A scan of a large sheet or archive makes
+    hundreds of thousands of small containers (match tuples, rows) that live until it ends; each
+    collection they set off walks them and the detectors' vocabulary again (a third of the time of
+    a 20,000-row sheet). What a scan leaves in cycles is collected after it, as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scan_message(raw: bytes, request: ScanRequest) -> ScanSummary:
     started = time.monotonic()
     clock = time.thread_time if request.clock == "thread_time" else time.monotonic
     deadline = clock() + request.budget

@@ -11,10 +11,14 @@ import pytest
 from gateway.stages.dlp.detectors import scan
 from gateway.stages.dlp.documents import (
     _SHARED_STRING,
+    _cell_by_cell,
+    _row_by_row,
     _shared_strings,
     _sheet_text,
     _xml_text,
+    dense_table,
     html_to_text,
+    labelled_rows,
     normalise,
 )
 from gateway.stages.dlp.extract import ExtractLimits, extract
@@ -194,6 +198,86 @@ def test_a_sheet_reads_the_same_in_the_usual_cell_form_and_in_any_other() -> Non
     '<sst><si><t>a &amp; b</t></si>\n  <si><r><t>x</t></r><r><t>y</t></r></si><si><t/></si></sst>',
     "<sst></sst>",
     "<sst><si><t>one</t></si><x/></si><si><t>two</t></si></sst>",  # a stray end tag: item by item
+    '<sst><si><t>a &amp; b &#49;</t></si><si><t xml:space="preserve"> c </t></si><si><t></t></si></sst>',
 ])
 def test_shared_strings_are_read_item_by_item_or_all_at_once_alike(xml: str) -> None:
     assert _shared_strings(xml) == [_xml_text(item) for item in _SHARED_STRING.findall(xml)]
+
+
+def sheet(rows: list[list[str]], shared: list[str]) -> str:
+    """Sheet XML in the usual form: text cells through `shared`, numbers inline."""
+    xml = []
+    for number, row in enumerate(rows, 1):
+        cells = []
+        for column, value in enumerate(row):
+            if not value:
+                continue
+            reference = f"{chr(65 + column)}{number}"
+            if value.replace("-", "").isdigit():
+                cells.append(f'<c r="{reference}" s="1"><v>{value}</v></c>')
+            else:
+                shared.append(value)
+                cells.append(f'<c r="{reference}" t="s"><v>{len(shared) - 1}</v></c>')
+        xml.append(f'<row r="{number}">{"".join(cells)}</row>')
+    return "".join(xml)
+
+
+TABLES = {
+    "header": [["Patient", "SSN", "DOB"], ["Pat Doe", "078-05-1120", "01/02/1960"],
+               ["Al Roe", "219-45-6789", "x"]],
+    "no header": [["row 1", "a"], ["row 2", "b"], ["row 3", "c"]],
+    "units": [["Test", "Result", "Units"], ["A1c", "7.9", "%"], ["LDL", "130", "mg/dL"]],
+    "gap": [["Patient", "SSN"], ["Pat Doe", ""], ["Al Roe", "219-45-6789"]],
+    "one row": [["Patient", "SSN"]],
+    "one column": [["SSN"], ["078-05-1120"], ["219-45-6789"]],
+}
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_a_dense_sheet_read_a_column_at_a_time_reads_as_cell_by_cell(name: str) -> None:
+    """The column-at-a-time reading of an export gives the text of the general reading, or
+    leaves the sheet to it (a gap in a row, a Units column)."""
+    shared: list[str] = []
+    xml = sheet(TABLES[name], shared)
+    assert _sheet_text(xml, shared) == labelled_rows(_cell_by_cell(xml, shared)) == _row_by_row(TABLES[name])
+
+
+def test_tables_built_a_column_at_a_time_read_as_row_by_row() -> None:
+    rng = random.Random(5)
+    cells = ["Name", "DOB", "Units", "Result", "row 1", "row 2", " x ", "", "  ", "7.9", "Jane Roe", "a&b",
+             "12345"]
+    built = 0
+    for _ in range(3000):
+        width, height = rng.randint(1, 4), rng.randint(1, 5)
+        rows = [[rng.choice(cells) for _ in range(width)] for _ in range(height)]
+        if rng.random() < 0.5:
+            rows[0] = [rng.choice(["Name", "DOB", "Result", "Units", "SSN"]) for _ in range(width)]
+        text = dense_table([[row[index] for row in rows] for index in range(width)])
+        if text is not None:
+            built += 1
+            assert text == _row_by_row(rows), rows
+    assert built > 300
+
+
+def test_a_scan_runs_without_the_cyclic_collector_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector would walk a large sheet's cells again and again mid-scan: it is paused for
+    the scan and back as it was afterwards, also when the scan fails."""
+    import gc
+
+    from gateway.stages.dlp import scanner
+
+    seen: list[bool] = []
+    real = scanner.extract
+
+    def watched(*args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scanner, "extract", watched)
+    assert gc.isenabled()
+    scanner.scan_message(b.message(f"SSN {SSN}"), scanner.ScanRequest())
+    assert seen == [False] and gc.isenabled()
+    monkeypatch.setattr(scanner, "extract", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        scanner.scan_message(b.message("x"), scanner.ScanRequest())
+    assert gc.isenabled()
