@@ -36,9 +36,19 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Any
 
 from gateway.stages.dlp import documents
 from gateway.stages.dlp.leanmime import parse_large
+
+inflating: Any  # the zlib module's interface
+try:  # ISA-L inflates at three times zlib's speed (see `_deflated`)
+    from isal import isal_zlib as inflating
+except ImportError:  # no build for this platform
+    inflating = zlib
+# What reading a corrupt member raises.
+ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, NotImplementedError, ValueError, OSError,
+                                            EOFError, zlib.error, inflating.error)
 
 # Facts a policy rule can test (`when: {facts: [...]}`).
 ENCRYPTED_ATTACHMENT = "encrypted_attachment"  # S/MIME, PGP, password-protected zip/PDF/Office
@@ -315,9 +325,11 @@ class _Walker:
             self.result.hit("inflated")
             return None
         try:
-            with archive.open(member) as stream:
-                content = stream.read(room + 1)
-        except (zipfile.BadZipFile, NotImplementedError, ValueError, OSError, EOFError, zlib.error):
+            content = _deflated(archive, member, room + 1)
+            if content is None:  # stored, or another method: as zipfile reads it
+                with archive.open(member) as stream:
+                    content = stream.read(room + 1)
+        except ZIP_ERRORS:
             self.result.facts.add(UNREADABLE_ATTACHMENT)
             return None
         if len(content) > room:
@@ -444,6 +456,28 @@ def _readable(text: str, content_type: str, name: str) -> str:
             return text
         return documents.labelled_rows(rows)
     return text
+
+
+def _deflated(archive: zipfile.ZipFile, member: zipfile.ZipInfo, limit: int) -> bytes | None:
+    """A deflated member's bytes, at most `limit` of them, inflated by ISA-L where it is installed
+    (the sheet, shared strings and logs of a 1 MB export: 6.1 -> 2.1 ms), its CRC checked as
+    zipfile checks it; None for a member zipfile must read (stored, another method, encrypted)."""
+    if (member.compress_type != zipfile.ZIP_DEFLATED or member.flag_bits & 0x1
+            or not isinstance(archive.fp, io.BytesIO)):
+        return None
+    with archive.fp.getbuffer() as data:
+        offset = member.header_offset
+        header = bytes(data[offset:offset + 30])
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("no local header where the directory says")
+        names = int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        start = offset + 30 + names  # after the name and the extra field
+        inflater = inflating.decompressobj(-15)
+        with data[start:start + member.compress_size] as deflated:
+            content = inflater.decompress(deflated, limit)
+    if len(content) < limit and (not inflater.eof or inflating.crc32(content) != member.CRC):
+        raise zipfile.BadZipFile("truncated or corrupt member")
+    return bytes(content)
 
 
 def _decode(payload: bytes, charset: str | None) -> str:

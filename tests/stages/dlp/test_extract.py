@@ -4,7 +4,9 @@ input (zip bombs, deep nesting, corrupt files) harmless."""
 from __future__ import annotations
 
 import base64
+import io
 import random
+import zipfile
 
 import pytest
 
@@ -281,3 +283,36 @@ def test_a_scan_runs_without_the_cyclic_collector_and_restores_it(monkeypatch: p
     with pytest.raises(ZeroDivisionError):
         scanner.scan_message(b.message("x"), scanner.ScanRequest())
     assert gc.isenabled()
+
+
+def zip_with(content: str, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        archive.writestr("notes.txt", content)
+    return buffer.getvalue()
+
+
+def changed(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value):]
+
+
+def test_members_are_inflated_within_bounds_and_checked() -> None:
+    """A deflated member is read from the archive's bytes (fast path), a stored one as zipfile
+    reads it; a damaged stream or a wrong CRC is unreadable, a size claim smaller than the truth
+    stops at the inflation budget."""
+    text = f"SSN {SSN} " + "words " * 2000
+    good, stored = zip_with(text), zip_with(text, zipfile.ZIP_STORED)
+    central = good.find(b"PK\x01\x02")
+    start = 30 + len("notes.txt")
+    cases = {
+        "deflated": (good, ExtractLimits(), {"ssn": 1}, set()),
+        "stored": (stored, ExtractLimits(), {"ssn": 1}, set()),
+        "bad crc": (changed(good, central + 16, b"\0\0\0\0"), ExtractLimits(), {}, {"unreadable_attachment"}),
+        "damaged": (changed(good, start, b"\xff" * 8), ExtractLimits(), {}, {"unreadable_attachment"}),
+        "size lie": (changed(good, central + 24, (100).to_bytes(4, "little")),
+                     ExtractLimits(max_inflated=1000), {}, {"scan_incomplete"}),
+    }
+    for name, (archive, limits, counts, facts) in cases.items():
+        raw = b.message("x", attachments=[("a.zip", archive, "application/zip")])
+        assert found(raw, limits) == counts, name
+        assert extract(raw, limits).facts == facts, name
