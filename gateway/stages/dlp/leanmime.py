@@ -20,14 +20,13 @@ import binascii
 import email
 import email.parser
 import email.policy
-import re
 from email.message import Message
 from typing import cast
 
 MAX_NESTING = 20
 MAX_PARTS = 10_000
 _HEADER_END = b"\r\n\r\n"
-_BASE64_ONLY = re.compile(rb"[^A-Za-z0-9+/=\r\n]")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n"
 
 
 class _Irregular(Exception):
@@ -46,11 +45,12 @@ class LeanPart(Message):
         if not decode:
             return bytes(self._body).decode("ascii", "surrogateescape")
         encoding = str(self.get("content-transfer-encoding", "")).strip().lower()
-        if encoding == "base64" and _BASE64_ONLY.search(self._body) is None:
-            try:
-                return binascii.a2b_base64(self._body)
-            except binascii.Error:
-                pass  # bad padding: `email` decodes what it can and records the defect
+        if encoding == "base64":
+            if _only_base64(self._body):  # nothing else in it: no defect to record
+                try:
+                    return binascii.a2b_base64(self._body)
+                except binascii.Error:
+                    pass  # bad padding: `email` decodes what it can and records the defect
         elif encoding in ("", "7bit", "8bit", "binary"):
             return bytes(self._body)
         # Quoted-printable, uuencode, base64 with anything odd: as `email` does it, defects too.
@@ -58,6 +58,14 @@ class LeanPart(Message):
         payload = part.get_payload(decode=True)
         self.defects.extend(part.defects)
         return payload
+
+
+def _only_base64(body: memoryview) -> bool:
+    """Whether `body` holds base64 and line breaks only; a megabyte at a time (no copy of a large
+    attachment)."""
+    step = 1 << 20
+    return not any(bytes(body[start:start + step]).translate(None, _BASE64_ALPHABET)
+                   for start in range(0, len(body), step))
 
 
 _HEADERS = email.parser.BytesParser(LeanPart, policy=email.policy.compat32)
