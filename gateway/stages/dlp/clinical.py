@@ -335,6 +335,7 @@ class ClinicalContext:
     digit_run = 0
     caseless = True
     hints_plain_only = False
+    hints_alone = False
 
     @property
     def hints(self) -> tuple[str, ...]:
@@ -380,6 +381,7 @@ class PrescriberNumbers:
     hints = (r"[12]\d{9}", r"[A-Za-z][A-Za-z9]\d{7}")
     caseless = False
     hints_plain_only = False
+    hints_alone = False
 
     def can_match(self, lowered: str) -> bool:
         return True

@@ -40,6 +40,8 @@ class Detector(Protocol):
     def caseless(self) -> bool: ...
     @property
     def hints_plain_only(self) -> bool: ...
+    @property
+    def hints_alone(self) -> bool: ...
 
     def can_match(self, lowered: str) -> bool: ...
     def find(self, text: str, lowered: str | None = None) -> list[Finding]: ...
@@ -77,6 +79,7 @@ class PatternDetector:
     # The hints miss matches in text that is not `prefilter.plain` (a custom pattern's Unicode
     # classes): the prefilter gives such text whole.
     hints_plain_only: bool = False
+    hints_alone: bool = False  # a Hyperscan database of their own (see `Prefilter`)
     _context_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
     _gates: tuple[tuple[str, ...], ...] = field(default=(), init=False, compare=False, repr=False)
@@ -182,7 +185,7 @@ BUILT_IN: tuple[PatternDetector, ...] = (
         "medicare_mbi",
         re.compile(r"(?<![A-Za-z0-9])[1-9][A-Za-z][A-Za-z0-9]\d-?[A-Za-z][A-Za-z0-9]\d-?[A-Za-z]{2}\d{2}"
                    r"(?![A-Za-z0-9])"), checksums.mbi, digit_run=2,
-        hints=(r"[1-9][A-Za-z][A-Za-z0-9]\d-?[A-Za-z]",)),
+        hints=(r"\d-?[A-Za-z][A-Za-z0-9]\d-?[A-Za-z]{2}\d{2}",)),
     PatternDetector(
         "payment_card", re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), checksums.payment_card,
         digit_run=13, hints=(r"\d(?:[ \-]?\d){12,18}",)),

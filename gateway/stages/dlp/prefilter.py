@@ -40,45 +40,51 @@ class Hinted(Protocol):
     def caseless(self) -> bool: ...
     @property
     def hints_plain_only(self) -> bool: ...
+    @property
+    def hints_alone(self) -> bool: ...
 
 
 class Prefilter:
-    """Compiled once per set of detectors (a policy version); `slices` per text."""
+    """Compiled once per set of detectors (a policy version); `slices` per text.
+
+    The hints go into a few databases, not one: Hyperscan runs a set of caseless words and a set
+    of case-sensitive number shapes faster apart than together, and a custom pattern (its shape
+    unknown; one that starts with a broad class slows every hint it shares a database with) gets
+    one of its own. Measured over a 3 MB export: 15 ms in one database, 8 ms in three."""
 
     def __init__(self, detectors: Sequence[Hinted]) -> None:
-        expressions: list[bytes] = []
-        self.owner: list[int] = []
-        flags: list[int] = []
+        groups: dict[tuple[bool, int], list[tuple[int, str]]] = {}
         for index, detector in enumerate(detectors):
-            for hint in detector.hints:
-                expressions.append(hint.encode("latin-1", "replace"))
-                self.owner.append(index)
-                flags.append(_flags(detector.caseless))
-        self.hinted = frozenset(self.owner)
+            if detector.hints:
+                key = (detector.caseless, index if detector.hints_alone else -1)
+                groups.setdefault(key, []).extend((index, hint) for hint in detector.hints)
+        self.hinted = frozenset(index for hints in groups.values() for index, _ in hints)
         self.plain_only = frozenset(index for index in self.hinted if detectors[index].hints_plain_only)
-        self.database: Any = None
-        if expressions:
-            self.database = hyperscan.Database()
-            self.database.compile(expressions=expressions, ids=list(range(len(expressions))),
-                                  elements=len(expressions), flags=flags)
+        self.databases: list[tuple[Any, list[int]]] = []  # (database, owner of each expression)
+        for (caseless, _), hints in sorted(groups.items()):
+            database = hyperscan.Database()
+            database.compile(expressions=[hint.encode("latin-1", "replace") for _, hint in hints],
+                             ids=list(range(len(hints))), elements=len(hints), flags=_flags(caseless))
+            self.databases.append((database, [index for index, _ in hints]))
 
     def slices(self, text: str) -> dict[int, list[tuple[int, int]]] | None:
         """Per hinted detector (by index), the slices of `text` to look at; None when the hints
         flooded (look everywhere)."""
         ends: dict[int, list[int]] = {index: [] for index in self.hinted}
-        if self.database is None:
-            return {}
         count = 0
+        encoded = text.encode("latin-1", "replace")
+        for database, owner in self.databases:
 
-        def on_match(expression: int, start: int, end: int, flags: int, context: object) -> bool:
-            nonlocal count
-            count += 1
-            ends[self.owner[expression]].append(end)
-            return count > MAX_HITS  # True stops the scan
+            def on_match(expression: int, start: int, end: int, flags: int, context: object,
+                         owner: list[int] = owner) -> bool:
+                nonlocal count
+                count += 1
+                ends[owner[expression]].append(end)
+                return count > MAX_HITS  # True stops the scan
 
-        self.database.scan(text.encode("latin-1", "replace"), match_event_handler=on_match)
-        if count > MAX_HITS:
-            return None
+            database.scan(encoded, match_event_handler=on_match)
+            if count > MAX_HITS:
+                return None
         size = len(text)
         found = {index: _merge(text, hits, size) for index, hits in ends.items() if hits}
         if self.plain_only and not plain(text):

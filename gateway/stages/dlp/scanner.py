@@ -160,4 +160,5 @@ def _build(spec: CustomDetector) -> PatternDetector:
             hints = ()
     return PatternDetector(spec.name, pattern, validator, tuple(w.lower() for w in spec.context),
                            window=spec.window, keep_separators=validator is None, required=required,
-                           hints=hints, caseless=spec.ignore_case, hints_plain_only=plain_only)
+                           hints=hints, caseless=spec.ignore_case, hints_plain_only=plain_only,
+                           hints_alone=spec.pattern is not None)

@@ -85,6 +85,7 @@ def test_a_custom_pattern_is_its_own_hint_lookarounds_and_all() -> None:
     reads slices, not the whole, and still finds the one id with its context word."""
     detectors, hints = custom(r"(?<![A-Z])[A-Z]{3}\d{9}\b")
     assert detectors[-1].hints
+    assert [len(detectors) - 1] in [owner for _, owner in hints.databases], "a database of its own"
     text = "plain words without numbers " * 20_000 + "member XYZ123456789 " + "more words " * 1000
     slices = hints.slices(text)
     assert slices is not None and sum(end - start for start, end in slices[len(detectors) - 1]) < 1000
