@@ -33,7 +33,7 @@ _NORMALISE = str.maketrans(
 
 
 def normalise(text: str) -> str:
-    return text.translate(_NORMALISE)
+    return text if text.isascii() else text.translate(_NORMALISE)  # every character mapped is beyond ASCII
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -322,8 +322,8 @@ def _dense_sheet(sheet: str, shared: list[str]) -> list[list[str]] | None:
     """The columns of a sheet whose every row has a value in the same columns, from A on, each
     cell in the usual form; None for any other (read cell by cell). Each cell costs a few C-level
     steps."""
-    cells = _DENSE_CELL.findall(sheet)
-    if not cells or len(cells) != sheet.count("<c "):
+    cells = _DENSE_CELL.findall(sheet)  # a cell in another form is ("", "", ""): not a column letter
+    if not cells:
         return None
     width = sheet.count("<c ", 0, sheet.find("</row>"))
     letters = list(map(operator.itemgetter(0), cells))
@@ -337,7 +337,7 @@ def _dense_sheet(sheet: str, shared: list[str]) -> list[list[str]] | None:
     return [values[index::width] for index in range(width)]
 
 
-_DENSE_CELL = re.compile(r'<c r="([A-Z])\d+"([^>]*)>(?:<f>[^<]*</f>)?<v>([^<]*)</v></c>')
+_DENSE_CELL = re.compile(r'<c (?:r="([A-Z])\d+"([^>]*)>(?:<f>[^<]*</f>)?<v>([^<]*)</v></c>|)')
 _LETTERS = [chr(ord("A") + index) for index in range(26)]
 
 

@@ -316,3 +316,10 @@ def test_members_are_inflated_within_bounds_and_checked() -> None:
         raw = b.message("x", attachments=[("a.zip", archive, "application/zip")])
         assert found(raw, limits) == counts, name
         assert extract(raw, limits).facts == facts, name
+
+
+@pytest.mark.parametrize("xml", ["", "<sheetData/>", '<row r="1"></row>',
+                                 '<row r="1"><c r="A1" t="s"><v>0</v></c>',  # no end of row
+                                 '<row r="1"><c r="A1" t="s"><v>7</v></c></row>'])  # no such string
+def test_an_empty_or_broken_sheet_reads_as_what_it_holds(xml: str) -> None:
+    assert _sheet_text(xml, ["Patient"]) in ("", "Patient")
