@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import html
 import io
+import itertools
 import logging
 import operator
 import re
@@ -89,16 +90,16 @@ def dense_table(columns: list[list[str]]) -> str | None:
     """`labelled_rows` of a table given by its columns, of equal length, without an empty cell:
     built a column at a time (a sheet can have a million cells); None for anything else (empty
     cells, a Units column), which `labelled_rows` reads row by row."""
-    stripped = [list(map(str.strip, column)) for column in columns]
-    if not columns or any("" in column for column in stripped):
+    if not columns or any("" in column or any(map(str.isspace, column)) for column in columns):
         return None
-    header = [column[0] for column in stripped]
-    below = [column[1] for column in stripped if len(column) > 1]
+    header = [column[0].strip() for column in columns]
+    below = [column[1].strip() for column in columns if len(column) > 1]
     if len(below) < len(header) or not _is_header(header, below) or sum(map(len, columns)) > _MAX_TABLE_CELLS:
         return "\n".join(map(" ".join, zip(*columns, strict=True)))
     if any(_UNIT_HEADER.match(title) for title in header):
         return None
-    labelled = [map(f"{title}: ".__add__, column[1:]) for title, column in zip(header, stripped, strict=True)]
+    labelled = [map(f"{title}: ".__add__, map(str.strip, itertools.islice(column, 1, None)))
+                for title, column in zip(header, columns, strict=True)]
     return "\n".join((" ".join(header), *map("; ".join, zip(*labelled, strict=True))))
 
 
