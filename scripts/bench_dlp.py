@@ -8,7 +8,8 @@ carry identifiers. Reported:
 1. the scanner alone, one process: messages/s and MB/s per class and for the mix;
 2. the scan worker pool (`dlp.workers`, default 2) fed from an event loop: messages/s for the mix;
 3. end to end over SMTP: the mix sent by 10 concurrent sessions to the gateway with the shipped
-   policies, against the same gateway with `dlp.enabled: false`; the ratio is the cost of DLP.
+   policies, against the same gateway with `dlp.enabled: false`, each after one untimed message
+   of each class; the ratio is the cost of DLP.
 
 Bounded: a fixed number of messages per part, every wait has a deadline. Loopback only.
 """
@@ -83,7 +84,11 @@ def make_mix(rng: random.Random) -> dict[str, list[bytes]]:
 
 
 def scanner_alone(mix: dict[str, list[bytes]], request: ScanRequest) -> None:
-    print("\nscanner alone, one process:")
+    # Compiling the detectors and loading the vocabulary happens once per policy version (at
+    # start and reload), not per message: timed on its own, not charged to the first class.
+    started = time.perf_counter()
+    scan_message(b"Subject: warm-up\r\n\r\nnothing\r\n", request)
+    print(f"\nscanner alone, one process (detectors prepared once: {time.perf_counter() - started:.2f} s):")
     print(f"{'class':<14}{'messages':>9}{'avg KB':>9}{'msg/s':>10}{'MB/s':>8}")
     total_bytes = total_seconds = 0.0
     count = 0
@@ -106,11 +111,24 @@ async def pool_rate(messages: list[bytes], request: ScanRequest, workers: int) -
     pool = ScanPool(workers)
     await pool.start()
     try:
+        # Each worker prepares its detectors on its first scan: one large message each, untimed.
+        large = max(messages, key=len)
+        await asyncio.gather(*(pool.scan(large, request) for _ in range(workers)))
         started = time.perf_counter()
         await asyncio.gather(*(pool.scan(raw, request) for raw in messages))
         return len(messages) / (time.perf_counter() - started)
     finally:
         pool.close()
+
+
+async def warm_up(port: int, mix: dict[str, list[bytes]]) -> None:
+    """One message of each class, untimed: the scan workers start on the first large message
+    and then stay (as they do in service); the timed run measures the steady state."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=120)
+    await client.connect()
+    for messages in mix.values():
+        await client.sendmail("bench@clinic.example", ["rcpt@example.org"], messages[0])
+    await client.quit()
 
 
 async def send_all(port: int, messages: list[bytes], sessions: int) -> float:
@@ -154,8 +172,10 @@ def run(mailward_gateway: Callable[..., object], wait_count: Callable[[Path, int
         with (tempfile.TemporaryDirectory(dir=base, prefix="dlp-") as tmp,
               mailward_gateway(Path(tmp), extra=f"policies_dir: {ROOT / 'policies'}\ndlp: {dlp}\n")
               as (port, incoming, _)):
+            asyncio.run(warm_up(port, mix))
+            wait_count(incoming, len(mix))
             rates[name] = asyncio.run(send_all(port, messages, 10))
-            wait_count(incoming, len(messages))
+            wait_count(incoming, len(mix) + len(messages))
     print(f"\nend to end over SMTP, {len(messages)} messages of the mix, 10 sessions, fsync before 250:")
     for name, value in rates.items():
         print(f"  {name:<8} {value:8.1f} msg/s")
