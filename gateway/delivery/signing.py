@@ -45,6 +45,7 @@ class DkimSigner:
     def __init__(self, keys: Mapping[str, Sequence[dkim.SigningKey]]) -> None:
         self.keys = {domain.lower().rstrip("."): tuple(found) for domain, found in keys.items() if found}
         self._signature_counters: dict[str, list[Any]] = {}
+        self._nearest: dict[str, str | None] = {}  # address domain -> signing domain, as met
 
     def _counters(self, domain: str, keys: Sequence[dkim.SigningKey]) -> list[Any]:
         """The signature counter of each key of `domain`, looked up once (a label lookup costs
@@ -64,7 +65,13 @@ class DkimSigner:
                     for domain, config in domains.items()})
 
     def signing_domain(self, address_domain: str) -> str | None:
-        return nearest_domain(self.keys, address_domain)
+        try:
+            return self._nearest[address_domain]
+        except KeyError:
+            if len(self._nearest) >= 10_000:  # many sender domains: start again, not grow
+                self._nearest.clear()
+            found = self._nearest[address_domain] = nearest_domain(self.keys, address_domain)
+            return found
 
     def covers(self, address_domain: str) -> bool:
         return self.signing_domain(address_domain) is not None

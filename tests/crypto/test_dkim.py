@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 from pathlib import Path
 
 import dkim as dkimpy
@@ -93,6 +94,8 @@ def test_bare_line_feeds_become_crlf_before_signing() -> None:
     assert dkim.crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
     already = b"a\r\nb\r\n"
     assert dkim.crlf(already) is already
+    for content in (b"\n", b"\nx", b"a\r\r\n", b"a\r\n\n", b"a\rb\n", b"a\r", b"x" * 5000 + b"\n"):
+        assert dkim.crlf(content) == re.sub(rb"(?<!\r)\n", b"\r\n", content), content
 
 
 def test_weak_or_mismatched_or_readable_keys_are_refused(tmp_path: Path) -> None:
