@@ -22,10 +22,12 @@ import concurrent.futures
 import contextlib
 import datetime
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -66,8 +68,17 @@ def log_files(directory: Path) -> list[Path]:
 
 
 def rfc3339(timestamp: float) -> str:
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    fraction, second = math.modf(timestamp)
+    micro = round(fraction * 1_000_000)  # as datetime rounds it
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    return _second_text(int(second)) + f"{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _second_text(second: int) -> str:
+    """The date and time to the second: formatted once per second, not once per record."""
+    return datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def stamped(records: tuple[dict[str, Any], ...], timestamp: float) -> list[dict[str, Any]]:

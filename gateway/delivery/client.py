@@ -39,16 +39,28 @@ RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at leas
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
 _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib: lone CR or LF become CRLF
 _LINE_START_DOT = re.compile(rb"(?m)^\.")
+# Whether a message needs those: patterns that start with a literal byte, which the regular
+# expression engine finds with memchr (see crypto/dkim.py).
+_LONE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_DOT_AFTER_CRLF = re.compile(rb"\n\.")
 
 
 def data_pieces(content: bytes) -> Iterator[bytes]:
     """`content` as it goes after DATA, in pieces that each end at a line end: line ends made
-    CRLF, a dot at a line start doubled, the final dot line last (RFC 5321 4.5.2)."""
+    CRLF, a dot at a line start doubled, the final dot line last (RFC 5321 4.5.2). The same bytes
+    as aiosmtplib sends, without its two substitutions over every message (most need neither)."""
+    if not content:
+        yield b"\r\n"
     start = 0
     while start < len(content):
         end = content.find(b"\n", start + DATA_PIECE)
         end = len(content) if end < 0 else end + 1
-        piece = _LINE_START_DOT.sub(b"..", _LINE_END.sub(b"\r\n", content[start:end]))
+        piece = content[start:end] if start or end < len(content) else content
+        if _LONE_CR.search(piece) or _BARE_LF.search(piece):
+            piece = _LINE_END.sub(b"\r\n", piece)
+        if piece.startswith(b".") or _DOT_AFTER_CRLF.search(piece):  # a piece starts a line
+            piece = _LINE_START_DOT.sub(b"..", piece)
         start = end
         if start >= len(content) and not piece.endswith(b"\r\n"):
             piece += b"\r\n"
@@ -287,13 +299,11 @@ class SmtpConnection:
         return replies, put_off
 
     async def _data(self, content: bytes) -> aiosmtplib.SMTPResponse:
-        """DATA and the message. aiosmtplib prepares the whole message at once (three copies of
-        it, and the transport buffers the rest of what the socket does not take): fine for mail,
-        not for a 25 MB attachment, which goes in pieces of `DATA_PIECE`, each sent before the
-        next is made. The same bytes on the wire either way."""
+        """DATA and the message, prepared by `data_pieces`: the bytes aiosmtplib's own DATA sends,
+        without its substitutions over every message. Mail goes in one write; a message above
+        `DATA_PIECE` (aiosmtplib would make three copies of a 25 MB attachment, and the transport
+        buffer what the socket does not take) in pieces, each sent before the next is made."""
         timeout = self._timeouts.data
-        if len(content) <= DATA_PIECE:
-            return await self._client.data(content, timeout=timeout)
         start = await self._client.execute_command(b"DATA", timeout=timeout)
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
@@ -306,7 +316,9 @@ class SmtpConnection:
             # reply that arrives before `read_response` is dropped as unsolicited, and the
             # message already taken by the peer would wait for the timeout and be sent again.
             protocol._response_pending = True
-            for piece in data_pieces(content):
+            if len(content) <= DATA_PIECE:  # one write, one segment, as most mail goes
+                protocol.write(b"".join(data_pieces(content)))
+            for piece in data_pieces(content) if len(content) > DATA_PIECE else ():
                 protocol.write(piece)
                 if drain is not None:
                     await asyncio.wait_for(drain(), timeout)

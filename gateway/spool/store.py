@@ -103,6 +103,7 @@ class Spool:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name in (*(s.value for s in QueueState), "journal", "tmp"):
             (directory / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._state_directories = {state: directory / state.value for state in QueueState}
         # Disk writes and fsyncs run here so the event loop never blocks on the disk.
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
         self._incoming_sync = directory_sync(directory / QueueState.INCOMING.value, self._io)
@@ -121,7 +122,7 @@ class Spool:
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
     def path(self, state: QueueState, queue_id: str) -> Path:
-        return self.directory / state.value / queue_id
+        return self._state_directories[state] / queue_id
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Spool:
         # Written under a dot-name in the target directory itself: the creation and the rename
         # then touch one directory, so one (coalesced) directory fsync makes both durable. Scans
         # skip dot-names.
-        tmp = self.directory / state.value / f".{message.queue_id}.tmp"
+        tmp = self._state_directories[state] / f".{message.queue_id}.tmp"
         try:
             write_new(tmp, blob)
             os.rename(tmp, self.path(state, message.queue_id))

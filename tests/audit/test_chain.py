@@ -3,6 +3,7 @@ that names the first bad record for an edit, a deletion, a swap or a truncation.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import reader
-from gateway.audit.log import AuditLog, log_files
+from gateway.audit.log import AuditLog, log_files, rfc3339
 from tests.polling import eventually
 
 KEY = bytes(range(32))
@@ -181,3 +182,12 @@ async def test_a_log_cut_after_a_burst_is_noticed_once_the_writer_has_been_idle(
         assert "the log ends at seq 28 but seq 40 was written" in problem(tmp_path)
     finally:
         audit.close()
+
+
+@pytest.mark.parametrize("timestamp", [1764547200.0, 1764547200.0005, 1764547200.9994, 1764547200.9999996,
+                                       1764633599.9999, 1798761599.999, 1764547261.123456])
+def test_record_timestamps_are_what_datetime_writes(timestamp: float) -> None:
+    """The date part is formatted once per second: the same text as datetime's, milliseconds and
+    the carry into the next second (of a day, of a year) included."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    assert rfc3339(timestamp) == moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
