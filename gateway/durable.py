@@ -23,11 +23,15 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 T = TypeVar("T")
 
 
-def write_new(path: Path, content: bytes | Sequence[bytes] | Iterator[bytes], mode: int = 0o600) -> None:
+def write_new(path: Path, content: bytes | Sequence[bytes] | Iterator[bytes], mode: int = 0o600,
+              *, opened: int | None = None) -> None:
     """Create `path` (which must not exist) with `content`, flushed to disk; no directory fsync.
     `content` may be a sequence of buffers (written with one writev: no joined copy), or an
-    iterator of them, each written as it comes (a large file through little memory)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    iterator of them, each written as it comes (a large file through little memory). `opened`:
+    a descriptor of `path` the caller has made empty and writable (a recycled file), used instead
+    of creating it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = opened if opened is not None else os.open(path, flags, mode)
     try:
         if isinstance(content, bytes):
             write_all(fd, content)

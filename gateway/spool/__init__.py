@@ -18,7 +18,7 @@ def open_spool(config: SpoolConfig, *, create_key: bool = False) -> Spool:
     while the spool is empty: a new key cannot read messages that an old, lost key encrypted."""
     key_file: Path = config.key_file
     if create_key and not key_file.exists():
-        queued = [p for p in config.dir.glob("*/*") if p.parent.name != "tmp"] \
+        queued = [p for p in config.dir.glob("*/*") if p.parent.name not in ("tmp", "free")] \
             if config.dir.exists() else []
         if queued:
             raise KeyFileError(

@@ -70,8 +70,8 @@ async def test_a_large_message_over_the_size_limit_is_refused_and_leaves_nothing
 def test_data_pieces_are_what_aiosmtplib_would_send_in_one() -> None:
     rng = random.Random(7)
     alphabet = [b"a", b".", b"\r", b"\n", b"\r\n", b" ", b"x" * 50]
-    plain = [b"Subject: x\r\n\r\n" + b"line\r\n" * 100, b".lead\r\nx\r\n", b"a\r\n.b\r\n..c", b"a\rb", b"a\nb",
-             b"no end", b"", b"\r\n", b"."]
+    plain = [b"Subject: x\r\n\r\n" + b"line\r\n" * 100, b".lead\r\nx\r\n", b"a\r\n.b\r\n..c", b"a\rb",
+             b"a\nb", b"no end", b"", b"\r\n", b"."]
     for content in plain + [b"".join(rng.choice(alphabet) for _ in range(size // 5))
                             for size in (0, 10, 5000, DATA_PIECE - 1, DATA_PIECE * 3 + 17)]:
         pieces = list(data_pieces(content))

@@ -269,3 +269,62 @@ async def test_a_large_message_in_parts_is_stored_streamed_and_read_whole_or_ref
     assert large.value.size == len(blob)  # said without reading it
     loaded, read = spool.read(message.queue_id, QueueState.ACTIVE)
     assert read == received + body and loaded.queue_id == message.queue_id
+
+
+async def finished(spool: Spool) -> os.stat_result:
+    """A message stored, delivered and finished: the stat of the file it left in free/."""
+    message = make_message()
+    await spool.store(message, content())
+    assert spool.claim(message.queue_id, QueueState.INCOMING)
+    inode = spool.path(QueueState.ACTIVE, message.queue_id).stat()
+    spool.finish(message.queue_id)
+    assert spool.locate(message.queue_id) is None
+    return inode
+
+
+async def test_a_finished_message_file_is_emptied_and_reused_for_a_new_one(spool: Spool,
+                                                                          tmp_path: Path) -> None:
+    """No inode is allocated for a new message while a finished one's file is free: the file
+    leaves the queue and its content at once, and the next message is written into it."""
+    old = await finished(spool)
+    free = tmp_path / "spool" / store_module.FREE
+    assert [p.stat().st_size for p in free.iterdir()] == [0]
+    message = make_message()
+    await spool.store(message, content())
+    new = spool.path(QueueState.INCOMING, message.queue_id).stat()
+    assert (new.st_ino, new.st_mode & 0o777) == (old.st_ino, 0o600)
+    assert spool.load(message.queue_id) == message and spool.content(message.queue_id) == content()
+    assert list(free.iterdir()) == []
+    await spool.store(make_message(), content())  # none free: a new file, as before
+    assert len(spool.ids(QueueState.INCOMING)) == 2
+
+
+async def test_two_processes_never_take_the_same_free_file(spool: Spool, tmp_path: Path) -> None:
+    """Two spool views (an ingest process each) take from one free/: the rename decides, so each
+    file goes to one message, and the one that lost creates a file."""
+    for _ in range(3):
+        await finished(spool)
+    other = open_spool(SpoolConfig(dir=tmp_path / "spool", key_file=tmp_path / "spool.key"))
+    try:
+        other._free_name()  # it saw all three names, then this view takes them
+        messages = [make_message() for _ in range(6)]
+        for index, message in enumerate(messages):
+            await (spool if index % 2 else other).store(message, content())
+        inodes = [spool.path(QueueState.INCOMING, m.queue_id).stat().st_ino for m in messages]
+        assert len(set(inodes)) == 6
+        assert all(spool.content(m.queue_id) == content() for m in messages)
+    finally:
+        other.close()
+
+
+async def test_free_files_are_bounded_and_removed_at_recovery(spool: Spool, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "FREE_FILES", 2)
+    monkeypatch.setattr(store_module, "_FREE_RECOUNT", 1)
+    for _ in range(4):
+        await finished(spool)
+    free = tmp_path / "spool" / store_module.FREE
+    assert len(list(free.iterdir())) <= 2
+    (free / "left-by-a-crash").write_bytes(b"ciphertext")
+    spool.recover_writes()
+    assert list(free.iterdir()) == []
