@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 
 LARGE = 1 << 20  # a message above this counts against the budget; below it is ordinary mail
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MMAP_THRESHOLD = 1 << 20
 
 
@@ -78,10 +79,15 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune_allocator() -> None:
-    """Large buffers in their own mappings (see the module docstring); no-op without glibc."""
+    """Large buffers in their own mappings (see the module docstring), and two malloc arenas:
+    glibc gives each thread that allocates an arena of its own, up to eight per core, whose
+    pages each keep what they once held; Python threads take turns under the GIL and gain
+    nothing from them (the spool's I/O threads cost the delivery process 7 MB of its peak under
+    relay load). No-op without glibc; called before the process starts threads."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_ARENA_MAX, 2)
 
 
 def release_freed() -> None:
