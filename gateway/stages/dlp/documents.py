@@ -259,8 +259,12 @@ def _shared_strings(xml: str) -> list[str]:
     index). Tags are dropped and entities undone for the whole table at once, not per item (a
     table can hold a hundred thousand strings); an item holds no NUL (XML cannot), so NUL
     separates them meanwhile."""
-    items = _PLAIN_STRING.findall(xml)
-    if len(items) == xml.count("<si"):  # all in the plain form, as Excel writes them
+    items = _plain_strings(xml)
+    if items is None:
+        items = _PLAIN_STRING.findall(xml)
+        if len(items) != xml.count("<si"):  # not all in the plain form
+            items = None
+    if items is not None:
         return html.unescape("\0".join(items)).split("\0") if "&" in xml else items
     pieces = xml.split("</si>")[:-1]
     starts = [piece.find("<si>") for piece in pieces]
@@ -268,6 +272,22 @@ def _shared_strings(xml: str) -> list[str]:
         return [_xml_text(item) for item in _SHARED_STRING.findall(xml)]
     joined = "\0".join(piece[start + 4:] for piece, start in zip(pieces, starts, strict=True))
     return _xml_text(joined).split("\0") if pieces else []
+
+
+def _plain_strings(xml: str) -> list[str] | None:
+    """The items of a table written all as ``<si><t>text</t></si>`` one after the other (what
+    Excel writes when no string keeps leading or trailing space): one split at the seams, checked
+    to hold no other tag; None for any other table."""
+    start, end = xml.find("<si><t>"), xml.rfind("</t></si>")
+    if start < 0 or end < start or xml.count("<si", 0, start) or xml.count("<si", end):
+        return None
+    inner = xml[start + 7:end]
+    if inner.count("<") != _STRING_SEAM.count("<") * inner.count(_STRING_SEAM):
+        return None
+    return inner.split(_STRING_SEAM)
+
+
+_STRING_SEAM = "</t></si><si><t>"
 
 
 def _sheet_text(sheet: str, shared: list[str]) -> str:

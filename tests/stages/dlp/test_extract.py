@@ -201,6 +201,10 @@ def test_a_sheet_reads_the_same_in_the_usual_cell_form_and_in_any_other() -> Non
     "<sst></sst>",
     "<sst><si><t>one</t></si><x/></si><si><t>two</t></si></sst>",  # a stray end tag: item by item
     '<sst><si><t>a &amp; b &#49;</t></si><si><t xml:space="preserve"> c </t></si><si><t></t></si></sst>',
+    '<sst count="3"><si><t>one &amp; two</t></si><si><t></t></si><si><t>three</t></si></sst>',  # split
+    '<sst><si><t>one</t></si><si><r><t>x</t></r></si><si><t>three</t></si></sst>',  # a tag inside
+    '<sst><si><t>one</t></si><si><t>two</t></si></sst><si><t>late</t></si>',  # an item after the end
+    '<sst><si><t>only</t></si></sst>',
 ])
 def test_shared_strings_are_read_item_by_item_or_all_at_once_alike(xml: str) -> None:
     assert _shared_strings(xml) == [_xml_text(item) for item in _SHARED_STRING.findall(xml)]
