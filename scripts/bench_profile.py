@@ -34,6 +34,10 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(pattern)) for nam
     ("message parsing", r"\((?:.*/email/|.*gateway/message\.py)"),
 ]]
 PROCESS = re.compile(r"^process (\d+):\"([^\"]*)\"")
+# Innermost frames of a thread that waits for something to do: a pool thread for work, the event
+# loop for events. py-spy counts some of them as active; they are no part of a message's cost.
+IDLE = re.compile(r"^(?:_worker \(.*concurrent/futures/thread\.py|\w*Selector\.select \(.*selectors\.py"
+                  r"|Condition\.wait \(.*threading\.py)")
 
 
 def record(pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -76,6 +80,8 @@ def budget(raw: Path) -> dict[tuple[str, str], int]:
             assert match is not None
             who = role(match.group(2))
             frames = frames[processes[-1] + 1:]
+        if frames and IDLE.match(frames[-1]):
+            continue
         samples[(who, stage(frames))] += int(count)
     return samples
 
@@ -87,8 +93,8 @@ def print_table(samples: dict[tuple[str, str], int], messages: int) -> None:
     def micros(count: int) -> float:
         return count / RATE / messages * 1e6
 
-    print(f"\nbudget: microseconds per message on the CPU or waiting on the disk "
-          f"(py-spy, {RATE} Hz, {messages} messages)")
+    print(f"\nbudget: microseconds per message on the CPU or waiting on the disk, idle waits left "
+          f"out (py-spy, {RATE} Hz, {messages} messages)")
     print(f"{'stage':<28}" + "".join(f"{r:>13}" for r in roles) + f"{'total':>10}")
     for name in stages:
         row = [samples.get((r, name), 0) for r in roles]
