@@ -44,7 +44,7 @@ from gateway.ingress.relay import RelayPolicy
 from gateway.ingress.sendapi import SendApi
 from gateway.ingress.users import UserStore
 from gateway.lifeline import die_with_parent
-from gateway.memory import tune_allocator
+from gateway.memory import settle_heap, tune_allocator
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
@@ -167,6 +167,7 @@ class Gateway:
                 self.audit.observers.append(self.webhooks.wake)
                 self.webhooks.start()
             if self.role == "delivery":
+                settle_heap()
                 return
         else:
             self._waker = BatchingWaker(self.spool.directory)
@@ -181,6 +182,7 @@ class Gateway:
                                       feedback=self.feedback)
         await self._listen(config)
         if self.role == "ingest-worker":
+            settle_heap()
             return
         if config.ingest_processes > 1:
             ports = ",".join(str(port) for _, port in self.addresses)
@@ -205,6 +207,7 @@ class Gateway:
                               ssl_context=api_tls).start()
             eventlog.event(log, "api_listening", address=config.api.listen,
                            scheme="https" if api_tls is not None else "http")
+        settle_heap()
         sdnotify.ready("accepting mail on " + ", ".join(f"{h}:{p}" for h, p in self.addresses))
 
     def _send_api(self, config: Config) -> SendApi | None:
@@ -350,6 +353,7 @@ class Gateway:
             self.handler.settings = loaded.settings
         if self.delivery is not None and self.spool is not None:
             self.delivery.reconfigure(loaded.config, self.spool)
+        settle_heap()
         children = [*self._ingest_workers, *([self._delivery_process] if self._delivery_process else [])]
         for child in children:
             child.reload()  # each reads the same file and decides for itself
