@@ -7,6 +7,7 @@ the spool persists them; the dict form never holds message content.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -138,9 +139,10 @@ class QueuedMessage:
     statuses: tuple[RecipientStatus, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("statuses")
-        return data
+        """What `dataclasses.asdict` gives, without the statuses (stored in the journal), and
+        without its deep copy of every string and number (27 -> 17 us a message)."""
+        return {name: _plain(getattr(self, name)) for name in _field_names(QueuedMessage)
+                if name != "statuses"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueuedMessage:
@@ -166,6 +168,23 @@ class QueuedMessage:
     def pending_recipients(self) -> list[int]:
         """Indexes of recipients that still need delivery."""
         return [i for i, status in enumerate(self.statuses) if not status.state.final]
+
+
+def _plain(value: Any) -> Any:
+    """`value` as `dataclasses.asdict` converts it: dataclasses to dicts, inside tuples, lists and
+    dicts too; anything else as it is (the fields hold immutable values)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    return value
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:

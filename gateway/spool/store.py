@@ -111,6 +111,7 @@ class Spool:
         self._free = directory / FREE
         self._free_names: list[str] = []  # files in free/ this process may take (others may too)
         self._free_lock = threading.Lock()
+        self._free_skip = 0  # new files to create before free/ is listed again
         self._recycled = 0  # files this process put in free/ since it last counted them
         # Disk writes and fsyncs run here so the event loop never blocks on the disk.
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
@@ -358,6 +359,7 @@ class Spool:
                 os.rename(active, self._free / queue_id)  # out of the queue: deleted, as a message
                 os.truncate(self._free / queue_id, 0)  # and its content gone, as by an unlink
                 self._recycled += 1
+                self._free_skip = 0
             except FileNotFoundError:
                 pass
         else:
@@ -387,12 +389,18 @@ class Spool:
             return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
 
     def _free_name(self) -> str | None:
-        """The name of a file in ``free/`` to try, or None. Listed 512 at a time; listing an empty
-        directory costs a few microseconds, against the hundreds a new inode can."""
+        """The name of a file in ``free/`` to try, or None. Listed 512 at a time; found empty, it
+        is listed again after 32 new files (a listing costs a few microseconds, a new inode can
+        cost hundreds)."""
         with self._free_lock:  # spool I/O threads write new messages side by side
             if not self._free_names:
+                if self._free_skip:  # found empty a moment ago: not listed for every message
+                    self._free_skip -= 1
+                    return None
                 with os.scandir(self._free) as entries:
                     self._free_names = [entry.name for entry in itertools.islice(entries, 512)]
+                if not self._free_names:
+                    self._free_skip = 32
             return self._free_names.pop() if self._free_names else None
 
     def _drop_journal(self, queue_id: str) -> None:

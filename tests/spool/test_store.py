@@ -328,3 +328,34 @@ async def test_free_files_are_bounded_and_removed_at_recovery(spool: Spool, tmp_
     (free / "left-by-a-crash").write_bytes(b"ciphertext")
     spool.recover_writes()
     assert list(free.iterdir()) == []
+
+
+def test_stored_metadata_is_what_asdict_gives() -> None:
+    import dataclasses
+
+    from gateway.message import PolicyDecision
+
+    message = dataclasses.replace(make_message(3), pool="bulk", about="X" * 20,
+                                  policy=PolicyDecision(action="encrypt", rules=("phi",), protect=(0, 2)))
+    expected = dataclasses.asdict(message)
+    expected.pop("statuses")
+    assert message.to_dict() == expected
+    assert QueuedMessage.from_dict(message.to_dict()) == message
+
+
+async def test_an_empty_free_directory_is_listed_again_after_a_few_new_files(spool: Spool,
+                                                                            tmp_path: Path) -> None:
+    """Found empty, free/ is not listed for every message; a file another process put there is
+    taken once the process looks again."""
+    await spool.store(make_message(), content())  # free/ is empty: listed, then left alone
+    other = open_spool(SpoolConfig(dir=tmp_path / "spool", key_file=tmp_path / "spool.key"))
+    try:
+        inode = await finished(other)  # the delivery process frees a file
+    finally:
+        other.close()
+    inodes = []
+    for _ in range(34):
+        message = make_message()
+        await spool.store(message, content())
+        inodes.append(spool.path(QueueState.INCOMING, message.queue_id).stat().st_ino)
+    assert inode.st_ino not in inodes[:32] and inode.st_ino in inodes[32:]
