@@ -167,7 +167,6 @@ class Gateway:
                 self.audit.observers.append(self.webhooks.wake)
                 self.webhooks.start()
             if self.role == "delivery":
-                settle_heap()
                 return
         else:
             self._waker = BatchingWaker(self.spool.directory)
@@ -182,7 +181,6 @@ class Gateway:
                                       feedback=self.feedback)
         await self._listen(config)
         if self.role == "ingest-worker":
-            settle_heap()
             return
         if config.ingest_processes > 1:
             ports = ",".join(str(port) for _, port in self.addresses)
@@ -207,7 +205,6 @@ class Gateway:
                               ssl_context=api_tls).start()
             eventlog.event(log, "api_listening", address=config.api.listen,
                            scheme="https" if api_tls is not None else "http")
-        settle_heap()
         sdnotify.ready("accepting mail on " + ", ".join(f"{h}:{p}" for h, p in self.addresses))
 
     def _send_api(self, config: Config) -> SendApi | None:
@@ -384,6 +381,7 @@ class Gateway:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        settle_heap()  # set up for good now; a signal meanwhile finds its handler
         try:
             await self._stopping.wait()
         finally:
