@@ -112,7 +112,8 @@ class Spool:
         self._free_names: list[str] = []  # files in free/ this process may take (others may too)
         self._free_lock = threading.Lock()
         self._free_skip = 0  # new files to create before free/ is listed again
-        self._recycled = 0  # files this process put in free/ since it last counted them
+        self._until_recount = 0  # finished messages before free/ is counted again
+        self._free_full = False
         # Disk writes and fsyncs run here so the event loop never blocks on the disk.
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
         self._incoming_sync = directory_sync(directory / QueueState.INCOMING.value, self._io)
@@ -358,7 +359,6 @@ class Spool:
             try:
                 os.rename(active, self._free / queue_id)  # out of the queue: deleted, as a message
                 os.truncate(self._free / queue_id, 0)  # and its content gone, as by an unlink
-                self._recycled += 1
                 self._free_skip = 0
             except FileNotFoundError:
                 pass
@@ -367,10 +367,13 @@ class Spool:
         self._drop_journal(queue_id)
 
     def _room_to_recycle(self) -> bool:
-        """Whether free/ holds fewer than `FREE_FILES` (counted again every few hundred)."""
-        if self._recycled >= _FREE_RECOUNT:
-            self._recycled = 0 if len(os.listdir(self._free)) < FREE_FILES else _FREE_RECOUNT
-        return self._recycled < _FREE_RECOUNT
+        """Whether free/ holds fewer than `FREE_FILES`, counted every `_FREE_RECOUNT` finished
+        messages (it may go that many over)."""
+        self._until_recount -= 1
+        if self._until_recount <= 0:
+            self._until_recount = _FREE_RECOUNT
+            self._free_full = len(os.listdir(self._free)) >= FREE_FILES
+        return not self._free_full
 
     def _recycled_file(self, path: Path) -> int | None:
         """An empty file from ``free/``, renamed to `path` and opened for writing; None when there

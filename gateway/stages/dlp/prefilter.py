@@ -93,7 +93,8 @@ class Prefilter:
 
 
 def _flags(caseless: bool) -> int:
-    # Prefilter mode changes nothing for an expression Hyperscan supports as it is.
+    # Prefilter mode: what Hyperscan cannot run as written (a lookaround) it widens; at worst a
+    # hint matches more than it must, which costs a look at a slice, never a finding.
     flags: int = hyperscan.HS_FLAG_PREFILTER | (hyperscan.HS_FLAG_CASELESS if caseless else 0)
     return flags
 
