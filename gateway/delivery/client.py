@@ -318,10 +318,11 @@ class SmtpConnection:
             protocol._response_pending = True
             if len(content) <= DATA_PIECE:  # one write, one segment, as most mail goes
                 protocol.write(b"".join(data_pieces(content)))
-            for piece in data_pieces(content) if len(content) > DATA_PIECE else ():
-                protocol.write(piece)
-                if drain is not None:
-                    await asyncio.wait_for(drain(), timeout)
+            else:
+                for piece in data_pieces(content):
+                    protocol.write(piece)
+                    if drain is not None:
+                        await asyncio.wait_for(drain(), timeout)
             final = await protocol.read_response(timeout=timeout)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError,
                 ConnectionError):
