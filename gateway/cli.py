@@ -315,7 +315,7 @@ def policy_warnings(policies: Policies) -> list[str]:
 
 
 def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
-    from gateway.delivery.protection import Keyrings
+    from gateway.crypto.keyrings import Keyrings
     from gateway.stages.dlp import report
     from gateway.stages.dlp.scanner import scan_message
     from gateway.stages.dlp.stage import dlp_settings

@@ -35,6 +35,7 @@ from gateway import eventlog, metrics
 from gateway.audit import events as audit_events
 from gateway.audit.events import Audit
 from gateway.config import DeliveryConfig
+from gateway.crypto.keyrings import Keyrings
 from gateway.delivery import dsn, receipt, retry
 from gateway.delivery.attempt import Attempt
 from gateway.delivery.bounces import reputation_block
@@ -50,10 +51,9 @@ from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.egress import EgressPools
 from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
 from gateway.delivery.outcomes import Outcomes
-from gateway.delivery.protection import Keyrings, deliver_protected
+from gateway.delivery.protection import deliver_protected
 from gateway.delivery.shaping import Shaper
 from gateway.delivery.signing import DkimSigner, SignedCopies, SigningFailed
-from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlsrpt import TlsReportStore
 from gateway.delivery.traffic import Deferral, Route, Traffic
@@ -67,6 +67,7 @@ from gateway.message import (
     RecipientStatus,
 )
 from gateway.portal.handoff import PortalHandoff
+from gateway.reputation.suppression import SuppressionList
 from gateway.spool import QueueState, Spool
 from gateway.spool.generated import generated
 from gateway.spool.store import TooLarge

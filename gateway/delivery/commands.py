@@ -22,8 +22,8 @@ from gateway.delivery.egress import (
     utc_day,
     write_ip_state,
 )
-from gateway.delivery.suppression import GLOBAL, SuppressionList
 from gateway.errors import EXIT_OK, MailwardError
+from gateway.reputation.suppression import GLOBAL, SuppressionList
 
 
 def cmd_suppress(config: Config, args: argparse.Namespace) -> int:

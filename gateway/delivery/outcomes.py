@@ -14,8 +14,8 @@ from typing import Any
 from gateway import metrics
 from gateway.delivery.attempt import Attempt
 from gateway.delivery.bounces import BounceClass, classify, suppresses
-from gateway.delivery.suppression import GLOBAL, SuppressionList
 from gateway.message import QueuedMessage, RecipientState
+from gateway.reputation.suppression import GLOBAL, SuppressionList
 
 
 class Outcomes:

@@ -23,14 +23,9 @@ import dataclasses
 import fnmatch
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from gateway.config import KeysConfig
 from gateway.crypto import pgp, smime
-from gateway.crypto.discovery import KeyDiscovery
-from gateway.crypto.pgp import PgpCertificate
-from gateway.crypto.smime import SmimeCertificate
+from gateway.crypto.keyrings import Keyrings
 from gateway.delivery.attempt import Attempt
 from gateway.delivery.client import Reply, TlsRequirement
 from gateway.message import QueuedMessage
@@ -41,38 +36,6 @@ Send = Callable[[list[int], bytes, TlsRequirement, str], Awaitable[list[Attempt]
 
 PORTAL_PENDING = Reply(450, "4.7.0", "held: the recipient needs the secure portal, which is not "
                                      "available yet")
-
-
-@dataclass(frozen=True)
-class Keyrings:
-    smime: smime.SmimeKeyring
-    pgp: pgp.PgpKeyring
-    neutral_subject: str
-    discovery: KeyDiscovery | None = None  # WKD and DNS lookups, when configured
-    smime_gcm: tuple[str, ...] = ()  # address patterns of recipients that read AES-GCM
-
-    @classmethod
-    def load(cls, keys: KeysConfig, discovery: KeyDiscovery | None = None) -> Keyrings:
-        revoked = keys.revoked_fingerprints
-        return cls(smime.SmimeKeyring(keys.smime_dir, revoked), pgp.PgpKeyring(keys.pgp_dir, revoked),
-                   keys.neutral_subject, discovery, keys.smime_gcm)
-
-    async def find_smime(self, address: str) -> SmimeCertificate | None:
-        found = self.smime.find(address)
-        if found is None and self.discovery is not None:
-            found = await self.discovery.find_smime(address)
-        return found
-
-    async def find_pgp(self, address: str) -> PgpCertificate | None:
-        found = self.pgp.find(address)
-        if found is None and self.discovery is not None:
-            found = await self.discovery.find_pgp(address)
-        return found
-
-    @classmethod
-    def empty(cls) -> Keyrings:
-        return cls(smime.SmimeKeyring(Path("/nonexistent")), pgp.PgpKeyring(Path("/nonexistent")),
-                   "Secure message")
 
 
 async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Sequence[int],

@@ -17,14 +17,13 @@ from gateway import eventlog
 from gateway.audit.events import Audit
 from gateway.config import Config
 from gateway.crypto.discovery import KeyDiscovery
+from gateway.crypto.keyrings import Keyrings
 from gateway.delivery.agent import DeliveryAgent
 from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.mx import MxResolver
 from gateway.delivery.outcomes import Outcomes
-from gateway.delivery.protection import Keyrings
 from gateway.delivery.signing import DkimSigner
-from gateway.delivery.suppression import SuppressionList
 from gateway.delivery.tlscache import LearnedTls
 from gateway.delivery.tlspolicy import MtaSts, StsCache, TlsPolicyMap
 from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
@@ -33,6 +32,7 @@ from gateway.memory import MemoryBudget
 from gateway.message import QueuedMessage
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import open_store
+from gateway.reputation.suppression import SuppressionList
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
 

@@ -20,9 +20,9 @@ from gateway.delivery.client import Reply
 from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
 from gateway.delivery.mx import Destination
 from gateway.delivery.shaping import MAX_WAIT, ShapedDestination, Shaper
-from gateway.delivery.unsubscribe import UnsubscribeLinks
 from gateway.keyfiles import hex_key
 from gateway.message import QueuedMessage
+from gateway.reputation.unsubscribe import UnsubscribeLinks
 
 
 @dataclass(frozen=True)

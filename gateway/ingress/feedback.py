@@ -27,8 +27,8 @@ from email.message import EmailMessage, Message
 from typing import Any, Literal
 
 from gateway import eventlog, metrics
-from gateway.delivery.suppression import SuppressionList
-from gateway.delivery.unsubscribe import UnsubscribeLinks
+from gateway.reputation.suppression import SuppressionList
+from gateway.reputation.unsubscribe import UnsubscribeLinks
 
 log = logging.getLogger("mailward.feedback")
 Kind = Literal["fbl", "unsubscribe"]

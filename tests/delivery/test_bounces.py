@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery.bounces import classify, suppresses
-from gateway.delivery.suppression import SuppressionList
+from gateway.reputation.suppression import SuppressionList
 
 
 @pytest.mark.parametrize(("code", "status", "text", "expected"), [

@@ -11,7 +11,7 @@ from collections import Counter
 from email.utils import getaddresses
 from typing import Any
 
-from gateway.delivery.protection import Keyrings
+from gateway.crypto.keyrings import Keyrings
 from gateway.message import Envelope, Recipient
 from gateway.stages.dlp.extract import parse
 from gateway.stages.dlp.policy import Policies
