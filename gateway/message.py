@@ -193,3 +193,76 @@ def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:
     if "methods" in data:
         decision = dataclasses.replace(decision, methods=tuple(data["methods"]))
     return dataclasses.replace(decision, receipt=bool(data.get("receipt", False)), pool=data.get("pool"))
+
+
+# -- delivery results: what happened to a recipient, as the queue, audit and DSNs record it --
+
+_ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply (or our own diagnostic in the same shape) for one recipient."""
+
+    code: int
+    status: str  # enhanced status code, e.g. 5.1.1
+    text: str  # the reply text, without the code
+
+    @classmethod
+    def from_smtp(cls, code: int, text: str, default_detail: str = "0.0") -> Reply:
+        text = " ".join(text.split())[:500]  # one line, bounded: remote text is untrusted
+        match = _ENHANCED_STATUS.match(text)
+        if match and match.group(1) == str(code)[0]:
+            return cls(code, ".".join(match.groups()), text[match.end():].strip())
+        return cls(code, f"{str(code)[0]}.{default_detail}", text)
+
+    @property
+    def state(self) -> RecipientState:
+        if 200 <= self.code < 300:
+            return RecipientState.DELIVERED
+        return RecipientState.BOUNCED if self.code >= 500 else RecipientState.DEFERRED
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}".rstrip()
+
+
+@dataclass(frozen=True)
+class TlsSession:
+    version: str | None = None  # None: the connection is not encrypted
+    cipher: str | None = None
+    verified: bool = False
+    dane: bool = False  # verified by the host's TLSA records (RFC 7672)
+
+    def __str__(self) -> str:
+        if self.version is None:
+            return "none"
+        how = "dane" if self.dane else "verified" if self.verified else "unverified"
+        return f"{self.version}/{self.cipher}/{how}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What happened to one recipient in one delivery attempt."""
+
+    index: int
+    reply: Reply
+    relay: str = "none"  # host[ip]:port, or "none" when no connection was made
+    remote_host: str | None = None
+    tls: TlsSession = TlsSession()
+    passes_dsn: bool = False  # the next hop took our DSN parameters
+    protection: str = ""  # tls-verified, tls, smime, pgp, portal, none; "" = from the TLS session
+    tls_failure: bool = False  # the connection could not meet the TLS requirement
+    hold: bool = False  # the message goes to hold/ for an admin (the portal is not there yet)
+    remote_ip: str | None = None
+    egress_ip: str | None = None  # our source address on the connection
+    dkim: str = ""  # "domain:selector,selector" of the signatures on what was sent
+    note: str = ""  # for protected recipients: why stronger methods were not used
+    pool: str = "default"  # the egress pool it left from
+    retry_after: float = 0.0  # held back by shaping or warm-up: try again after this many seconds
+    drop: bool = False  # suppressed, and the sender is not told: no DSN
+
+    @property
+    def protection_used(self) -> str:
+        if self.protection:
+            return self.protection
+        return "none" if self.tls.version is None else ("tls-verified" if self.tls.verified else "tls")

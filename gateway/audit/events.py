@@ -18,10 +18,9 @@ from gateway.audit.link import RemoteAuditLog
 from gateway.audit.log import AuditLog
 from gateway.config import AuditConfig
 from gateway.keyfiles import hex_key
-from gateway.message import QueuedMessage
+from gateway.message import Attempt, QueuedMessage
 
 if TYPE_CHECKING:
-    from gateway.delivery.attempt import Attempt
     from gateway.stages.dlp.scanner import ScanSummary
 
 Record = dict[str, Any]

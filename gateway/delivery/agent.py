@@ -37,16 +37,8 @@ from gateway.audit.events import Audit
 from gateway.config import DeliveryConfig
 from gateway.crypto.keyrings import Keyrings
 from gateway.delivery import dsn, receipt, retry
-from gateway.delivery.attempt import Attempt
 from gateway.delivery.bounces import reputation_block
-from gateway.delivery.client import (
-    ConnectionFailed,
-    Connector,
-    Reply,
-    SmtpConnection,
-    TlsPolicy,
-    TlsRequirement,
-)
+from gateway.delivery.client import ConnectionFailed, Connector, SmtpConnection, TlsPolicy, TlsRequirement
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.egress import EgressPools
 from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
@@ -60,12 +52,7 @@ from gateway.delivery.traffic import Deferral, Route, Traffic
 from gateway.durable import write_atomic
 from gateway.errors import RetrySoon
 from gateway.memory import LARGE, MemoryBudget
-from gateway.message import (
-    QueuedMessage,
-    Recipient,
-    RecipientState,
-    RecipientStatus,
-)
+from gateway.message import Attempt, QueuedMessage, Recipient, RecipientState, RecipientStatus, Reply
 from gateway.portal.handoff import PortalHandoff
 from gateway.reputation.suppression import SuppressionList
 from gateway.spool import QueueState, Spool

@@ -32,11 +32,10 @@ import aiosmtplib
 from gateway.delivery import dane
 from gateway.delivery.dane import TlsaRecord
 from gateway.delivery.mx import Destination, ResolutionError
-from gateway.message import Envelope, Recipient, RecipientState, address_fit, encode_xtext
+from gateway.message import Envelope, Recipient, Reply, TlsSession, address_fit, encode_xtext
 
 DATA_PIECE = 256 * 1024  # a message above this is sent in pieces about this size
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
-_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
 _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib: lone CR or LF become CRLF
 _LINE_START_DOT = re.compile(rb"(?m)^\.")
 # Whether a message needs those: patterns that start with a literal byte, which the regular
@@ -66,32 +65,6 @@ def data_pieces(content: bytes) -> Iterator[bytes]:
             piece += b"\r\n"
         yield piece
     yield b".\r\n"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An SMTP reply (or our own diagnostic in the same shape) for one recipient."""
-
-    code: int
-    status: str  # enhanced status code, e.g. 5.1.1
-    text: str  # the reply text, without the code
-
-    @classmethod
-    def from_smtp(cls, code: int, text: str, default_detail: str = "0.0") -> Reply:
-        text = " ".join(text.split())[:500]  # one line, bounded: remote text is untrusted
-        match = _STATUS.match(text)
-        if match and match.group(1) == str(code)[0]:
-            return cls(code, ".".join(match.groups()), text[match.end():].strip())
-        return cls(code, f"{str(code)[0]}.{default_detail}", text)
-
-    @property
-    def state(self) -> RecipientState:
-        if 200 <= self.code < 300:
-            return RecipientState.DELIVERED
-        return RecipientState.BOUNCED if self.code >= 500 else RecipientState.DEFERRED
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}".rstrip()
 
 
 # Addresses no SMTP server can be sent (queued before ingress refused them): final, not retried.
@@ -137,20 +110,6 @@ TlsaLookup = Callable[[str, int], Awaitable[tuple[TlsaRecord, ...]]]
 
 class TlsPolicy(Protocol):
     async def requirement(self, domain: str, destinations: Sequence[Destination]) -> TlsRequirement: ...
-
-
-@dataclass(frozen=True)
-class TlsSession:
-    version: str | None = None  # None: the connection is not encrypted
-    cipher: str | None = None
-    verified: bool = False
-    dane: bool = False  # verified by the host's TLSA records (RFC 7672)
-
-    def __str__(self) -> str:
-        if self.version is None:
-            return "none"
-        how = "dane" if self.dane else "verified" if self.verified else "unverified"
-        return f"{self.version}/{self.cipher}/{how}"
 
 
 class ConnectionFailed(Exception):

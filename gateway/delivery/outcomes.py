@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway import metrics
-from gateway.delivery.attempt import Attempt
 from gateway.delivery.bounces import BounceClass, classify, suppresses
-from gateway.message import QueuedMessage, RecipientState
+from gateway.message import Attempt, QueuedMessage, RecipientState
 from gateway.reputation.suppression import GLOBAL, SuppressionList
 
 

@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keyrings import Keyrings
-from gateway.delivery.attempt import Attempt
-from gateway.delivery.client import Reply, TlsRequirement
-from gateway.message import QueuedMessage
+from gateway.delivery.client import TlsRequirement
+from gateway.message import Attempt, QueuedMessage, Reply
 from gateway.portal.handoff import PortalHandoff
 
 # Sends `content` to the recipients at these indexes with this TLS requirement.

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.delivery.bounces import classify, reputation_block
-from gateway.delivery.client import Reply
 from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
 from gateway.delivery.mx import Destination
 from gateway.delivery.shaping import MAX_WAIT, ShapedDestination, Shaper
 from gateway.keyfiles import hex_key
-from gateway.message import QueuedMessage
+from gateway.message import QueuedMessage, Reply
 from gateway.reputation.unsubscribe import UnsubscribeLinks
 
 
