@@ -25,8 +25,7 @@ from cryptography import x509
 
 from gateway import eventlog
 from gateway.crypto import pgp, smime
-from gateway.delivery.mx import MxResolver
-from gateway.delivery.tlspolicy import DnsResolver
+from gateway.resolver import DnsResolver, MxResolver
 
 log = logging.getLogger("mailward.keys")
 MAX_KEY_BYTES = 256 * 1024

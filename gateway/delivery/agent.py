@@ -41,7 +41,6 @@ from gateway.delivery.bounces import reputation_block
 from gateway.delivery.client import ConnectionFailed, Connector, SmtpConnection, TlsPolicy, TlsRequirement
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.egress import EgressPools
-from gateway.delivery.mx import Destination, MxResolver, Permanent, ResolutionError
 from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.protection import deliver_protected
 from gateway.delivery.shaping import Shaper
@@ -55,6 +54,7 @@ from gateway.memory import LARGE, MemoryBudget
 from gateway.message import Attempt, QueuedMessage, Recipient, RecipientState, RecipientStatus, Reply
 from gateway.portal.handoff import PortalHandoff
 from gateway.reputation.suppression import SuppressionList
+from gateway.resolver import Destination, MxResolver, Permanent, ResolutionError
 from gateway.spool import QueueState, Spool
 from gateway.spool.generated import generated
 from gateway.spool.store import TooLarge

@@ -30,9 +30,8 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from gateway.delivery import dane
-from gateway.delivery.dane import TlsaRecord
-from gateway.delivery.mx import Destination, ResolutionError
 from gateway.message import Envelope, Recipient, Reply, TlsSession, address_fit, encode_xtext
+from gateway.resolver import Destination, ResolutionError, TlsaRecord
 
 DATA_PIECE = 256 * 1024  # a message above this is sent in pieces about this size
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100

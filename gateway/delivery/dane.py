@@ -16,38 +16,12 @@ encrypted (RFC 7672 §2.2), but is not authenticated.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import itertools
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
-
-@dataclass(frozen=True)
-class TlsaRecord:
-    usage: int
-    selector: int
-    mtype: int
-    data: bytes
-
-    @property
-    def usable(self) -> bool:
-        return self.usage in (2, 3) and self.selector in (0, 1) and self.mtype in (0, 1, 2)
-
-    def matches(self, certificate_der: bytes) -> bool:
-        if self.selector == 0:
-            selected = certificate_der
-        else:
-            certificate = x509.load_der_x509_certificate(certificate_der)
-            selected = certificate.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if self.mtype == 1:
-            selected = hashlib.sha256(selected).digest()
-        elif self.mtype == 2:
-            selected = hashlib.sha512(selected).digest()
-        return selected == self.data
+from gateway.resolver import TlsaRecord
 
 
 def authenticates(records: tuple[TlsaRecord, ...], chain: list[bytes], host: str) -> bool:

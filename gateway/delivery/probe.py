@@ -19,8 +19,8 @@ from cryptography import x509
 from gateway.config import Config
 from gateway.delivery import dane, tlscache
 from gateway.delivery.client import peer_chain, tls_contexts
-from gateway.delivery.mx import MxResolver, ResolutionError
 from gateway.delivery.tlspolicy import MtaSts, TlsPolicyMap
+from gateway.resolver import MxResolver, ResolutionError
 
 
 async def probe(config: Config, domain: str) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from gateway.crypto.keyrings import Keyrings
 from gateway.delivery.agent import DeliveryAgent
 from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
-from gateway.delivery.mx import MxResolver
 from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.signing import DkimSigner
 from gateway.delivery.tlscache import LearnedTls
@@ -33,6 +32,7 @@ from gateway.message import QueuedMessage
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import open_store
 from gateway.reputation.suppression import SuppressionList
+from gateway.resolver import MxResolver
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import ShapingRule
-from gateway.delivery.mx import Destination
+from gateway.resolver import Destination
 
 DEFAULT_BACKOFF = 60.0
 MAX_BACKOFF = 3600.0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -25,12 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway import eventlog
 from gateway.delivery.client import TlsRequirement
-from gateway.delivery.mx import Destination, MxResolver, ResolutionError
 from gateway.durable import write_atomic
+from gateway.resolver import Destination, DnsResolver, MxResolver, ResolutionError
 
 log = logging.getLogger("mailward.tlspolicy")
 
@@ -80,26 +78,6 @@ def parse_policy(text: str) -> StsPolicy:
     if mode != "none" and not mx:
         raise ValueError("no mx patterns")
     return StsPolicy(mode, mx, int(max_age_text))  # type: ignore[arg-type]
-
-
-class DnsResolver(AbstractResolver):
-    """Host names for the policy fetch resolved through our own DNS settings."""
-
-    def __init__(self, resolver: MxResolver) -> None:
-        self._resolver = resolver
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        try:
-            addresses = await self._resolver.addresses(host)
-        except ResolutionError as exc:
-            raise OSError(f"cannot resolve {host}: {exc.reason}") from None
-        return [ResolveResult(hostname=host, host=address, port=port,
-                              family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                              proto=0, flags=socket.AI_NUMERICHOST) for address in addresses]
-
-    async def close(self) -> None:
-        return None
 
 
 class StsCache:

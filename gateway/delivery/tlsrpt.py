@@ -25,10 +25,9 @@ from typing import Any
 import aiohttp
 
 from gateway import eventlog
-from gateway.delivery.mx import MxResolver, ResolutionError
-from gateway.delivery.tlspolicy import DnsResolver
 from gateway.durable import write_atomic
 from gateway.message import QueuedMessage
+from gateway.resolver import DnsResolver, MxResolver, ResolutionError
 from gateway.spool.generated import generated
 
 log = logging.getLogger("mailward.tlsrpt")

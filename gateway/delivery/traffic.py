@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from gateway.config import Config
 from gateway.delivery.bounces import classify, reputation_block
 from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
-from gateway.delivery.mx import Destination
 from gateway.delivery.shaping import MAX_WAIT, ShapedDestination, Shaper
 from gateway.keyfiles import hex_key
 from gateway.message import QueuedMessage, Reply
 from gateway.reputation.unsubscribe import UnsubscribeLinks
+from gateway.resolver import Destination
 
 
 @dataclass(frozen=True)

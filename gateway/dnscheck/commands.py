@@ -11,10 +11,10 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.crypto import dkim
-from gateway.delivery.mx import MxResolver
 from gateway.dnscheck import report
 from gateway.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from gateway.keyfiles import write_secret
+from gateway.resolver import MxResolver
 
 
 def cmd_keygen_dkim(config: Config, args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.delivery import probe
-from gateway.delivery.dane import TlsaRecord
+from gateway.resolver import TlsaRecord
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, message, send
 from tests.delivery.conftest import SENDER, MailWorld

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.crypto.discovery import KeyDiscovery, dns_key_name, wkd_urls, zbase32
 from gateway.delivery.client import tls_contexts
-from gateway.delivery.mx import MxResolver
+from gateway.resolver import MxResolver
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, send
 from tests.crypto.keys import GnuPG, smime_identity

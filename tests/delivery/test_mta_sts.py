@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from gateway.delivery import probe
-from gateway.delivery.mx import MxResolver
 from gateway.delivery.tlspolicy import MtaSts, parse_policy
+from gateway.resolver import MxResolver
 from gateway.spool import QueueState
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, message, send
@@ -178,7 +178,7 @@ async def test_a_new_policy_id_fetches_the_policy_again(
     dns_server = await world.start_dns(records("1"), ttl=0)
     await policy_server.start(sts("testing"))
     monkeypatch.setattr("gateway.delivery.tlspolicy.TXT_RECHECK", 0.0)
-    monkeypatch.setattr("gateway.delivery.mx.MIN_CACHE_TTL", 0.0)  # see the new TXT record at once
+    monkeypatch.setattr("gateway.resolver.MIN_CACHE_TTL", 0.0)  # see the new TXT record at once
     resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {})
     ca_file = world.tmp_path / "sts-ca.pem"
     world.ca.cert_pem.write_to_path(str(ca_file))

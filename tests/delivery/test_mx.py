@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.delivery.mx import MxResolver, Permanent, Temporary
+from gateway.resolver import MxResolver, Permanent, Temporary
 from gateway.typedyaml import HostPort
 from tests.dnsserver import LoopbackDns, start_dns
 

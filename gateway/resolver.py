@@ -1,4 +1,7 @@
-"""Where to deliver a recipient domain: MX resolution (RFC 5321 §5.1, null MX RFC 7505).
+"""Name resolution for every part that looks names up (delivery, TLS policy, key discovery, the
+DNS check), below all of them. Where to deliver a recipient domain: MX resolution (RFC 5321 §5.1,
+null MX RFC 7505); the TLSA records DANE checks against (`TlsaRecord`); `DnsResolver`, the same
+DNS settings for HTTPS fetches (MTA-STS policies, WKD keys, TLS reports).
 
 `MxResolver.destinations(domain)` returns the hosts to try, in order: MX records by preference,
 shuffled among equal preferences (spreading load as RFC 5321 asks); the domain itself when it has
@@ -12,8 +15,10 @@ delivery code turns into a bounce or a deferral. Answers are cached for their TT
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import random
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,8 +29,10 @@ import dns.flags
 import dns.name
 import dns.rdatatype
 import dns.resolver
+from aiohttp.abc import AbstractResolver, ResolveResult
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from gateway.delivery.dane import TlsaRecord
 from gateway.typedyaml import HostPort
 
 MAX_MX_HOSTS = 10  # more is a misconfiguration or an attack; Postfix stops at 5 by default
@@ -222,3 +229,48 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class TlsaRecord:
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+    @property
+    def usable(self) -> bool:
+        return self.usage in (2, 3) and self.selector in (0, 1) and self.mtype in (0, 1, 2)
+
+    def matches(self, certificate_der: bytes) -> bool:
+        if self.selector == 0:
+            selected = certificate_der
+        else:
+            certificate = x509.load_der_x509_certificate(certificate_der)
+            selected = certificate.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if self.mtype == 1:
+            selected = hashlib.sha256(selected).digest()
+        elif self.mtype == 2:
+            selected = hashlib.sha512(selected).digest()
+        return selected == self.data
+
+
+class DnsResolver(AbstractResolver):
+    """Host names for the policy fetch resolved through our own DNS settings."""
+
+    def __init__(self, resolver: MxResolver) -> None:
+        self._resolver = resolver
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        try:
+            addresses = await self._resolver.addresses(host)
+        except ResolutionError as exc:
+            raise OSError(f"cannot resolve {host}: {exc.reason}") from None
+        return [ResolveResult(hostname=host, host=address, port=port,
+                              family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                              proto=0, flags=socket.AI_NUMERICHOST) for address in addresses]
+
+    async def close(self) -> None:
+        return None
