@@ -33,7 +33,6 @@ from gateway.audit.log import AuditLog
 from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
-from gateway.delivery.traffic import unsubscribe_links
 from gateway.errors import MailwardError
 from gateway.ingress.feedback import Feedback, OneClick
 from gateway.ingress.handler import AcceptedHook, IngressHandler, IngressSettings
@@ -50,6 +49,7 @@ from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import PortalStore, open_store
 from gateway.portal.web import PortalApp
 from gateway.reputation.suppression import SuppressionList
+from gateway.reputation.traffic import unsubscribe_links
 from gateway.spool import Spool, open_spool
 from gateway.spool.wakeup import BatchingWaker
 from gateway.stages.dlp.policy import Policies

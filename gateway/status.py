@@ -19,7 +19,7 @@ from cryptography import x509
 
 from gateway.audit.log import file_name
 from gateway.config import Config, ListenerConfig
-from gateway.delivery.egress import utc_day
+from gateway.reputation.egress import utc_day
 from gateway.spool.store import spool_usage
 
 KEY_AGE_WARNING = 365  # days; DKIM keys are commonly rotated yearly or more often

@@ -37,27 +37,28 @@ from gateway.audit.events import Audit
 from gateway.config import DeliveryConfig
 from gateway.crypto.keyrings import Keyrings
 from gateway.delivery import dsn, receipt, retry
-from gateway.delivery.bounces import reputation_block
-from gateway.delivery.client import ConnectionFailed, Connector, SmtpConnection, TlsPolicy, TlsRequirement
+from gateway.delivery.client import ConnectionFailed, Connector, SmtpConnection, TlsPolicy
 from gateway.delivery.connections import ConnectionCache
-from gateway.delivery.egress import EgressPools
 from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.protection import deliver_protected
-from gateway.delivery.shaping import Shaper
 from gateway.delivery.signing import DkimSigner, SignedCopies, SigningFailed
-from gateway.delivery.tlscache import LearnedTls
-from gateway.delivery.tlsrpt import TlsReportStore
-from gateway.delivery.traffic import Deferral, Route, Traffic
 from gateway.durable import write_atomic
 from gateway.errors import RetrySoon
 from gateway.memory import LARGE, MemoryBudget
 from gateway.message import Attempt, QueuedMessage, Recipient, RecipientState, RecipientStatus, Reply
 from gateway.portal.handoff import PortalHandoff
+from gateway.reputation.bounces import reputation_block
+from gateway.reputation.egress import EgressPools
+from gateway.reputation.shaping import Shaper
 from gateway.reputation.suppression import SuppressionList
+from gateway.reputation.traffic import Deferral, Route, Traffic
 from gateway.resolver import Destination, MxResolver, Permanent, ResolutionError
 from gateway.spool import QueueState, Spool
 from gateway.spool.generated import generated
 from gateway.spool.store import TooLarge
+from gateway.transport.tlscache import LearnedTls
+from gateway.transport.tlspolicy import TlsRequirement
+from gateway.transport.tlsrpt import TlsReportStore
 
 log = logging.getLogger("mailward.delivery")
 

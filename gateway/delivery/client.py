@@ -25,13 +25,14 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import aiosmtplib
 
-from gateway.delivery import dane
 from gateway.message import Envelope, Recipient, Reply, TlsSession, address_fit, encode_xtext
 from gateway.resolver import Destination, ResolutionError, TlsaRecord
+from gateway.transport import dane
+from gateway.transport.tlspolicy import TlsRequirement
 
 DATA_PIECE = 256 * 1024  # a message above this is sent in pieces about this size
 RCPTS_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
@@ -71,36 +72,6 @@ UNSENDABLE_SENDER = Reply(553, "5.1.7", "sender address has control characters, 
                                         "8-bit characters without SMTPUTF8")
 UNSENDABLE_RECIPIENT = Reply(553, "5.1.3", "recipient address has control characters, invalid UTF-8 "
                                            "or 8-bit characters without SMTPUTF8")
-
-
-@dataclass(frozen=True)
-class TlsRequirement:
-    """What TLS a destination needs. ``none``: no STARTTLS (an admin's choice for a broken peer);
-    ``may``: STARTTLS if offered, any certificate, else plaintext; ``encrypt``: TLS required, any
-    certificate; ``verify``: TLS with a certificate that chains to a trusted root and names the MX
-    host (or one of `match_names`). `mx_patterns` (MTA-STS) limits which MX hosts may be used at
-    all; `source` says where the requirement came from, for the logs."""
-
-    level: Literal["none", "may", "encrypt", "verify"] = "may"
-    match_names: tuple[str, ...] = ()
-    mx_patterns: tuple[str, ...] = ()
-    source: str = ""
-    policy_text: tuple[str, ...] = ()  # the MTA-STS policy's lines, for TLS reports
-
-    def allows(self, host: str) -> bool:
-        """Whether `host` matches `mx_patterns` (RFC 8461 §4.1: "*." covers one leftmost label)."""
-        if not self.mx_patterns:
-            return True
-        host = host.lower().rstrip(".")
-        for pattern in self.mx_patterns:
-            pattern = pattern.lower().rstrip(".")
-            if pattern.startswith("*."):
-                label, _, rest = host.partition(".")
-                if label and rest == pattern[2:]:
-                    return True
-            elif host == pattern:
-                return True
-        return False
 
 
 # (MX host, port) -> its authenticated TLSA records, () when DANE does not apply.

@@ -14,7 +14,8 @@ import time
 
 from gateway.audit.events import Audit, os_user
 from gateway.config import Config
-from gateway.delivery.egress import (
+from gateway.errors import EXIT_OK, MailwardError
+from gateway.reputation.egress import (
     EgressPools,
     IpState,
     WarmupCounters,
@@ -22,7 +23,6 @@ from gateway.delivery.egress import (
     utc_day,
     write_ip_state,
 )
-from gateway.errors import EXIT_OK, MailwardError
 from gateway.reputation.suppression import GLOBAL, SuppressionList
 
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway import metrics
-from gateway.delivery.bounces import BounceClass, classify, suppresses
 from gateway.message import Attempt, QueuedMessage, RecipientState
+from gateway.reputation.bounces import BounceClass, classify, suppresses
 from gateway.reputation.suppression import GLOBAL, SuppressionList
 
 

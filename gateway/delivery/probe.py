@@ -17,10 +17,10 @@ import aiosmtplib
 from cryptography import x509
 
 from gateway.config import Config
-from gateway.delivery import dane, tlscache
 from gateway.delivery.client import peer_chain, tls_contexts
-from gateway.delivery.tlspolicy import MtaSts, TlsPolicyMap
 from gateway.resolver import MxResolver, ResolutionError
+from gateway.transport import dane, tlscache
+from gateway.transport.tlspolicy import MtaSts, TlsPolicyMap
 
 
 async def probe(config: Config, domain: str) -> dict[str, Any]:

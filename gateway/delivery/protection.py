@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keyrings import Keyrings
-from gateway.delivery.client import TlsRequirement
 from gateway.message import Attempt, QueuedMessage, Reply
 from gateway.portal.handoff import PortalHandoff
+from gateway.transport.tlspolicy import TlsRequirement
 
 # Sends `content` to the recipients at these indexes with this TLS requirement.
 Send = Callable[[list[int], bytes, TlsRequirement, str], Awaitable[list[Attempt]]]

@@ -23,18 +23,18 @@ from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.signing import DkimSigner
-from gateway.delivery.tlscache import LearnedTls
-from gateway.delivery.tlspolicy import MtaSts, StsCache, TlsPolicyMap
-from gateway.delivery.tlsrpt import TlsReporter, TlsReportStore
-from gateway.delivery.traffic import Traffic
 from gateway.memory import MemoryBudget
 from gateway.message import QueuedMessage
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import open_store
 from gateway.reputation.suppression import SuppressionList
+from gateway.reputation.traffic import Traffic
 from gateway.resolver import MxResolver
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
+from gateway.transport.tlscache import LearnedTls
+from gateway.transport.tlspolicy import MtaSts, StsCache, TlsPolicyMap
+from gateway.transport.tlsrpt import TlsReporter, TlsReportStore
 
 log = logging.getLogger("mailward.delivery")
 TLS_REPORT_INTERVAL = 3600.0  # finished days are reported within the hour after midnight UTC

@@ -11,9 +11,9 @@ from typing import Literal
 from gateway.config import Config, DkimKeyConfig
 from gateway.crypto import dkim
 from gateway.delivery.signing import nearest_domain
-from gateway.delivery.tlspolicy import MtaSts
 from gateway.dnscheck import spf
 from gateway.resolver import MxResolver, Permanent, ResolutionError
+from gateway.transport.tlspolicy import MtaSts
 
 Status = Literal["ok", "info", "warn", "error"]
 

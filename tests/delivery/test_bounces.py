@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery.bounces import classify, suppresses
+from gateway.reputation.bounces import classify, suppresses
 from gateway.reputation.suppression import SuppressionList
 
 

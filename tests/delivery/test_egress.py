@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.delivery import egress
+from gateway.reputation import egress
 from gateway.spool import QueueState
 from tests.conftest import RunningGateway, mailward_ok, send
 from tests.delivery.conftest import SENDER, MailWorld

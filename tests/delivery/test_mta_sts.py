@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from gateway.delivery import probe
-from gateway.delivery.tlspolicy import MtaSts, parse_policy
 from gateway.resolver import MxResolver
 from gateway.spool import QueueState
+from gateway.transport.tlspolicy import MtaSts, parse_policy
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, message, send
 from tests.crypto.keys import openssl_decrypt, smime_identity
@@ -160,7 +160,7 @@ async def test_cached_policy_survives_a_stripped_txt_record_and_a_blocked_fetch(
         world: MailWorld, policy_server: PolicyServer, monkeypatch: pytest.MonkeyPatch) -> None:
     dns_server = await world.start_dns(records())
     await policy_server.start(sts("enforce"))
-    monkeypatch.setattr("gateway.delivery.tlspolicy.TXT_RECHECK", 0.0)
+    monkeypatch.setattr("gateway.transport.tlspolicy.TXT_RECHECK", 0.0)
     resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {})
     ca_file = world.tmp_path / "sts-ca.pem"
     world.ca.cert_pem.write_to_path(str(ca_file))
@@ -177,7 +177,7 @@ async def test_a_new_policy_id_fetches_the_policy_again(
         world: MailWorld, policy_server: PolicyServer, monkeypatch: pytest.MonkeyPatch) -> None:
     dns_server = await world.start_dns(records("1"), ttl=0)
     await policy_server.start(sts("testing"))
-    monkeypatch.setattr("gateway.delivery.tlspolicy.TXT_RECHECK", 0.0)
+    monkeypatch.setattr("gateway.transport.tlspolicy.TXT_RECHECK", 0.0)
     monkeypatch.setattr("gateway.resolver.MIN_CACHE_TTL", 0.0)  # see the new TXT record at once
     resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {})
     ca_file = world.tmp_path / "sts-ca.pem"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.delivery.tlsrpt import TlsReportStore, parse_rua
 from gateway.spool import QueueState
+from gateway.transport.tlsrpt import TlsReportStore, parse_rua
 from tests.conftest import message, send
 from tests.delivery.conftest import SENDER, MailWorld, parse
 from tests.delivery.test_mta_sts import PolicyServer, records, sts

@@ -26,7 +26,6 @@ from typing import Literal
 import aiohttp
 
 from gateway import eventlog
-from gateway.delivery.client import TlsRequirement
 from gateway.durable import write_atomic
 from gateway.resolver import Destination, DnsResolver, MxResolver, ResolutionError
 
@@ -36,6 +35,36 @@ AdminLevel = Literal["none", "may", "encrypt", "verify", "secure"]
 MAX_POLICY_BYTES = 64 * 1024
 MAX_AGE_LIMIT = 31_557_600  # one year, RFC 8461 §3.2
 TXT_RECHECK = 300.0  # seconds between checks of the TXT id while a policy is cached
+
+
+@dataclass(frozen=True)
+class TlsRequirement:
+    """What TLS a destination needs. ``none``: no STARTTLS (an admin's choice for a broken peer);
+    ``may``: STARTTLS if offered, any certificate, else plaintext; ``encrypt``: TLS required, any
+    certificate; ``verify``: TLS with a certificate that chains to a trusted root and names the MX
+    host (or one of `match_names`). `mx_patterns` (MTA-STS) limits which MX hosts may be used at
+    all; `source` says where the requirement came from, for the logs."""
+
+    level: Literal["none", "may", "encrypt", "verify"] = "may"
+    match_names: tuple[str, ...] = ()
+    mx_patterns: tuple[str, ...] = ()
+    source: str = ""
+    policy_text: tuple[str, ...] = ()  # the MTA-STS policy's lines, for TLS reports
+
+    def allows(self, host: str) -> bool:
+        """Whether `host` matches `mx_patterns` (RFC 8461 §4.1: "*." covers one leftmost label)."""
+        if not self.mx_patterns:
+            return True
+        host = host.lower().rstrip(".")
+        for pattern in self.mx_patterns:
+            pattern = pattern.lower().rstrip(".")
+            if pattern.startswith("*."):
+                label, _, rest = host.partition(".")
+                if label and rest == pattern[2:]:
+                    return True
+            elif host == pattern:
+                return True
+        return False
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import Config
-from gateway.delivery.bounces import classify, reputation_block
-from gateway.delivery.egress import EgressIp, EgressPools, Pool, Wait
-from gateway.delivery.shaping import MAX_WAIT, ShapedDestination, Shaper
 from gateway.keyfiles import hex_key
 from gateway.message import QueuedMessage, Reply
+from gateway.reputation.bounces import classify, reputation_block
+from gateway.reputation.egress import EgressIp, EgressPools, Pool, Wait
+from gateway.reputation.shaping import MAX_WAIT, ShapedDestination, Shaper
 from gateway.reputation.unsubscribe import UnsubscribeLinks
 from gateway.resolver import Destination
 
