@@ -340,7 +340,7 @@ def cmd_policy_test(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_tls_probe(config: Config, args: argparse.Namespace) -> int:
-    from gateway.delivery import probe
+    from gateway.transport import probe
 
     report = asyncio.run(probe.probe(config, args.domain))
     print(json.dumps(report, indent=1) if args.json else probe.as_text(report))

@@ -32,6 +32,7 @@ import aiosmtplib
 from gateway.message import Envelope, Recipient, Reply, TlsSession, address_fit, encode_xtext
 from gateway.resolver import Destination, ResolutionError, TlsaRecord
 from gateway.transport import dane
+from gateway.transport.peer import peer_chain, tls_contexts
 from gateway.transport.tlspolicy import TlsRequirement
 
 DATA_PIECE = 256 * 1024  # a message above this is sent in pieces about this size
@@ -427,22 +428,6 @@ class Connector:
         return TlsSession(version, cipher, verified=verify)
 
 
-def peer_chain(ssl_object: ssl.SSLObject | None) -> list[bytes]:
-    """The certificates the server sent, DER, its own first. Python 3.13 has a public method;
-    3.11 and 3.12 have the same one on the internal object; without either, the server's own
-    certificate only (enough for DANE-EE)."""
-    if ssl_object is None:
-        return []
-    chain_of = getattr(ssl_object, "get_unverified_chain", None) or \
-        getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
-    if chain_of is not None:
-        chain = chain_of() or []
-        return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
-                for c in chain]
-    own = ssl_object.getpeercert(binary_form=True)
-    return [own] if own else []
-
-
 def _certificate_result(error: ssl.SSLCertVerificationError) -> str:
     """The RFC 8460 result-type of a certificate that did not verify."""
     message = (error.verify_message or "").lower()
@@ -451,18 +436,6 @@ def _certificate_result(error: ssl.SSLCertVerificationError) -> str:
     if "expired" in message:
         return "certificate-expired"
     return "certificate-not-trusted"
-
-
-def tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(verifying, accepting any certificate): TLS 1.2 or later; system roots plus `ca_file`."""
-    verifying = ssl.create_default_context()
-    verifying.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file is not None:
-        verifying.load_verify_locations(cafile=ca_file)
-    any_certificate = ssl.create_default_context()
-    any_certificate.check_hostname = False
-    any_certificate.verify_mode = ssl.CERT_NONE
-    return verifying, any_certificate
 
 
 def _mail_options(envelope: Envelope, size: int, extensions: dict[str, str], is_7bit: bool) -> list[bytes]:

@@ -19,7 +19,7 @@ from gateway.config import Config
 from gateway.crypto.discovery import KeyDiscovery
 from gateway.crypto.keyrings import Keyrings
 from gateway.delivery.agent import DeliveryAgent
-from gateway.delivery.client import Connector, Timeouts, TlsPolicy, tls_contexts
+from gateway.delivery.client import Connector, Timeouts, TlsPolicy
 from gateway.delivery.connections import ConnectionCache
 from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.signing import DkimSigner
@@ -32,6 +32,7 @@ from gateway.reputation.traffic import Traffic
 from gateway.resolver import MxResolver
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
+from gateway.transport.peer import tls_contexts
 from gateway.transport.tlscache import LearnedTls
 from gateway.transport.tlspolicy import MtaSts, StsCache, TlsPolicyMap
 from gateway.transport.tlsrpt import TlsReporter, TlsReportStore

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.delivery import probe
 from gateway.resolver import TlsaRecord
 from gateway.spool import QueueState
+from gateway.transport import probe
 from tests.conftest import RunningGateway, message, send
 from tests.delivery.conftest import SENDER, MailWorld
 from tests.polling import eventually

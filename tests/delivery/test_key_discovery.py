@@ -11,8 +11,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from gateway.crypto.discovery import KeyDiscovery, dns_key_name, wkd_urls, zbase32
-from gateway.delivery.client import tls_contexts
 from gateway.resolver import MxResolver
+from gateway.transport.peer import tls_contexts
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, send
 from tests.crypto.keys import GnuPG, smime_identity

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.delivery import probe
 from gateway.resolver import MxResolver
 from gateway.spool import QueueState
+from gateway.transport import probe
 from gateway.transport.tlspolicy import MtaSts, parse_policy
 from gateway.typedyaml import HostPort
 from tests.conftest import free_port, message, send

@@ -17,9 +17,9 @@ import aiosmtplib
 from cryptography import x509
 
 from gateway.config import Config
-from gateway.delivery.client import peer_chain, tls_contexts
 from gateway.resolver import MxResolver, ResolutionError
 from gateway.transport import dane, tlscache
+from gateway.transport.peer import peer_chain, tls_contexts
 from gateway.transport.tlspolicy import MtaSts, TlsPolicyMap
 
 
