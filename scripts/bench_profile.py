@@ -28,8 +28,9 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(pattern)) for nam
     ("DKIM", r"\((?:.*/dkim/|.*gateway/crypto/dkim\.py|.*gateway/delivery/signing\.py)"),
     ("DLP", r"\(.*gateway/(?:stages/|pipeline\.py|workers\.py)"),
     ("spool encrypt+write+fsync", r"\((?:.*gateway/spool/|.*gateway/durable\.py|.*cryptography/)"),
-    ("SMTP client", r"\((?:.*aiosmtplib/|.*gateway/delivery/(?:client|connections|attempt)\.py)"),
-    ("scheduler", r"\(.*gateway/delivery/"),
+    ("SMTP client", r"\((?:.*aiosmtplib/|.*gateway/delivery/(?:client|connections)\.py"
+                    r"|.*gateway/transport/peer\.py)"),
+    ("scheduler", r"\((?:.*gateway/(?:delivery|transport|reputation)/|.*gateway/resolver\.py)"),
     ("SMTP server", r"\((?:.*aiosmtpd/|.*gateway/ingress/)"),
     ("message parsing", r"\((?:.*/email/|.*gateway/message\.py)"),
 ]]
