@@ -5,11 +5,9 @@ not delivered. It names recipients and methods only: no subject, no content."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 
 from gateway.message import QueuedMessage, RecipientState, RecipientStatus
-from gateway.spool.generated import generated
+from gateway.spool.generated import generated, notice
 
 _WORDS = {"tls-verified": "delivered over verified TLS", "tls": "delivered over TLS (not verified)",
           "smime": "delivered encrypted with S/MIME", "pgp": "delivered encrypted with PGP/MIME",
@@ -30,12 +28,8 @@ def build(message: QueuedMessage, statuses: Sequence[RecipientStatus],
         lines.append(f"  {recipient.address}: {outcome}")
     lines += ["", "This receipt lists recipients and how their copy was protected; it holds nothing "
               "of the message itself."]
-    receipt = EmailMessage()
-    receipt["From"] = f"postmaster@{hostname}"
-    receipt["To"] = message.envelope.sender
-    receipt["Subject"] = "Delivery and protection receipt"
-    receipt["Date"] = formatdate(localtime=False)
-    receipt["Message-ID"] = make_msgid(domain=hostname)
+    receipt = notice(sender=f"postmaster@{hostname}", to=message.envelope.sender,
+                     subject="Delivery and protection receipt", hostname=hostname)
     receipt["Auto-Submitted"] = "auto-replied"
     receipt.set_content("\n".join(lines))
     return generated(receipt, recipient=message.envelope.sender, hostname=hostname, listener="receipt")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 from gateway.message import ClientInfo, Envelope, PolicyDecision, QueuedMessage, Recipient
 from gateway.spool.store import new_queue_id
@@ -14,6 +15,18 @@ from gateway.spool.store import new_queue_id
 def wire_bytes(mail: EmailMessage) -> bytes:
     """The message with CRLF line ends, as it goes over SMTP and into the spool."""
     return mail.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def notice(*, sender: str, to: str, subject: str, hostname: str) -> EmailMessage:
+    """A message from the gateway itself with its header fields set (a Message-ID on our own
+    host name, the date now); the caller adds the rest and its content."""
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = to
+    mail["Subject"] = subject
+    mail["Date"] = formatdate(localtime=False)
+    mail["Message-ID"] = make_msgid(domain=hostname)
+    return mail
 
 
 def generated(content: bytes | EmailMessage, *, recipient: str, hostname: str, listener: str,

@@ -17,8 +17,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from gateway import eventlog
 from gateway.durable import write_atomic
 from gateway.message import QueuedMessage
 from gateway.resolver import DnsResolver, MxResolver, ResolutionError
-from gateway.spool.generated import generated
+from gateway.spool.generated import generated, notice
 
 log = logging.getLogger("mailward.tlsrpt")
 FLUSH_INTERVAL = 1.0
@@ -137,21 +135,17 @@ def report_message(report: dict[str, Any], domain: str, *, sender: str, to: str,
     """The report as mail (RFC 8460 §5.3): multipart/report; report-type=tlsrpt, gzip'd JSON."""
     submitter = hostname
     start = report["date-range"]["start-datetime"][:10]
-    notice = EmailMessage()
-    notice["From"] = sender
-    notice["To"] = to
-    notice["Subject"] = f"Report Domain: {domain} Submitter: {submitter} Report-ID: <{report['report-id']}>"
-    notice["Date"] = formatdate(localtime=False)
-    notice["Message-ID"] = make_msgid(domain=hostname)
-    notice["TLS-Report-Domain"] = domain
-    notice["TLS-Report-Submitter"] = submitter
-    notice.set_content(f"This is an aggregate TLS report from {submitter} for {domain}, {start}.\n")
-    notice.add_attachment(gzip.compress(json.dumps(report).encode()), maintype="application",
+    subject = f"Report Domain: {domain} Submitter: {submitter} Report-ID: <{report['report-id']}>"
+    mail = notice(sender=sender, to=to, subject=subject, hostname=hostname)
+    mail["TLS-Report-Domain"] = domain
+    mail["TLS-Report-Submitter"] = submitter
+    mail.set_content(f"This is an aggregate TLS report from {submitter} for {domain}, {start}.\n")
+    mail.add_attachment(gzip.compress(json.dumps(report).encode()), maintype="application",
                           subtype="tlsrpt+gzip",
                           filename=f"{submitter}!{domain}!{start}!{report['report-id']}.json.gz")
-    notice.replace_header("Content-Type", 'multipart/report; report-type="tlsrpt"; boundary="'
-                          + str(notice.get_boundary()) + '"')
-    return generated(notice, recipient=to, hostname=hostname, listener="tlsrpt")
+    mail.replace_header("Content-Type", 'multipart/report; report-type="tlsrpt"; boundary="'
+                          + str(mail.get_boundary()) + '"')
+    return generated(mail, recipient=to, hostname=hostname, listener="tlsrpt")
 
 
 async def post_report(url: str, report: dict[str, Any], *, resolver: MxResolver, ssl_context: Any,

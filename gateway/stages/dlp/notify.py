@@ -4,11 +4,8 @@ notice itself can travel by ordinary mail."""
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
-
 from gateway.message import QueuedMessage
-from gateway.spool.generated import generated
+from gateway.spool.generated import generated, notice
 from gateway.stages.dlp.scanner import ScanSummary
 from gateway.stages.dlp.verdict import Verdict
 
@@ -43,12 +40,8 @@ def notification(message: QueuedMessage, verdict: Verdict, summary: ScanSummary 
                   f"  mailward queue show {message.queue_id} --message",
                   f"  mailward queue release {message.queue_id}   (deliver it)",
                   f"  mailward queue delete {message.queue_id}    (discard it)", ""]
-    notice = EmailMessage()
-    notice["From"] = sender
-    notice["To"] = to
-    notice["Subject"] = f"[Mailward DLP] {verdict.action}: message {message.queue_id}"
-    notice["Date"] = formatdate(localtime=False)
-    notice["Message-ID"] = make_msgid(domain=hostname)
-    notice["Auto-Submitted"] = "auto-generated"
-    notice.set_content("\n".join(lines))
-    return generated(notice, recipient=to, hostname=hostname, listener="dlp-notify")
+    mail = notice(sender=sender, to=to, hostname=hostname,
+                  subject=f"[Mailward DLP] {verdict.action}: message {message.queue_id}")
+    mail["Auto-Submitted"] = "auto-generated"
+    mail.set_content("\n".join(lines))
+    return generated(mail, recipient=to, hostname=hostname, listener="dlp-notify")
