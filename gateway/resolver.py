@@ -70,7 +70,8 @@ class Destination:
 
 class MxResolver:
     def __init__(self, nameservers: tuple[HostPort, ...], smtp_port: int,
-                 routes: Mapping[str, HostPort], *, timeout: float = 5.0) -> None:
+                 routes: Mapping[str, HostPort], *, timeout: float = 5.0,
+                 min_cache_ttl: float = MIN_CACHE_TTL) -> None:
         self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
             self._resolver.nameservers = [ns.host for ns in nameservers]
@@ -83,6 +84,7 @@ class MxResolver:
         self._smtp_port = smtp_port
         self._routes = {domain.lower().rstrip("."): target for domain, target in routes.items()}
         self._cache: dict[tuple[str, str], tuple[float, list[tuple[int, str]] | list[str]]] = {}
+        self._min_cache_ttl = min_cache_ttl  # an answer is kept at least this long, whatever its TTL
 
     async def destinations(self, domain: str) -> list[Destination]:
         """Hosts to try for `domain`, best first; raises Permanent or Temporary."""
@@ -212,7 +214,7 @@ class MxResolver:
     def _store(self, name: str, kind: str, value: list[tuple[int, str]] | list[str],
                answer: dns.resolver.Answer | None) -> None:
         ttl = float(answer.rrset.ttl) if answer is not None and answer.rrset is not None else 60.0
-        ttl = min(max(ttl, MIN_CACHE_TTL), MAX_CACHE_TTL)
+        ttl = min(max(ttl, self._min_cache_ttl), MAX_CACHE_TTL)
         self._cache[(name, kind)] = (time.monotonic() + ttl, value)
 
 

@@ -156,7 +156,8 @@ class StsCache:
 
 class MtaSts:
     def __init__(self, resolver: MxResolver, *, port: int = 443, ca_file: str | None = None,
-                 timeout: float = 10.0, cache: StsCache | None = None) -> None:
+                 timeout: float = 10.0, cache: StsCache | None = None,
+                 txt_recheck: float = TXT_RECHECK) -> None:
         self._resolver = resolver
         self._port = port
         self._context = ssl.create_default_context()
@@ -166,12 +167,13 @@ class MtaSts:
         self._timeout = timeout
         self._cache = cache if cache is not None else StsCache(None)  # kept across reloads and restarts
         self._checked: dict[str, float] = {}  # domain -> when the TXT id was last looked at
+        self._txt_recheck = txt_recheck
 
     async def policy(self, domain: str) -> StsPolicy | None:
         """The domain's policy, from the cache while it is fresh and its id unchanged."""
         now = time.time()
         cached = self._cache.get(domain)
-        if now - self._checked.get(domain, 0) < TXT_RECHECK:  # looked at moments ago: no new query
+        if now - self._checked.get(domain, 0) < self._txt_recheck:  # looked at moments ago: no new query
             return cached if cached is not None and cached.fresh(now) else None
         self._checked[domain] = now
         try:

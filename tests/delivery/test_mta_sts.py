@@ -157,14 +157,13 @@ async def test_admin_policy_map_verify_overrides_a_missing_sts_policy(world: Mai
 
 
 async def test_cached_policy_survives_a_stripped_txt_record_and_a_blocked_fetch(
-        world: MailWorld, policy_server: PolicyServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: MailWorld, policy_server: PolicyServer) -> None:
     dns_server = await world.start_dns(records())
     await policy_server.start(sts("enforce"))
-    monkeypatch.setattr("gateway.transport.tlspolicy.TXT_RECHECK", 0.0)
     resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {})
     ca_file = world.tmp_path / "sts-ca.pem"
     world.ca.cert_pem.write_to_path(str(ca_file))
-    mta_sts = MtaSts(resolver, port=policy_server.port, ca_file=str(ca_file))
+    mta_sts = MtaSts(resolver, port=policy_server.port, ca_file=str(ca_file), txt_recheck=0.0)
     first = await mta_sts.policy("sts.test")
     assert first is not None and first.mode == "enforce"
     del dns_server.records[("_mta-sts.sts.test", "TXT")]  # an attacker strips the record ...
@@ -173,16 +172,15 @@ async def test_cached_policy_survives_a_stripped_txt_record_and_a_blocked_fetch(
     assert again == first
 
 
-async def test_a_new_policy_id_fetches_the_policy_again(
-        world: MailWorld, policy_server: PolicyServer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_new_policy_id_fetches_the_policy_again(world: MailWorld,
+                                                         policy_server: PolicyServer) -> None:
     dns_server = await world.start_dns(records("1"), ttl=0)
     await policy_server.start(sts("testing"))
-    monkeypatch.setattr("gateway.transport.tlspolicy.TXT_RECHECK", 0.0)
-    monkeypatch.setattr("gateway.resolver.MIN_CACHE_TTL", 0.0)  # see the new TXT record at once
-    resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {})
+    # Checked at every call, and the TXT answer (TTL 0) not kept: the new record is seen at once.
+    resolver = MxResolver((HostPort(f"127.0.0.53:{world.dns_port}"),), 25, {}, min_cache_ttl=0.0)
     ca_file = world.tmp_path / "sts-ca.pem"
     world.ca.cert_pem.write_to_path(str(ca_file))
-    mta_sts = MtaSts(resolver, port=policy_server.port, ca_file=str(ca_file))
+    mta_sts = MtaSts(resolver, port=policy_server.port, ca_file=str(ca_file), txt_recheck=0.0)
     assert (await mta_sts.policy("sts.test")).mode == "testing"  # type: ignore[union-attr]
     policy_server.body = sts("enforce")
     assert (await mta_sts.policy("sts.test")).mode == "testing"  # type: ignore[union-attr]
