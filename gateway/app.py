@@ -48,13 +48,14 @@ from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import PortalStore, open_store
 from gateway.portal.web import PortalApp
-from gateway.reputation.suppression import SuppressionList
 from gateway.reputation.traffic import unsubscribe_links
 from gateway.spool import Spool, open_spool
 from gateway.spool.wakeup import BatchingWaker
 from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanpool import ScanPool
 from gateway.stages.dlp.stage import DlpStage, dlp_settings, policies_directory
+from gateway.state.cluster import SharedState
+from gateway.state.suppression import LocalSuppression
 from gateway.statusapi import StatusApi
 from gateway.workers import ChildProcess, DeliveryProcess
 
@@ -119,7 +120,7 @@ class Gateway:
         self._api_runner: web.AppRunner | None = None
         self._ingest_workers: list[ChildProcess] = []
         self.feedback: Feedback | None = None
-        self.suppression: SuppressionList | None = None
+        self.state: SharedState | None = None
         self._stopping = asyncio.Event()
         self.audit = Audit.off()
 
@@ -134,6 +135,8 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
+        # First: a node refuses to run against a cluster database whose schema it does not know.
+        self.state = SharedState.open(config)
         self.spool = open_spool(config.spool, create_key=self.role != "delivery")
         link_fd = inherited_fd() if self.role in ("delivery", "ingest-worker") else None
         if link_fd is not None:  # the parent writes the audit log for us
@@ -157,7 +160,7 @@ class Gateway:
             self.spool.track_journals()  # we alone write journals from here on
             eventlog.event(log, "spool_recovered", requeued=requeued, quarantined=quarantined,
                            orphan_journals=orphans)
-            self.delivery = DeliveryService(config, self.spool, audit=self.audit)
+            self.delivery = DeliveryService(config, self.spool, audit=self.audit, state=self.state)
             await self.delivery.start()
             if config.webhooks:
                 # Cursors are positions in the audit log, so they live beside it.
@@ -212,12 +215,18 @@ class Gateway:
         if self.handler is None:
             return None
         suppression_file = config.delivery.suppression.file
+        state = self.state
+        assert state is not None
 
         def suppressed(addresses: list[str], sender_domain: str) -> set[str]:
-            # A fresh look per request (another process writes the list), in the caller's thread.
+            # In the caller's thread. The cluster's list is one pool for all; a local one gets a
+            # fresh look per request (another process writes it).
+            if state.database is not None:
+                shared = state.open_suppression()
+                return {a for a in addresses if shared.find(a, sender_domain) is not None}
             if not suppression_file.exists():
                 return set()
-            found = SuppressionList(suppression_file)
+            found = LocalSuppression(suppression_file)
             try:
                 return {a for a in addresses if found.find(a, sender_domain) is not None}
             finally:
@@ -232,10 +241,10 @@ class Gateway:
         links = unsubscribe_links(config)
         if config.feedback.fbl_address is None and links is None:
             return None
-        self.suppression = SuppressionList(config.delivery.suppression.file)
+        assert self.state is not None
         return Feedback(hostname=config.hostname, fbl_address=config.feedback.fbl_address,
                         unsubscribe_local_part=config.feedback.unsubscribe_local_part, links=links,
-                        suppression=self.suppression,
+                        suppression=self.state.open_suppression(),
                         sender_domains=[*config.relay.sender_domains, *config.domains],
                         pool_of_ip={ip.address: name for name, pool in config.delivery.pools.items()
                                     for ip in pool.ips})
@@ -435,8 +444,8 @@ class Gateway:
         if self._audit_link is not None:
             await self._audit_link.close()
         self.audit.close()
-        if self.suppression is not None:
-            self.suppression.close()
+        if self.state is not None:
+            await self.state.close()
         eventlog.event(log, "stopped", unfinished_sessions=len(self.tracker.open))
 
 

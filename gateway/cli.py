@@ -194,6 +194,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("address")
         sub.set_defaults(handler=_lazy("gateway.delivery.commands", "cmd_pool"), action=name)
 
+    cluster = commands.add_parser("cluster", help="nodes sharing Redis and PostgreSQL").add_subparsers(
+        title="cluster commands", metavar="ACTION", required=True)
+    cluster.add_parser("init", help="create or migrate the cluster database's schema").set_defaults(
+        handler=_lazy("gateway.state.commands", "cmd_cluster"), action="init")
+    c_status = cluster.add_parser("status", help="live nodes, their queues and the shared limits")
+    c_status.add_argument("--json", action="store_true")
+    c_status.set_defaults(handler=_lazy("gateway.state.commands", "cmd_cluster"), action="status")
+
     dns = commands.add_parser("dns", help="sender domains' DNS").add_subparsers(
         title="DNS commands", metavar="ACTION", required=True)
     d_check = dns.add_parser("check", help="SPF, DKIM, DMARC, MTA-STS and TLS-RPT records against "
@@ -259,7 +267,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from gateway import app
 
-    eventlog.setup(config.log_level)
+    eventlog.setup(config.log_level, config.cluster.node_id)
     try:
         return asyncio.run(app.run(config, args.role))
     finally:

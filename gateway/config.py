@@ -548,6 +548,49 @@ class PortalConfig:
         return found
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _url_problems(key: str, url: str | None, schemes: tuple[str, ...]) -> list[tuple[str, str]]:
+    if url is None:
+        return []
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in schemes:
+        return [(key, f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")]
+    if "@" in rest.partition("/")[0] and ":" in rest.partition("@")[0]:
+        return [(key, "no password in the URL: put it in a 0600 file named by " + key + "_password_file")]
+    return []
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes behaving as one sender (docs/cluster.md): limits, leases, counters and
+    heartbeats in Redis; suppression, the portal store, API tokens and the audit copy in
+    PostgreSQL. Each node keeps its own encrypted spool."""
+
+    node_id: str = ""
+    redis: str | None = None  # redis://HOST:PORT/DB, rediss:// for TLS
+    postgres: str | None = None  # postgresql://USER@HOST:PORT/DB
+    redis_password_file: Path | None = None  # 0600; the URL carries none
+    postgres_password_file: Path | None = None
+    ca_file: Path | None = None  # trust anchors for rediss:// and sslmode=verify-full
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis is not None or self.postgres is not None
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = [*_url_problems("redis", self.redis, ("redis", "rediss")),
+                 *_url_problems("postgres", self.postgres, ("postgresql", "postgres"))]
+        if self.enabled and not _NODE_ID.fullmatch(self.node_id):
+            found.append(("node_id", "each node needs its own node_id: letters, digits, '.', '_', '-'"))
+        for key in ("redis_password_file", "postgres_password_file", "ca_file"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                found.append((key, f"file not found: {path}"))
+        return found
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: HostPort | None = HostPort("127.0.0.1:9464")  # null turns the endpoint off
@@ -572,6 +615,7 @@ class Config:
     feedback: FeedbackConfig = FeedbackConfig()
     portal: PortalConfig = PortalConfig()
     metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # SMTP ingest processes sharing the listeners (SO_REUSEPORT); delivery and DLP scanning have
     # processes of their own. One per core left over after those is a good start.

@@ -100,3 +100,8 @@ class SpoolError(MailwardError):
 
 class KeyFileError(MailwardError):
     """A secret file is missing, malformed or readable by others."""
+
+
+class StateUnavailable(MailwardError):
+    """Shared state (Redis or PostgreSQL) did not answer. Each caller says beside the call
+    whether it then fails open (a local share of a limit) or closed (defer, hold, wait)."""

@@ -30,11 +30,14 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
     logger.log(level, " ".join(parts))
 
 
-def setup(level: str) -> None:
-    """Log to stderr (journald adds the timestamp under systemd)."""
+def setup(level: str, node_id: str = "") -> None:
+    """Log to stderr (journald adds the timestamp under systemd). In a cluster each line starts
+    with the node's id, so merged logs say which node spoke."""
     handler = logging.StreamHandler(sys.stderr)
     # name[pid] as in Postfix's maillog: with several processes, which one said it.
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
+    node = f"node={node_id} " if node_id else ""
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s {node}%(name)s[%(process)d] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -15,7 +15,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -94,6 +94,17 @@ DKIM_UNSIGNED = Counter(
 DKIM_FAILURES = Counter(
     "mailward_dkim_failures_total", "Signatures that failed (the delivery was deferred), by domain.",
     ["domain"], registry=REGISTRY)
+CLUSTER_STATE_UP = Gauge(
+    "mailward_cluster_state_up", "In a cluster: 1 while this node reaches the shared store (redis: "
+    "limits and counters are shared; postgres: suppression, portal, audit copy), 0 while it works on "
+    "its local fallback.", ["store"], registry=REGISTRY, multiprocess_mode="livemin")
+CLUSTER_FALLBACKS = Counter(
+    "mailward_cluster_fallbacks_total", "Times this node lost a shared store and fell back (redis: "
+    "to its share of each limit; postgres: audit waits locally, suppression lookups defer).",
+    ["store"], registry=REGISTRY)
+NODE_INFO = Gauge(
+    "mailward_node_info", "1, labelled with this node's cluster node_id.", ["node_id"],
+    registry=REGISTRY, multiprocess_mode="livemax")
 
 
 class QueueCollector(Collector):

@@ -19,8 +19,8 @@ from cryptography import x509
 
 from gateway.audit.log import file_name
 from gateway.config import Config, ListenerConfig
-from gateway.reputation.egress import utc_day
 from gateway.spool.store import spool_usage
+from gateway.state.limits import utc_day
 
 KEY_AGE_WARNING = 365  # days; DKIM keys are commonly rotated yearly or more often
 CERT_WARNING = 21  # days of validity left

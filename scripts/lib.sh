@@ -11,7 +11,7 @@ ensure_debs() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  # Packages such as postfix and nginx are wanted as programs the tests and benchmarks start
+  # Packages such as postfix, nginx, redis-server and postgresql are wanted as programs the tests and benchmarks start
   # themselves, not as system services on ports 25 and 80: policy-rc.d answers 101 ("not
   # allowed") while they install, so Debian does not start them (and they stay stopped).
   local policy=/usr/sbin/policy-rc.d placed=""
@@ -23,7 +23,7 @@ ensure_debs() {
   [ -z "$placed" ] || $sudo rm -f "$policy"
   # Nor at boot, under systemd.
   for service in "${missing[@]}"; do
-    case "$service" in postfix|nginx) ;; *) continue ;; esac
+    case "$service" in postfix|nginx|redis-server|postgresql|haproxy) ;; *) continue ;; esac
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi

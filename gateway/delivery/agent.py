@@ -43,19 +43,20 @@ from gateway.delivery.outcomes import Outcomes
 from gateway.delivery.protection import deliver_protected
 from gateway.delivery.signing import DkimSigner, SignedCopies, SigningFailed
 from gateway.durable import write_atomic
-from gateway.errors import RetrySoon
+from gateway.errors import RetrySoon, StateUnavailable
 from gateway.memory import LARGE, MemoryBudget
 from gateway.message import Attempt, QueuedMessage, Recipient, RecipientState, RecipientStatus, Reply
 from gateway.portal.handoff import PortalHandoff
 from gateway.reputation.bounces import reputation_block
 from gateway.reputation.egress import EgressPools
 from gateway.reputation.shaping import Shaper
-from gateway.reputation.suppression import SuppressionList
 from gateway.reputation.traffic import Deferral, Route, Traffic
 from gateway.resolver import Destination, MxResolver, Permanent, ResolutionError
 from gateway.spool import QueueState, Spool
 from gateway.spool.generated import generated
 from gateway.spool.store import TooLarge
+from gateway.state.limits import LocalLimits
+from gateway.state.suppression import Suppression
 from gateway.transport.tlscache import LearnedTls
 from gateway.transport.tlspolicy import TlsRequirement
 from gateway.transport.tlsrpt import TlsReportStore
@@ -74,6 +75,9 @@ def _relay_parts(relay: str) -> tuple[str, str | None]:
 
 SIGNING_FAILED = Reply(451, "4.3.0", "DKIM signing failed; the message is kept and retried")
 RESULTS_RETRY = 10.0  # seconds until results that could not be written are tried again
+SUPPRESSION_UNAVAILABLE = Reply(451, "4.3.0", "the suppression list cannot be read; the message is kept "
+                                                "and retried")
+SUPPRESSION_RETRY = 15.0
 INTERNAL_FAILURE = Reply(451, "4.3.0", "internal error while delivering; the message is kept and retried")
 
 _STATUS_WORD = {RecipientState.DELIVERED: "sent", RecipientState.DEFERRED: "deferred",
@@ -101,7 +105,7 @@ class DeliveryAgent:
                  tls_reports: TlsReportStore | None = None, learned: LearnedTls | None = None,
                  portal: PortalHandoff | None = None, signer: DkimSigner | None = None,
                  audit: Audit | None = None, traffic: Traffic | None = None,
-                 suppression: SuppressionList | None = None, outcomes: Outcomes | None = None,
+                 suppression: Suppression | None = None, outcomes: Outcomes | None = None,
                  memory: MemoryBudget | None = None, memory_limit: int = 32 << 20) -> None:
         self.spool = spool
         self.hostname = hostname
@@ -117,7 +121,10 @@ class DeliveryAgent:
         self.portal = portal
         self.signer = signer or DkimSigner({})
         self.audit = audit or Audit.off()
-        self.traffic = traffic or Traffic(EgressPools.load(config, hostname), Shaper({}), None)
+        if traffic is None:
+            limits = LocalLimits()
+            traffic = Traffic(EgressPools.load(config, hostname, limits), Shaper({}, limits), None)
+        self.traffic = traffic
         self.suppression = suppression
         self.outcomes = outcomes or Outcomes(suppression, scope=config.suppression.scope, sender_domains=())
         # Results decided but not yet durable (a failed audit write): the next attempt of the
@@ -185,7 +192,14 @@ class DeliveryAgent:
         sender_domain = message.envelope.sender.rpartition("@")[2].lower()
         found = {}
         for index in message.pending_recipients():
-            entry = self.suppression.find(message.envelope.recipients[index].address, sender_domain)
+            try:
+                entry = self.suppression.find(message.envelope.recipients[index].address, sender_domain)
+            except StateUnavailable as exc:
+                # Fail closed: nobody is written to without the list's answer.
+                eventlog.event(log, "suppression_unavailable", logging.WARNING, queue_id=message.queue_id,
+                               error=str(exc), retry_in=SUPPRESSION_RETRY)
+                return {i: Attempt(i, SUPPRESSION_UNAVAILABLE, retry_after=SUPPRESSION_RETRY)
+                        for i in message.pending_recipients()}
             if entry is not None:
                 scope = "every sender" if entry.scope == "*" else entry.scope
                 day = time.strftime("%Y-%m-%d", time.gmtime(entry.at))
@@ -255,15 +269,15 @@ class DeliveryAgent:
         shaper = self.traffic.shaper
 
         async def open_connection() -> SmtpConnection:
-            await shaper.connection_slot(shaped, lambda: self.connections.evict(
+            lease = await shaper.connection_slot(shaped, lambda: self.connections.evict(
                 lambda k: isinstance(k, tuple) and k[0] == shaped.name))
             try:
                 connection = await self.connector.open(destinations, requirement,
                                                        (admitted.address, admitted.ehlo))
             except BaseException:
-                shaper.release(shaped)
+                shaper.release(lease)
                 raise
-            connection.on_close.append(lambda: shaper.release(shaped))
+            connection.on_close.append(lambda: shaper.release(lease))
             return connection
 
         async def open_reported() -> SmtpConnection:
@@ -294,7 +308,7 @@ class DeliveryAgent:
                     reused = connection.messages > 0
                     replies = await connection.deliver(message.envelope, recipients, content)
             except ConnectionFailed as failure:
-                self.traffic.observe(route, [failure.reply], time.time())
+                await self.traffic.observe(route, [failure.reply], time.time())
                 # The host and address the failure was about (the log names them; so does the audit).
                 host, address = _relay_parts(failure.relay)
                 return [Attempt(i, failure.reply, failure.relay, remote_host=host or None, remote_ip=address,
@@ -306,7 +320,7 @@ class DeliveryAgent:
             if reused and connection.broken and not connection.reached_data and not fresh_only:
                 continue
             break
-        self.traffic.observe(route, list(replies.values()), time.time(), admitted)
+        await self.traffic.observe(route, list(replies.values()), time.time(), admitted)
         return [Attempt(i, replies[i], connection.relay, connection.destination.host, connection.tls,
                         connection.passes_dsn, protection=protection, remote_ip=connection.address,
                         egress_ip=connection.egress_ip, dkim=signature, pool=pool) for i in indexes]

@@ -1,7 +1,8 @@
 """``mailward suppress`` and ``mailward pool``: the suppression list and egress IPs, by hand.
 
-Both work on files the running gateway shares (the suppression database, the egress state file),
-so they take effect at once (pool changes within a second) without a reload.
+Both work on state the running gateway shares (the suppression list, on this node or in the
+cluster's database; the egress state file), so they take effect at once (pool changes within a
+second) without a reload.
 """
 
 from __future__ import annotations
@@ -15,19 +16,15 @@ import time
 from gateway.audit.events import Audit, os_user
 from gateway.config import Config
 from gateway.errors import EXIT_OK, MailwardError
-from gateway.reputation.egress import (
-    EgressPools,
-    IpState,
-    WarmupCounters,
-    read_ip_states,
-    utc_day,
-    write_ip_state,
-)
-from gateway.reputation.suppression import GLOBAL, SuppressionList
+from gateway.reputation.egress import EgressPools, IpState, read_ip_states, write_ip_state
+from gateway.state.cluster import open_database, open_suppression, warmup_today
+from gateway.state.limits import LocalLimits, utc_day
+from gateway.state.suppression import GLOBAL
 
 
 def cmd_suppress(config: Config, args: argparse.Namespace) -> int:
-    suppression = SuppressionList(config.delivery.suppression.file)
+    database = open_database(config)
+    suppression = open_suppression(config, database)
     audit = Audit.open(config.audit)
     try:
         if args.action == "add":
@@ -60,6 +57,8 @@ def cmd_suppress(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         suppression.close()
+        if database is not None:
+            database.close()
         audit.close()
 
 
@@ -76,10 +75,10 @@ def cmd_pool(config: Config, args: argparse.Namespace) -> int:
                                              "egress_ip": args.address, "user": os_user(), "by": "admin"})
         print(f"{args.address}: {state} (the running gateway follows within a second)")
         return EXIT_OK
-    pools = EgressPools.load(delivery, config.hostname, WarmupCounters(delivery.warmup_file))
+    pools = EgressPools.load(delivery, config.hostname, LocalLimits())
     states = read_ip_states(delivery.egress_state_file)
     now = time.time()
-    today = pools.counters.counts if pools.counters.day == utc_day(now).isoformat() else {}
+    today = warmup_today(config, [str(ip.address) for pool in pools.pools.values() for ip in pool.ips], now)
     report = []
     for pool in pools.pools.values():
         for ip in pool.ips:

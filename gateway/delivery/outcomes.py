@@ -14,11 +14,11 @@ from typing import Any
 from gateway import metrics
 from gateway.message import Attempt, QueuedMessage, RecipientState
 from gateway.reputation.bounces import BounceClass, classify, suppresses
-from gateway.reputation.suppression import GLOBAL, SuppressionList
+from gateway.state.suppression import GLOBAL, Suppression
 
 
 class Outcomes:
-    def __init__(self, suppression: SuppressionList | None, *, scope: str,
+    def __init__(self, suppression: Suppression | None, *, scope: str,
                  sender_domains: Iterable[str]) -> None:
         self.suppression = suppression
         self.scope = scope  # sender_domain or global

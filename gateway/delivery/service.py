@@ -27,11 +27,11 @@ from gateway.memory import MemoryBudget
 from gateway.message import QueuedMessage
 from gateway.portal.handoff import PortalHandoff
 from gateway.portal.store import open_store
-from gateway.reputation.suppression import SuppressionList
 from gateway.reputation.traffic import Traffic
 from gateway.resolver import MxResolver
 from gateway.spool import Spool
 from gateway.spool.scheduler import Scheduler
+from gateway.state.cluster import SharedState
 from gateway.transport.peer import tls_contexts
 from gateway.transport.tlscache import LearnedTls
 from gateway.transport.tlspolicy import MtaSts, StsCache, TlsPolicyMap
@@ -43,7 +43,7 @@ TLS_REPORT_INTERVAL = 3600.0  # finished days are reported within the hour after
 
 class DeliveryService:
     def __init__(self, config: Config, spool: Spool, *, tls_policy: TlsPolicy | None = None,
-                 audit: Audit | None = None) -> None:
+                 audit: Audit | None = None, state: SharedState | None = None) -> None:
         self.audit = audit or Audit.off()
         delivery = config.delivery
         self.paused = delivery.paused
@@ -58,8 +58,12 @@ class DeliveryService:
         self.tls_reporter: TlsReporter | None = None
         self._reporting: asyncio.Task[None] | None = None
         self.spool = spool
-        self.suppression = SuppressionList(delivery.suppression.file)
-        self.traffic: Traffic | None = None  # throttling state and warm-up counts outlive reloads
+        # Limits (throttling, warm-up counts) and the suppression list outlive reloads.
+        self.state = state or SharedState(config.cluster.node_id, _config=config)
+        self._own_state = state is None
+        self.suppression = self.state.open_suppression()
+        self.limits = self.state.limits(queues=lambda: {state.value: count for state, (count, _, _)
+                                                        in spool.usage().items()})
         self.memory = MemoryBudget()  # outlives reloads: the holders of the old agent count
         self.agent = self._agent(config, spool)
         # Through a lambda, so that a reload's new agent serves the next deliveries.
@@ -84,8 +88,7 @@ class DeliveryService:
                 contact=reports.contact, sender=reports.sender or f"tlsrpt-noreply@{config.hostname}",
                 hostname=config.hostname, enqueue=self._enqueue,
                 ssl_context=tls_contexts(str(delivery.ca_file) if delivery.ca_file else None)[0])
-        self.traffic = Traffic.load(config, self.traffic.shaper if self.traffic else None,
-                                    self.traffic.pools if self.traffic else None)
+        traffic = Traffic.load(config, self.limits)
         outcomes = Outcomes(self.suppression, scope=delivery.suppression.scope,
                             sender_domains=[*config.relay.sender_domains, *config.domains])
         return DeliveryAgent(spool, config.hostname, delivery, resolver=resolver, connector=connector,
@@ -94,7 +97,7 @@ class DeliveryService:
                              keyrings=Keyrings.load(config.keys, self._discovery(config, resolver)),
                              tls_reports=self.tls_reports, learned=self.learned,
                              portal=self._portal(config), signer=self._signer(config), audit=self.audit,
-                             traffic=self.traffic, suppression=self.suppression, outcomes=outcomes,
+                             traffic=traffic, suppression=self.suppression, outcomes=outcomes,
                              memory=self.memory, memory_limit=config.limits.message_memory)
 
     @staticmethod
@@ -179,6 +182,5 @@ class DeliveryService:
         if not self.paused:
             await self.scheduler.stop(timeout)
         await self.connections.close()
-        if self.traffic is not None:
-            self.traffic.close()
-        self.suppression.close()
+        if self._own_state:
+            await self.state.close()

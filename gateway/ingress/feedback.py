@@ -27,8 +27,8 @@ from email.message import EmailMessage, Message
 from typing import Any, Literal
 
 from gateway import eventlog, metrics
-from gateway.reputation.suppression import SuppressionList
 from gateway.reputation.unsubscribe import UnsubscribeLinks
+from gateway.state.suppression import Suppression
 
 log = logging.getLogger("mailward.feedback")
 Kind = Literal["fbl", "unsubscribe"]
@@ -109,7 +109,7 @@ class OneClick:
 
 class Feedback:
     def __init__(self, *, hostname: str, fbl_address: str | None, unsubscribe_local_part: str,
-                 links: UnsubscribeLinks | None, suppression: SuppressionList,
+                 links: UnsubscribeLinks | None, suppression: Suppression,
                  sender_domains: Iterable[str], pool_of_ip: Mapping[str, str]) -> None:
         self.hostname = hostname.lower()
         self.fbl_address = fbl_address.lower() if fbl_address else None

@@ -7,8 +7,9 @@ cap either spills to another of the pool or, with ``at_cap: wait``, the delivery
 next day (UTC). Without configured pools there is one implicit pool whose connections use the
 system's source address and `hostname` as EHLO name.
 
-Warm-up counters (messages per IP, provider and UTC day) are kept in `delivery.warmup_file`,
-saved at most once a second and at shutdown, so they survive a restart.
+Warm-up counts (messages per IP, provider and UTC day) are in `state.limits`: on one node in
+`delivery.warmup_file`, saved at most once a second and at shutdown, so they survive a restart;
+in a cluster in Redis, so a cap holds for all nodes together.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import datetime
 import json
 import os
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,9 @@ from typing import Literal
 
 from gateway.config import DeliveryConfig
 from gateway.durable import write_atomic
+from gateway.state.limits import Limits, utc_day
 
 IpState = Literal["active", "drain", "disabled"]
-SAVE_INTERVAL = 1.0
 STATE_CHECK_INTERVAL = 1.0
 
 
@@ -65,49 +65,9 @@ class Wait:
         self.until, self.reason = until, reason
 
 
-def utc_day(now: float) -> datetime.date:
-    return datetime.datetime.fromtimestamp(now, datetime.UTC).date()
-
-
 def next_utc_midnight(now: float) -> float:
     day = utc_day(now) + datetime.timedelta(days=1)
     return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC).timestamp()
-
-
-class WarmupCounters:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.day = ""
-        self.counts: dict[str, dict[str, int]] = {}  # ip -> provider -> messages today
-        self._saved_at = 0.0
-        self._dirty = False
-        with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
-            data = json.loads(path.read_text())
-            self.day, self.counts = str(data["day"]), {ip: dict(p) for ip, p in data["counts"].items()}
-
-    def _roll(self, now: float) -> None:
-        today = utc_day(now).isoformat()
-        if today != self.day:
-            self.day, self.counts = today, {}
-
-    def get(self, ip: str, provider: str, now: float) -> int:
-        self._roll(now)
-        return self.counts.get(ip, {}).get(provider, 0)
-
-    def add(self, ip: str, provider: str, now: float, count: int = 1) -> None:
-        self._roll(now)
-        per_ip = self.counts.setdefault(ip, {})
-        per_ip[provider] = per_ip.get(provider, 0) + count
-        self._dirty = True
-        if now - self._saved_at >= SAVE_INTERVAL:
-            self.save(now)
-
-    def save(self, now: float | None = None) -> None:
-        if not self._dirty:
-            return
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"day": self.day, "counts": self.counts}).encode())
-        self._saved_at, self._dirty = now if now is not None else time.time(), False
 
 
 def read_ip_states(path: Path) -> dict[str, IpState]:
@@ -130,19 +90,18 @@ def write_ip_state(path: Path, address: str, state: IpState) -> None:
 
 class EgressPools:
     def __init__(self, pools: Mapping[str, Pool], default: str, sender_domains: Mapping[str, str],
-                 counters: WarmupCounters, state_file: Path) -> None:
+                 limits: Limits, state_file: Path) -> None:
         self.pools = dict(pools)
         self.default = default
         self.sender_domains = {d.lower(): p for d, p in sender_domains.items()}
-        self.counters = counters
+        self.limits = limits
         self.state_file = state_file
         self._states: dict[str, IpState] = {}
         self._states_checked = 0.0
         self._states_mtime = -1.0
 
     @classmethod
-    def load(cls, config: DeliveryConfig, hostname: str,
-             counters: WarmupCounters | None = None) -> EgressPools:
+    def load(cls, config: DeliveryConfig, hostname: str, limits: Limits) -> EgressPools:
         pools = {}
         for name, pool in config.pools.items():
             ips = tuple(EgressIp(ip.address, ip.ehlo, ip.weight,
@@ -153,8 +112,8 @@ class EgressPools:
         if not pools:
             pools["default"] = Pool("default", (EgressIp(None, hostname),))
         default = config.pool_selection.default or next(iter(pools))
-        return cls(pools, default, config.pool_selection.sender_domains,
-                   counters or WarmupCounters(config.warmup_file), config.egress_state_file)
+        return cls(pools, default, config.pool_selection.sender_domains, limits,
+                   config.egress_state_file)
 
     def pool(self, name: str | None) -> Pool:
         return self.pools.get(name or "", self.pools[self.default])
@@ -175,37 +134,37 @@ class EgressPools:
                 self._states = read_ip_states(self.state_file)
         return self._states
 
-    def choose(self, pool: Pool, provider: str, now: float) -> EgressIp | Wait:
+    async def choose(self, pool: Pool, provider: str, now: float) -> EgressIp | Wait:
         """An IP of `pool` for one more message to `provider`, counted against its warm-up cap."""
         states = self.states(now)
         active = [ip for ip in pool.ips if ip.address is None or states.get(ip.address) is None]
         if not active:
             return Wait(now + 300, f"every IP of pool {pool.name} is drained or disabled")
         day = utc_day(now)
-        under = [ip for ip in active
-                 if (cap := ip.cap(day)) is None or self.counters.get(str(ip.address), provider, now) < cap]
         if pool.at_cap == "wait":
             # Each IP keeps its own share: a message waits for its IP rather than moving.
             chosen = random.choices(active, weights=[ip.weight for ip in active])[0]  # noqa: S311 - load spreading
-            if chosen not in under:
+            if not await self._take(chosen, provider, day, now):
                 return Wait(next_utc_midnight(now), f"warm-up cap of {chosen.address} for {provider} "
                                                     "reached today")
-        elif not under:
-            return Wait(next_utc_midnight(now), f"warm-up caps of pool {pool.name} for {provider} "
-                                                "reached today")
-        else:
-            chosen = random.choices(under, weights=[ip.weight for ip in under])[0]  # noqa: S311 - load spreading
-        if chosen.schedule:
-            self.counters.add(str(chosen.address), provider, now)
-        return chosen
+            return chosen
+        candidates = list(active)
+        while candidates:
+            chosen = random.choices(candidates, weights=[ip.weight for ip in candidates])[0]  # noqa: S311 - load spreading
+            if await self._take(chosen, provider, day, now):
+                return chosen
+            candidates.remove(chosen)  # at its cap: spill to another IP of the pool
+        return Wait(next_utc_midnight(now), f"warm-up caps of pool {pool.name} for {provider} "
+                                            "reached today")
 
-    def penalize(self, ip: EgressIp, provider: str, now: float) -> None:
+    async def _take(self, ip: EgressIp, provider: str, day: datetime.date, now: float) -> bool:
+        """Count one message against `ip`'s cap today (True when it has none)."""
+        cap = ip.cap(day)
+        return cap is None or await self.limits.warmup_take(str(ip.address), provider, cap, now)
+
+    async def penalize(self, ip: EgressIp, provider: str, now: float) -> None:
         """A receiver refused `ip` for its reputation: it is done with `provider` for today
         (a warming IP only; a warm one keeps sending, the refusal is retried)."""
         cap = ip.cap(utc_day(now))
         if cap is not None:
-            used = self.counters.get(str(ip.address), provider, now)
-            self.counters.add(str(ip.address), provider, now, max(0, cap - used))
-
-    def close(self) -> None:
-        self.counters.save()
+            await self.limits.warmup_spend(str(ip.address), provider, cap, now)

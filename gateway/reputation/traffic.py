@@ -22,6 +22,7 @@ from gateway.reputation.egress import EgressIp, EgressPools, Pool, Wait
 from gateway.reputation.shaping import MAX_WAIT, ShapedDestination, Shaper
 from gateway.reputation.unsubscribe import UnsubscribeLinks
 from gateway.resolver import Destination
+from gateway.state.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,10 @@ class Traffic:
         self.links = links
 
     @classmethod
-    def load(cls, config: Config, shaper: Shaper | None = None, pools: EgressPools | None = None) -> Traffic:
-        """From config; `shaper` and `pools` carry state (throttling, counters) over a reload."""
-        links = unsubscribe_links(config)
-        if shaper is None or shaper.rules != dict(config.delivery.shaping):
-            shaper = Shaper(config.delivery.shaping)
-        fresh = EgressPools.load(config.delivery, config.hostname,
-                                 pools.counters if pools is not None else None)
-        return cls(fresh, shaper, links)
+    def load(cls, config: Config, limits: Limits) -> Traffic:
+        """From config, counting in `limits` (which outlive a reload: throttling, warm-up)."""
+        return cls(EgressPools.load(config.delivery, config.hostname, limits),
+                   Shaper(config.delivery.shaping, limits), unsubscribe_links(config))
 
     def route(self, message: QueuedMessage, domain: str, destinations: Sequence[Destination]) -> Route:
         name = message.pool or self.pools.pool_for_sender(message.envelope.sender)
@@ -78,34 +75,31 @@ class Traffic:
     async def admit(self, route: Route, now: float) -> EgressIp | Deferral:
         """The IP for one more transaction to `route`, or why it must wait."""
         destination = route.destination
-        paused = self.shaper.paused(destination, now)
-        if paused:
+        admission = await self.shaper.admit(destination)
+        if admission.paused:
             return Deferral(Reply(451, "4.7.0", f"{destination.name} asked us to slow down; paused for "
-                                                f"{paused:.0f}s"), paused)
-        wait = self.shaper.take(destination, now)
-        if wait > MAX_WAIT:
-            return Deferral(Reply(451, "4.7.0", f"rate limit for {destination.name} reached"), wait)
-        if wait:
-            await asyncio.sleep(wait)
-        chosen = self.pools.choose(route.pool, route.provider, now)
+                                                f"{admission.paused:.0f}s"), admission.paused)
+        if admission.wait > MAX_WAIT:
+            return Deferral(Reply(451, "4.7.0", f"rate limit for {destination.name} reached"), admission.wait)
+        if admission.wait:
+            await asyncio.sleep(admission.wait)
+        chosen = await self.pools.choose(route.pool, route.provider, now)
         if isinstance(chosen, Wait):
             return Deferral(Reply(451, "4.7.0", chosen.reason), max(1.0, chosen.until - now))
         return chosen
 
-    def observe(self, route: Route, replies: Sequence[Reply], now: float, ip: EgressIp | None = None) -> None:
+    async def observe(self, route: Route, replies: Sequence[Reply], now: float,
+                      ip: EgressIp | None = None) -> None:
         """Throttling replies pause the destination; deliveries let it back gradually; a
         reputation block spends the warming IP's budget for this provider today."""
         if ip is not None and any(reputation_block(r.code, r.status, r.text) for r in replies):
-            self.pools.penalize(ip, route.provider, now)
+            await self.pools.penalize(ip, route.provider, now)
         if any(classify(r.code, r.status, r.text) == "throttled" for r in replies if r.code >= 400):
-            self.shaper.throttled(route.destination, now)
+            await self.shaper.throttled(route.destination)
         elif any(r.code < 300 for r in replies):
-            self.shaper.delivered(route.destination)
+            await self.shaper.delivered(route.destination)
 
     def unsubscribe_headers(self, route: Route, recipient: str, sender: str) -> bytes:
         if not route.marketing or self.links is None:
             return b""
         return self.links.headers(recipient, sender.rpartition("@")[2] or self.links.hostname)
-
-    def close(self) -> None:
-        self.pools.close()

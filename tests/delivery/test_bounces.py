@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.reputation.bounces import classify, suppresses
-from gateway.reputation.suppression import SuppressionList
+from gateway.state.suppression import LocalSuppression
 
 
 @pytest.mark.parametrize(("code", "status", "text", "expected"), [
@@ -41,7 +41,7 @@ def test_only_a_permanent_bad_mailbox_suppresses() -> None:
 
 def test_the_suppression_list_sees_other_processes_changes_at_once(tmp_path: Path) -> None:
     path = tmp_path / "suppression.sqlite"
-    delivery, cli = SuppressionList(path), SuppressionList(path)
+    delivery, cli = LocalSuppression(path), LocalSuppression(path)
     assert delivery.find("pat@example.org", "hospital.test") is None  # empty: remembered
     cli.add("pat@example.org", scope="hospital.test", reason="manual")
     assert delivery.find("pat@example.org", "hospital.test") is not None

@@ -2,8 +2,12 @@
 
 Hard bounces (bad mailbox), complaints (feedback loop reports) and unsubscribes add entries with
 their reason and time; `mailward suppress` adds, removes and lists them by hand. Delivery checks
-each recipient before it is tried. One SQLite file (stdlib, WAL) shared by the gateway's
-processes and the CLI: lookups are an indexed read, and a list of a million addresses stays cheap.
+each recipient before it is tried, in a thread (the calls block).
+
+`LocalSuppression` is one SQLite file (stdlib, WAL) shared by the gateway's processes and the
+CLI: lookups are an indexed read, and a list of a million addresses stays cheap. In a cluster,
+`state.postgres.PgSuppression` keeps the same entries in PostgreSQL for every node; there a
+lookup that cannot be answered raises `StateUnavailable` and delivery defers (fails closed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 GLOBAL = "*"  # the scope of an entry that applies to every sender domain
 
@@ -37,7 +42,24 @@ class Entry:
     at: float
 
 
-class SuppressionList:
+class Suppression(Protocol):
+    def add(self, address: str, *, scope: str = GLOBAL, reason: str = "manual", detail: str = "",
+            at: float | None = None) -> bool:
+        """Add (or refresh) an entry; True if it was not there before."""
+        ...
+
+    def remove(self, address: str, *, scope: str | None = None) -> int: ...
+
+    def find(self, address: str, sender_domain: str) -> Entry | None:
+        """The entry that stops mail from `sender_domain` to `address`, if any."""
+        ...
+
+    def entries(self, limit: int = 10000) -> list[Entry]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalSuppression:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path

@@ -1,0 +1,122 @@
+"""Which implementation of each kind of state a process uses, from `cluster:` in the config.
+
+Without `cluster` (or without its `redis`/`postgres` URL) everything stays on this node, as
+files and SQLite. With them, limits and counters go to Redis and durable lists to PostgreSQL.
+The app builds one `SharedState` per process and hands its parts down; nothing below asks the
+config which backend is in use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import eventlog, metrics
+from gateway.config import ClusterConfig, Config
+from gateway.keyfiles import read_secret
+from gateway.state.limits import Limits, LocalLimits, WarmupCounts, utc_day
+from gateway.state.postgres import Database, PgSuppression
+from gateway.state.redis import RedisLimits, cluster_view, connect, warmup_counts
+from gateway.state.suppression import LocalSuppression, Suppression
+
+log = logging.getLogger("mailward.cluster")
+
+
+def _password(path: Any) -> str | None:
+    return read_secret(path).decode("utf-8").strip() if path is not None else None
+
+
+def _ca(cluster: ClusterConfig) -> str | None:
+    return str(cluster.ca_file) if cluster.ca_file is not None else None
+
+
+def open_database(config: Config) -> Database | None:
+    """The cluster's PostgreSQL pool, or None without `cluster.postgres`."""
+    cluster = config.cluster
+    if cluster.postgres is None:
+        return None
+    return Database(cluster.postgres, password=_password(cluster.postgres_password_file),
+                    ca_file=_ca(cluster))
+
+
+def open_suppression(config: Config, database: Database | None) -> Suppression:
+    if database is not None:
+        # This node's own list keeps what cannot reach the database meanwhile.
+        return PgSuppression(database, LocalSuppression(config.delivery.suppression.file))
+    return LocalSuppression(config.delivery.suppression.file)
+
+
+@dataclass
+class SharedState:
+    """The state one gateway process works with; `close` when the process stops."""
+
+    node_id: str
+    database: Database | None = None
+    suppression: Suppression | None = None
+    _limits: Limits | None = field(default=None, repr=False)
+    _config: Config | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, config: Config) -> SharedState:
+        """The database (schema checked: a node refuses to run against one it does not know)."""
+        database = open_database(config)
+        if database is not None:
+            try:
+                database.check_schema()
+            except BaseException:
+                database.close()
+                raise
+            metrics.CLUSTER_STATE_UP.labels("postgres").set(1)
+        if config.cluster.enabled:
+            metrics.NODE_INFO.labels(config.cluster.node_id).set(1)
+        return cls(config.cluster.node_id, database, _config=config)
+
+    def open_suppression(self) -> Suppression:
+        if self.suppression is None:
+            assert self._config is not None
+            self.suppression = open_suppression(self._config, self.database)
+        return self.suppression
+
+    def limits(self, queues: Callable[[], Mapping[str, int]] = dict) -> Limits:
+        """Delivery's limits and counters (made once; they outlive reloads). Shared ones start
+        their lease renewals and heartbeats here, so call it on the event loop."""
+        if self._limits is None:
+            assert self._config is not None
+            cluster, delivery = self._config.cluster, self._config.delivery
+            local = LocalLimits(WarmupCounts(delivery.warmup_file))
+            if cluster.redis is None:
+                self._limits = local
+            else:
+                client = connect(cluster.redis, _password(cluster.redis_password_file), _ca(cluster))
+                shared = RedisLimits(client, cluster.node_id, local, queues=queues)
+                shared.start()
+                self._limits = shared
+                eventlog.event(log, "cluster_limits",
+                               node=cluster.node_id, store="redis")
+        return self._limits
+
+    async def close(self) -> None:
+        if self._limits is not None:
+            await self._limits.close()
+        if self.suppression is not None:
+            self.suppression.close()
+        if self.database is not None:
+            self.database.close()
+
+
+def redis_view(config: Config, names: list[str]) -> tuple[float, list[Any], dict[str, dict[str, Any]]]:
+    cluster = config.cluster
+    assert cluster.redis is not None
+    return cluster_view(cluster.redis, _password(cluster.redis_password_file), _ca(cluster), names)
+
+
+def warmup_today(config: Config, ips: list[str], now: float) -> dict[str, dict[str, int]]:
+    """Today's warm-up counts per IP and provider: the cluster's, or this node's file."""
+    cluster = config.cluster
+    day = utc_day(now).isoformat()
+    if cluster.redis is not None:
+        return warmup_counts(cluster.redis, day, ips, _password(cluster.redis_password_file), _ca(cluster))
+    counts = WarmupCounts(config.delivery.warmup_file)
+    return {ip: dict(counts.counts.get(ip, {})) for ip in ips} if counts.day == day else {}
