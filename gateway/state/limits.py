@@ -51,8 +51,8 @@ class Lease:
     """One open connection counted against a destination's limit."""
 
     name: str
-    lease_id: str = ""
-    shared: bool = False  # counted in Redis (else in this node's memory)
+    lease_id: str = ""  # its member in Redis's lease set ("" if not counted there)
+    local: bool = False  # counted in this node's memory (on one node, or during a fallback)
 
 
 Evict = Callable[[], None]  # closes this node's idle cached connections to the destination
@@ -212,7 +212,12 @@ class LocalLimits:
         finally:
             state.waiting -= 1
         state.open += 1
-        return Lease(name)
+        return Lease(name, local=True)
+
+    def adopt(self, lease: Lease) -> None:
+        """Count a connection opened elsewhere (under a shared lease, before Redis went away)."""
+        self._state(lease.name).open += 1
+        lease.local = True
 
     def release(self, lease: Lease) -> None:
         state = self._destinations.get(lease.name)

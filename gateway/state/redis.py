@@ -39,7 +39,10 @@ from typing import Any, TypeVar
 
 import redis as syncredis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from gateway import eventlog, metrics
 from gateway.errors import StateUnavailable
@@ -160,16 +163,21 @@ class NodeStatus:
     fallback: bool  # running on its local share (Redis was away at its last heartbeat)
 
 
-def _options(url: str, password: str | None, ca_file: str | None, timeout: float) -> dict[str, Any]:
+def _options(url: str, password: str | None, ca_file: str | None, timeout: float,
+             retry: Retry | AsyncRetry) -> dict[str, Any]:
+    # `retry`: one immediate retry, on a new connection. A pooled one that a restarted Redis
+    # closed fails once and is replaced; a Redis that is gone fails fast (the library's default
+    # backs off for seconds, which would stall deliveries instead of falling back).
     options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                               "password": password, "decode_responses": True}
+                               "password": password, "decode_responses": True, "retry": retry}
     if url.startswith("rediss://") and ca_file:
         options["ssl_ca_certs"] = ca_file
     return options
 
 
 def connect(url: str, password: str | None = None, ca_file: str | None = None) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, **_options(url, password, ca_file, SOCKET_TIMEOUT))
+    return aioredis.Redis.from_url(url, **_options(url, password, ca_file, SOCKET_TIMEOUT,
+                                                   AsyncRetry(NoBackoff(), 1)))
 
 
 class RedisLimits:
@@ -183,7 +191,8 @@ class RedisLimits:
         self.queues = queues
         self.live_nodes = 1  # as of the last heartbeat read; the divisor of the fallback share
         self.down = False
-        self._leases: dict[str, Lease] = {}
+        self._leases: dict[str, Lease] = {}  # counted in Redis, by lease id
+        self._fallback_leases: set[Lease] = set()  # opened while Redis was away
         self._evicts: dict[str, Evict] = {}
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -216,6 +225,11 @@ class RedisLimits:
         if self.down:
             return
         self.down = True
+        # The connections open under shared leases count against this node's share from now on.
+        for lease in self._leases.values():
+            if not lease.local:
+                self.local.adopt(lease)
+                self._fallback_leases.add(lease)
         metrics.CLUSTER_STATE_UP.labels("redis").set(0)
         metrics.CLUSTER_FALLBACKS.labels("redis").inc()
         eventlog.event(log, "cluster_redis_unreachable", logging.ERROR, node=self.node_id,
@@ -246,8 +260,10 @@ class RedisLimits:
         while True:
             if self.down:
                 share = max(1, math.floor(self._share(limit))) if limit else None
-                return await self.local.connection(name, share, evict)
-            lease = Lease(name, f"{self.node_id}:{os.getpid()}:{next(self._ids)}", shared=True)
+                lease = await self.local.connection(name, share, evict)
+                self._fallback_leases.add(lease)
+                return lease
+            lease = Lease(name, f"{self.node_id}:{os.getpid()}:{next(self._ids)}")
             try:
                 granted = await self._connect(
                     keys=[_key("leases", name), _key("throttle", name), _key("wanted", name)],
@@ -263,12 +279,13 @@ class RedisLimits:
             pause = min(pause * 2, 0.25)
 
     def release(self, lease: Lease) -> None:
-        if not lease.shared:
+        if lease.local:
             self.local.release(lease)
-            return
-        self._leases.pop(lease.lease_id, None)
-        if not self.down:  # else it expires by itself
-            self._spawn(self.client.zrem(_key("leases", lease.name), lease.lease_id))
+            self._fallback_leases.discard(lease)
+        if lease.lease_id:
+            self._leases.pop(lease.lease_id, None)
+            if not self.down:  # else it expires by itself
+                self._spawn(self.client.zrem(_key("leases", lease.name), lease.lease_id))
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         async def quietly() -> None:
@@ -338,12 +355,24 @@ class RedisLimits:
             await asyncio.sleep(TEND_INTERVAL)
 
     async def _came_back(self) -> None:
+        """Count again in Redis what this node did meanwhile: the warm-up messages it sent, and
+        every connection it has open (Redis may have restarted empty, or those were opened on
+        the fallback share), so the shared limits see them."""
         owed, self._warmup_owed = self._warmup_owed, {}
         today = utc_day(time.time()).isoformat()
+        for lease in self._fallback_leases:
+            if not lease.lease_id:
+                lease.lease_id = f"{self.node_id}:{os.getpid()}:{next(self._ids)}"
+                self._leases[lease.lease_id] = lease
+        self._fallback_leases.clear()
+        seconds, micros = await self.client.time()
+        deadline = seconds + micros / 1e6 + LEASE_TTL
         async with self.client.pipeline(transaction=False) as pipe:
             for (day, ip, provider), count in owed.items():
                 if day == today and count:
                     pipe.hincrby(_key("warmup", day, ip), provider, count)
+            for lease in self._leases.values():
+                pipe.zadd(_key("leases", lease.name), {lease.lease_id: deadline})
             await pipe.execute()
         self.down = False
         metrics.CLUSTER_STATE_UP.labels("redis").set(1)
@@ -400,7 +429,7 @@ def cluster_view(url: str, password: str | None = None, ca_file: str | None = No
     and, for each of `names` (shaping rules), the connections open and any throttling pause.
     Blocking."""
     try:
-        client = syncredis.Redis.from_url(url, **_options(url, password, ca_file, 3.0))
+        client = syncredis.Redis.from_url(url, **_options(url, password, ca_file, 3.0, Retry(NoBackoff(), 1)))
         seconds, micros = client.time()
         now = seconds + micros / 1e6
         nodes = []
@@ -426,7 +455,7 @@ def warmup_counts(url: str, day: str, ips: Sequence[str], password: str | None =
                   ca_file: str | None = None) -> dict[str, dict[str, int]]:
     """The cluster's warm-up counts of `day` per IP and provider (for `mailward pool status`)."""
     try:
-        client = syncredis.Redis.from_url(url, **_options(url, password, ca_file, 3.0))
+        client = syncredis.Redis.from_url(url, **_options(url, password, ca_file, 3.0, Retry(NoBackoff(), 1)))
         counts = {ip: {str(p): int(n) for p, n in typing.cast(dict[str, str], client.hgetall(
             _key("warmup", day, ip))).items()} for ip in ips}
         client.close()
