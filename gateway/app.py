@@ -46,6 +46,7 @@ from gateway.memory import settle_heap, tune_allocator
 from gateway.message import QueuedMessage
 from gateway.pipeline import Pipeline
 from gateway.portal.handoff import PortalHandoff
+from gateway.portal.passwords import RecipientPasswords
 from gateway.portal.store import PortalStore, open_store
 from gateway.portal.web import PortalApp
 from gateway.reputation.traffic import unsubscribe_links
@@ -271,13 +272,16 @@ class Gateway:
         """The recipients' web app on `portal.listen`, with its own certificate or behind a TLS
         reverse proxy (see the README); it shares the portal store with delivery."""
         portal = self.config.portal
-        store = open_store(portal.store_dir, portal.key_file, create_key=True)
+        assert self.state is not None
+        store = open_store(portal.store_dir, portal.key_file, create_key=True,
+                           records=self.state.portal_records())
+        hashes = self.state.portal_password_hashes()
         handoff = PortalHandoff(store, portal, self.config.hostname, self._enqueue_generated)
         one_click = OneClick(self.feedback, self.audit.write) \
             if self.feedback is not None and self.feedback.links is not None else None
         app = PortalApp(store, portal, send_code=handoff.send_code, send_reply=handoff.send_reply,
-                        send_notice=handoff.send_notice, audit=self.audit,
-                        unsubscribe=one_click).application()
+                        send_notice=handoff.send_notice, audit=self.audit, unsubscribe=one_click,
+                        passwords=RecipientPasswords(hashes) if hashes is not None else None).application()
         self._portal_runner = web.AppRunner(app, access_log=None)
         await self._portal_runner.setup()
         context = None

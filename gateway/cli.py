@@ -362,11 +362,19 @@ def cmd_portal_revoke(config: Config, args: argparse.Namespace) -> int:
     if not config.portal.enabled and not config.portal.key_file.exists():
         raise MailwardError("the secure portal is off (portal.enabled: false in "
                             f"{config.source or 'the embedded defaults'}): there is nothing to revoke")
-    store = open_store(config.portal.store_dir, config.portal.key_file)
+    from gateway.state.cluster import open_database
+    from gateway.state.postgres import PgPortalRecords
+
+    database = open_database(config)
+    store = open_store(config.portal.store_dir, config.portal.key_file,
+                       records=PgPortalRecords(database) if database is not None else None)
     try:
         existed = store.remove(args.message_id, "revoked")
     except PortalError as exc:
         raise MailwardError(f"{args.message_id}: {exc}") from None
+    finally:
+        if database is not None:
+            database.close()
     if not existed:
         raise MailwardError(f"{args.message_id}: no such portal message (already revoked or expired?)")
     from gateway.audit.events import Audit, os_user

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keyrings import Keyrings
+from gateway.errors import StateUnavailable
 from gateway.message import Attempt, QueuedMessage, Reply
 from gateway.portal.handoff import PortalHandoff
 from gateway.transport.tlspolicy import TlsRequirement
@@ -35,6 +36,8 @@ Send = Callable[[list[int], bytes, TlsRequirement, str], Awaitable[list[Attempt]
 
 PORTAL_PENDING = Reply(450, "4.7.0", "held: the recipient needs the secure portal, which is not "
                                      "available yet")
+PORTAL_STORE_UNAVAILABLE = Reply(450, "4.3.0", "held: the secure portal's store (the cluster database) "
+                                               "does not answer; release when it is back")
 
 
 async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Sequence[int],
@@ -62,7 +65,13 @@ async def deliver_protected(message: QueuedMessage, content: bytes, indexes: Seq
         elif method == "portal" and portal is not None:
             for index in remaining:
                 address = message.envelope.recipients[index].address
-                portal_id = await portal.deliver(message, content, address)
+                try:
+                    portal_id = await portal.deliver(message, content, address)
+                except StateUnavailable:
+                    # The cluster's portal store is away: the recipient waits in hold/, never
+                    # falls through to a weaker method.
+                    attempts.append(Attempt(index, PORTAL_STORE_UNAVAILABLE, protection="portal", hold=True))
+                    continue
                 stored = Reply(250, "2.0.0", f"stored in the secure portal as {portal_id}")
                 attempts.append(Attempt(index, stored, protection="portal"))
             remaining = []

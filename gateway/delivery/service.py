@@ -122,7 +122,8 @@ class DeliveryService:
     def _portal(self, config: Config) -> PortalHandoff | None:
         if not config.portal.enabled:
             return None
-        store = open_store(config.portal.store_dir, config.portal.key_file, create_key=True)
+        store = open_store(config.portal.store_dir, config.portal.key_file, create_key=True,
+                           records=self.state.portal_records())
         return PortalHandoff(store, config.portal, config.hostname, self._enqueue, self.audit)
 
     @staticmethod

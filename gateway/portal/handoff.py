@@ -5,6 +5,8 @@ which the web app queues through the same spool."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
@@ -33,8 +35,9 @@ class PortalHandoff:
 
     async def deliver(self, message: QueuedMessage, content: bytes, recipient: str) -> str:
         """Store for `recipient` and queue the notification; returns the portal message id."""
-        token, record = self.store.store(content, recipient=recipient, sender=message.envelope.sender,
-                                         ttl=float(self.config.message_ttl), queue_id=message.queue_id)
+        token, record = await asyncio.to_thread(functools.partial(
+            self.store.store, content, recipient=recipient, sender=message.envelope.sender,
+            ttl=float(self.config.message_ttl), queue_id=message.queue_id))
         notice, notice_content = notification.build(self.config, token=token, recipient=recipient,
                                                     expires=record.expires, hostname=self.hostname,
                                                     sender=message.envelope.sender,

@@ -1,16 +1,20 @@
 """The portal's message store: each message encrypted at rest, found only through its link.
 
-A stored message is one file in `portal.store_dir`, sealed like a spool file (AES-256-GCM under a
-key derived per file from the portal master key, `portal.key_file`, which rotates like the spool
-key). The link's token (192 random bits) is never stored: the file is named by the SHA-256 of the
-token, so the store alone cannot produce a working link, and comparing a presented token is a
-hash lookup. Metadata (recipient, sender, times, attempt counters) is sealed in the same file;
-revoked and expired messages leave only a tombstone (id, reason, time) so the recipient sees a
-clear page instead of "not found".
+A stored message is one sealed blob, sealed like a spool file (AES-256-GCM under a key derived
+per message from the portal master key, `portal.key_file`, which rotates like the spool key),
+kept by `state.portal` (a file in `portal.store_dir` on one node, a row in PostgreSQL in a
+cluster: there every node needs the same portal key file). The link's token (192 random bits) is
+never stored: the blob is named by the SHA-256 of the token, so the store alone cannot produce a
+working link, and comparing a presented token is a hash lookup. Metadata (recipient, sender,
+times, attempt counters) is sealed in the same blob; revoked and expired messages leave only a
+tombstone (id, reason, time) so the recipient sees a clear page instead of "not found".
+
+Every method blocks (disk or database): call it in a thread off the event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -18,9 +22,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from gateway.durable import fsync_dir, write_atomic
 from gateway.errors import MailwardError, SpoolError
-from gateway.spool.cipher import FileCipher, SpoolKeyring
+from gateway.spool.cipher import FileCipher, SpoolKeyring, hkdf_sha256
+from gateway.state.portal import LocalPasswordHashes, LocalPortalRecords, PasswordHashes, PortalRecords
 
 _META, _CONTENT = b"meta", b"content"
 TOKEN_BYTES = 24
@@ -59,18 +63,15 @@ class Tombstone:
 
 
 class PortalStore:
-    def __init__(self, directory: Path, keyring: SpoolKeyring) -> None:
-        self.directory = directory
+    def __init__(self, records: PortalRecords, keyring: SpoolKeyring) -> None:
+        self.records = records
         self.keyring = keyring
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def _path(self, message_id: str) -> Path:
+    @staticmethod
+    def _check(message_id: str) -> str:
         if not message_id.isalnum() or len(message_id) != 40:
             raise PortalError("not a portal message id")
-        return self.directory / f"{message_id}.msg"
-
-    def _tombstone_path(self, message_id: str) -> Path:
-        return self.directory / f"{message_id}.gone"
+        return message_id
 
     def store(self, content: bytes, *, recipient: str, sender: str, ttl: float,
               queue_id: str = "") -> tuple[str, PortalMessage]:
@@ -85,14 +86,12 @@ class PortalStore:
         cipher = FileCipher.create(self.keyring, record.message_id)
         blob = cipher.header + cipher.seal(_META, json.dumps(asdict(record)).encode()) + \
             cipher.seal(_CONTENT, content)
-        write_atomic(self._path(record.message_id), blob)
+        self.records.put(self._check(record.message_id), blob, record.expires)
 
     def load(self, message_id: str) -> tuple[PortalMessage, bytes] | Tombstone | None:
         """The record and content, the tombstone if it was revoked or expired, or None."""
-        path = self._path(message_id)
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
+        blob = self.records.get(self._check(message_id))
+        if blob is None:
             return self._tombstone(message_id)
         try:
             cipher, offset = FileCipher.from_header(self.keyring, message_id, blob)
@@ -113,25 +112,21 @@ class PortalStore:
 
     def remove(self, message_id: str, reason: str) -> bool:
         """Delete the message for good, leaving a tombstone. False if there was none."""
-        path = self._path(message_id)
-        existed = path.exists()
-        write_atomic(self._tombstone_path(message_id),
-                     json.dumps({"message_id": message_id, "reason": reason, "at": time.time()}).encode())
-        path.unlink(missing_ok=True)
-        fsync_dir(self.directory)
-        return existed
+        return self.records.bury(self._check(message_id), reason, time.time())
 
     def _tombstone(self, message_id: str) -> Tombstone | None:
-        try:
-            return Tombstone(**json.loads(self._tombstone_path(message_id).read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
-            return None
+        found = self.records.tombstone(message_id)
+        return Tombstone(message_id, *found) if found is not None else None
+
+    def lock(self, message_id: str) -> contextlib.AbstractContextManager[None]:
+        """Held from loading a record to storing it again, across processes and nodes."""
+        return self.records.lock(self._check(message_id))
 
     def expire(self) -> list[str]:
         """Delete every message past its expiry (an hourly job; `load` deletes an expired
         message it finds); returns their ids."""
         removed = []
-        for message_id in self.ids():
+        for message_id in self.records.expired(time.time()):
             try:
                 if isinstance(self.load(message_id), Tombstone):
                     removed.append(message_id)
@@ -140,14 +135,24 @@ class PortalStore:
         return removed
 
     def ids(self) -> list[str]:
-        return sorted(p.stem for p in self.directory.glob("*.msg") if not p.name.startswith("."))
+        return self.records.ids()
+
+    def session_key(self) -> bytes:
+        """The key that signs portal session cookies (derived: the same on every node)."""
+        return hkdf_sha256(self.keyring.keys[0], b"portal-session", b"mailward session v1")
+
+    def password_hashes(self) -> PasswordHashes:
+        """Recipients' password hashes beside the messages (one node's store directory)."""
+        if isinstance(self.records, LocalPortalRecords):
+            return LocalPasswordHashes(self.records.directory / "passwords.json")
+        raise PortalError("a shared portal store needs its shared password hashes")
 
 
-def open_store(directory: Path, key_file: Path, *, create_key: bool = False) -> PortalStore:
+def open_store(directory: Path, key_file: Path, *, create_key: bool = False,
+               records: PortalRecords | None = None) -> PortalStore:
+    """The portal store: in `directory`, or in `records` (the cluster's database)."""
     if not key_file.exists() and create_key:
         keyring = SpoolKeyring.create(key_file, rotate=False)
     else:
         keyring = SpoolKeyring.load(key_file)
-    return PortalStore(directory, keyring)
-
-
+    return PortalStore(records if records is not None else LocalPortalRecords(directory), keyring)

@@ -20,8 +20,10 @@ Behind a reverse proxy in `portal.trusted_proxies`, the client is the one X-Forw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
+import functools
 import hmac
 import ipaddress
 import logging
@@ -29,7 +31,7 @@ import re
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage, MIMEPart
 from importlib import resources
@@ -87,7 +89,8 @@ class _Session:
 class PortalApp:
     def __init__(self, store: PortalStore, config: PortalConfig, *, send_code: SendCode,
                  send_reply: SendReply, audit: Audit | None = None,
-                 unsubscribe: Unsubscribe | None = None, send_notice: SendNotice | None = None) -> None:
+                 unsubscribe: Unsubscribe | None = None, send_notice: SendNotice | None = None,
+                 passwords: RecipientPasswords | None = None) -> None:
         self.store = store
         self.audit = audit or Audit.off()
         self.unsubscribe_hook = unsubscribe
@@ -96,8 +99,9 @@ class PortalApp:
         self.send_reply = send_reply
         self.send_notice = send_notice
         self.secure = config.base_url.startswith("https://")
-        self.passwords = RecipientPasswords(store.directory / "passwords.json")
-        self._sessions: dict[str, _Session] = {}
+        self.passwords = passwords or RecipientPasswords(store.password_hashes())
+        # Sessions are signed cookies, not server state: any node with the portal key reads them.
+        self._session_key = store.session_key()
         self._code_requests: dict[str, list[float]] = {}
         # One lock per portal message, held from loading its record to storing it again.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -185,19 +189,30 @@ class PortalApp:
                 return hop
         return hops[0] if hops else peer
 
-    def _lock(self, message_id: str) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def _lock(self, message_id: str) -> AsyncIterator[None]:
+        """This process's lock of the message, then the store's (other processes and nodes)."""
         lock = self._locks.get(message_id)
         if lock is None:
             lock = self._locks[message_id] = asyncio.Lock()
-        return lock
+        async with lock:
+            held = self.store.lock(message_id)
+            await asyncio.to_thread(held.__enter__)
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(held.__exit__, None, None, None)
 
-    def _message(self, request: web.Request) -> tuple[str, PortalMessage, bytes]:
+    async def _update(self, record: PortalMessage, content: bytes, **changes: object) -> PortalMessage:
+        return await asyncio.to_thread(functools.partial(self.store.update, record, content, **changes))
+
+    async def _message(self, request: web.Request) -> tuple[str, PortalMessage, bytes]:
         """The link's token and its message; a clear page (raised) when there is none."""
         token = request.match_info["token"]
         if not re.fullmatch(r"[A-Za-z0-9_-]{20,64}", token):
             raise self._notice("Message not found", "This link is not valid.", 404)
         try:
-            found = self.store.load(message_id_of(token))
+            found = await asyncio.to_thread(self.store.load, message_id_of(token))
         except PortalError:
             raise self._notice("Message unavailable", "This message cannot be shown.", 500) from None
         if isinstance(found, Tombstone):
@@ -224,16 +239,17 @@ class PortalApp:
 
     async def start(self, request: web.Request, *, message: str = "",
                     code_sent: bool = False) -> web.Response:
-        token, record, _ = self._message(request)
+        token, record, _ = await self._message(request)
         csrf = self._csrf(request)
+        has_password = await asyncio.to_thread(self.passwords.has, record.recipient)
         return self._with_csrf(self._page(
             "start.html.j2", title="You have a secure message", token=token, csrf=csrf,
             masked=_mask(record.recipient), message=message, code_sent=code_sent,
-            has_password=self.passwords.has(record.recipient) and not passcode.locked(record),
+            has_password=has_password and not passcode.locked(record),
             expires=_when(record.expires)), csrf)
 
     async def request_code(self, request: web.Request) -> web.Response:
-        _, record, _ = self._message(request)
+        _, record, _ = await self._message(request)
         if await self._form(request) is None:
             raise self._notice("Please try again", "The form expired; open the link again.", 403)
         if not await self._issue_code(request, record):
@@ -246,7 +262,7 @@ class PortalApp:
         """Mail a new passcode to the recipient, within the per-message and per-client limits."""
         client = self.client(request)
         async with self._lock(record.message_id):
-            _, record, content = self._message(request)  # as stored now, not as first loaded
+            _, record, content = await self._message(request)  # as stored now, not as first loaded
             now = time.time()
             recent = [t for t in self._code_requests.get(client, []) if now - t < 3600]
             if len(recent) >= PER_IP_CODES or not passcode.may_send(record, now):
@@ -255,20 +271,20 @@ class PortalApp:
                 return False
             self._code_requests[client] = [*recent, now]
             code, record = passcode.issue(record, now)
-            self.store.update(record, content)
+            await self._update(record, content)
         await self.send_code(record, code)
         await self._event("code_sent", record, client)
         return True
 
     async def verify(self, request: web.Request) -> web.Response:
-        token, record, content = self._message(request)
+        token, record, content = await self._message(request)
         form = await self._form(request)
         if form is None:
             raise self._notice("Please try again", "The form expired; open the link again.", 403)
         async with self._lock(record.message_id):
-            token, record, content = self._message(request)  # as stored now, not as first loaded
+            token, record, content = await self._message(request)  # as stored now, not as first loaded
             check = passcode.verify(record, form.get("code", "")[:12])
-            self.store.update(check.record, content)
+            await self._update(check.record, content)
         if not check.ok:
             await self._event("locked" if check.reason == "locked" else "code_failed", record,
                               self.client(request), logging.WARNING, reason=check.reason)
@@ -279,12 +295,12 @@ class PortalApp:
         await self._open_session(token, record, request)
 
     async def password_login(self, request: web.Request) -> web.Response:
-        token, record, content = self._message(request)
+        token, record, content = await self._message(request)
         form = await self._form(request)
         if form is None:
             raise self._notice("Please try again", "The form expired; open the link again.", 403)
         async with self._lock(record.message_id):
-            token, record, content = self._message(request)
+            token, record, content = await self._message(request)
             if passcode.locked(record):
                 return await self.start(request, message=LOCKED_TEXT)
             record, ok = await self._check_password(record, content, form.get("password", "")[:200])
@@ -301,10 +317,10 @@ class PortalApp:
         counted and stored as a failure first (a wrong password counts like a wrong passcode)
         and taken back only when the password is right, so a crash or a parallel request never
         gets an attempt for free."""
-        counted = self.store.update(passcode.count_failure(record), content)
+        counted = await self._update(passcode.count_failure(record), content)
         if not await asyncio.to_thread(self.passwords.check, record.recipient, password):
             return counted, False
-        return self.store.update(counted, content, failed_codes=0, locked_until=0.0,
+        return await self._update(counted, content, failed_codes=0, locked_until=0.0,
                                  code_hash=record.code_hash), True
 
     async def _event(self, name: str, record: PortalMessage, client: str | None,
@@ -318,9 +334,8 @@ class PortalApp:
 
     async def _open_session(self, token: str, record: PortalMessage, request: web.Request) -> NoReturn:
         """Open the message: a session cookie bound to it, and a redirect to the read page."""
-        session_id = secrets.token_urlsafe(32)
-        self._sessions[session_id] = _Session(record.message_id, time.time() + SESSION_TTL,
-                                              secrets.token_urlsafe(24))
+        session_id = self._sign(_Session(record.message_id, time.time() + SESSION_TTL,
+                                         secrets.token_urlsafe(24)))
         await self._event("viewed", record, self.client(request))
         response = web.HTTPSeeOther(f"/m/{token}/read")
         response.set_cookie("mw_session", session_id, httponly=True, samesite="Strict", secure=self.secure,
@@ -331,21 +346,21 @@ class PortalApp:
         """Set the recipient's password. Replacing one that exists takes the current password or
         a fresh passcode mailed to the address: an open session alone is not enough, since it
         may be on any one of the recipient's messages. The recipient is told by mail."""
-        _, record, _ = self._message(request)
+        _, record, _ = await self._message(request)
         form = await self._session_form(request, record)
         new_password = form.get("password", "")[:200]
         if len(new_password) < MIN_LENGTH:
             return await self.read(request, note=f"A password has at least {MIN_LENGTH} characters.")
         client = self.client(request)
         async with self._lock(record.message_id):
-            _, record, content = self._message(request)
+            _, record, content = await self._message(request)
             changing = await asyncio.to_thread(self.passwords.has, record.recipient)
             if changing:
                 if passcode.locked(record):
                     return await self.read(request, note=LOCKED_TEXT)
                 if form.get("code"):
                     check = passcode.verify(record, form["code"][:12])
-                    record, ok = self.store.update(check.record, content), check.ok
+                    record, ok = await self._update(check.record, content), check.ok
                 else:
                     record, ok = await self._check_password(record, content, form.get("current", "")[:200])
                 if not ok:
@@ -363,7 +378,7 @@ class PortalApp:
 
     async def password_code(self, request: web.Request) -> web.Response:
         """A passcode mailed to the address, to change a password that was forgotten."""
-        _, record, _ = self._message(request)
+        _, record, _ = await self._message(request)
         await self._session_form(request, record)
         if not await self._issue_code(request, record):
             return await self.read(request, note="Too many passcodes were requested. Please wait a few "
@@ -385,15 +400,24 @@ class PortalApp:
             raise web.HTTPForbidden()
         return {key: str(value) for key, value in form.items()}
 
+    def _sign(self, session: _Session) -> str:
+        body = f"{session.message_id}.{session.expires:.0f}.{session.csrf}"
+        return f"{body}.{hmac.new(self._session_key, body.encode(), 'sha256').hexdigest()}"
+
     def _session(self, request: web.Request, record: PortalMessage) -> _Session | None:
-        session = self._sessions.get(request.cookies.get("mw_session", ""))
-        if session is None or session.expires < time.time() or session.message_id != record.message_id:
+        """The session its cookie names, if the MAC holds, it is for `record` and not expired."""
+        body, _, mac = request.cookies.get("mw_session", "")[:300].rpartition(".")
+        expected = hmac.new(self._session_key, body.encode(), "sha256").hexdigest()
+        if not body or not hmac.compare_digest(mac, expected):
             return None
-        return session
+        message_id, expires, csrf = [*body.split(".", 2), "", ""][:3]
+        if message_id != record.message_id or not expires.isdigit() or float(expires) < time.time():
+            return None
+        return _Session(message_id, float(expires), csrf)
 
     async def read(self, request: web.Request, *, replied: bool = False, note: str = "",
                    code_sent: bool = False) -> web.Response:
-        token, record, content = self._message(request)
+        token, record, content = await self._message(request)
         session = self._session(request, record)
         if session is None:
             raise web.HTTPSeeOther(f"/m/{token}")
@@ -404,7 +428,7 @@ class PortalApp:
             "read.html.j2", title="Secure message", token=token, csrf=session.csrf,
             sender=str(message.get("From", record.sender)), subject=str(message.get("Subject", "")),
             date=str(message.get("Date", "")), expires=_when(record.expires), replied=replied, note=note,
-            has_password=self.passwords.has(record.recipient), code_sent=code_sent,
+            has_password=await asyncio.to_thread(self.passwords.has, record.recipient), code_sent=code_sent,
             html_body=plain is None and html is not None,
             text_body=_text(plain) if plain is not None else "",
             attachments=[{"name": a.get_filename() or f"attachment-{i + 1}",
@@ -413,7 +437,7 @@ class PortalApp:
         return self._with_csrf(response, session.csrf)
 
     async def body(self, request: web.Request) -> web.Response:
-        _, record, content = self._message(request)
+        _, record, content = await self._message(request)
         self._required_session(request, record)
         # Only as the frame of the read page: opened on its own, the sender's HTML would be a
         # page of our origin (browsers that send no Sec-Fetch-Dest are not supported).
@@ -427,7 +451,7 @@ class PortalApp:
         return response
 
     async def attachment(self, request: web.Request) -> web.Response:
-        _, record, content = self._message(request)
+        _, record, content = await self._message(request)
         self._required_session(request, record)
         attachments = list(_parse(content).iter_attachments())
         index = request.match_info["index"]
@@ -441,7 +465,7 @@ class PortalApp:
                             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
 
     async def reply(self, request: web.Request) -> web.Response:
-        _, record, content = self._message(request)
+        _, record, content = await self._message(request)
         form = await self._session_form(request, record)
         text = form.get("text", "")[:MAX_REPLY].strip()
         if text:

@@ -17,7 +17,8 @@ from gateway import eventlog, metrics
 from gateway.config import ClusterConfig, Config
 from gateway.keyfiles import read_secret
 from gateway.state.limits import Limits, LocalLimits, WarmupCounts, utc_day
-from gateway.state.postgres import Database, PgSuppression
+from gateway.state.portal import PasswordHashes, PortalRecords
+from gateway.state.postgres import Database, PgPasswordHashes, PgPortalRecords, PgSuppression
 from gateway.state.redis import RedisLimits, cluster_view, connect, warmup_counts
 from gateway.state.suppression import LocalSuppression, Suppression
 
@@ -78,6 +79,13 @@ class SharedState:
             assert self._config is not None
             self.suppression = open_suppression(self._config, self.database)
         return self.suppression
+
+    def portal_records(self) -> PortalRecords | None:
+        """The cluster's portal records (None on one node: the portal keeps its files)."""
+        return PgPortalRecords(self.database) if self.database is not None else None
+
+    def portal_password_hashes(self) -> PasswordHashes | None:
+        return PgPasswordHashes(self.database) if self.database is not None else None
 
     def limits(self, queues: Callable[[], Mapping[str, int]] = dict) -> Limits:
         """Delivery's limits and counters (made once; they outlive reloads). Shared ones start

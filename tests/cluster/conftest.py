@@ -73,15 +73,18 @@ class ClusterWorld(MailWorld):
                     "smtp_port": self.port, "ca_file": str(ca_file), "retry_schedule": ["1s"],
                     "connect_timeout": "2s", "command_timeout": "3s", "data_timeout": "3s",
                     "connection_idle_time": "30s",
-                    "pools": {"own": {"ips": [{"address": EGRESS[node_id], "ehlo": f"{node_id}.mailward.test"}]}},
+                    "pools": {"own": {"ips": [{"address": EGRESS[node_id],
+                                               "ehlo": f"{node_id}.mailward.test"}]}},
                     **delivery}
         overrides: dict[str, Any] = {
-            "tls": {"cert_file": str(self.tls_files["cert_file"]), "key_file": str(self.tls_files["key_file"])},
+            "tls": {"cert_file": str(self.tls_files["cert_file"]),
+                    "key_file": str(self.tls_files["key_file"])},
             "listeners": [{"address": NODES[node_id], "port": 0, "starttls": "optional"}],
             "relay": {"networks": ["127.0.0.0/8"], "users_file": "var/users.yaml"},
             "delivery": settings, **(sections or {})}
         if cluster:
-            overrides["cluster"] = {"node_id": node_id, "redis": self.redis_url, "postgres": self.database_url}
+            overrides["cluster"] = {"node_id": node_id, "redis": self.redis_url,
+                                    "postgres": self.database_url}
         directory = self.tmp_path / node_id
         directory.mkdir(exist_ok=True)
         return write_config(directory, overrides)

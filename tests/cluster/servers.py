@@ -87,6 +87,7 @@ class PostgresServer:
         """A fresh database for one test; its URL."""
         self._databases += 1
         name = f"mailward_{self._databases}"
-        with psycopg.connect(f"postgresql://mailward@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+        admin = f"postgresql://mailward@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]  # a name we made
         return f"postgresql://mailward@127.0.0.1:{self.port}/{name}"

@@ -68,7 +68,7 @@ class Portal:
 
 async def start_portal(tmp_path: Path, config: PortalConfig, content: bytes = CONTENT) -> Portal:
     plain = open_store(tmp_path / "portal", tmp_path / "portal.key", create_key=True)
-    store = CountingStore(plain.directory, plain.keyring)
+    store = CountingStore(plain.records, plain.keyring)
     token, record = store.store(content, recipient="pat@example.org", sender="dr@clinic.example", ttl=3600)
     outbox = Outbox()
     audit = Audit(AuditLog(tmp_path / "audit", b"k" * 32))
@@ -162,7 +162,7 @@ async def test_a_passcode_opens_the_message_once_however_many_requests_carry_it(
 
 
 async def test_parallel_password_guesses_are_each_counted(portal: Portal) -> None:
-    await asyncio.to_thread(RecipientPasswords(portal.store.directory / "passwords.json").set,
+    await asyncio.to_thread(RecipientPasswords(portal.store.password_hashes()).set,
                             "pat@example.org", PASSWORD)
     page = await (await portal.client.get(f"/m/{portal.token}")).text()
     csrf = csrf_of(page)
@@ -186,7 +186,7 @@ async def open_with_code(portal: Portal) -> str:
 
 
 async def test_an_existing_password_is_not_replaced_from_a_passcode_session_alone(portal: Portal) -> None:
-    passwords = RecipientPasswords(portal.store.directory / "passwords.json")
+    passwords = RecipientPasswords(portal.store.password_hashes())
     await asyncio.to_thread(passwords.set, "pat@example.org", PASSWORD)
     csrf = await open_with_code(portal)
     response = await portal.client.post(f"/m/{portal.token}/set-password",
@@ -197,7 +197,7 @@ async def test_an_existing_password_is_not_replaced_from_a_passcode_session_alon
 
 
 async def test_the_current_password_changes_it_and_the_recipient_is_told(portal: Portal) -> None:
-    passwords = RecipientPasswords(portal.store.directory / "passwords.json")
+    passwords = RecipientPasswords(portal.store.password_hashes())
     await asyncio.to_thread(passwords.set, "pat@example.org", PASSWORD)
     csrf = await open_with_code(portal)
     response = await portal.client.post(f"/m/{portal.token}/set-password",
@@ -209,7 +209,7 @@ async def test_the_current_password_changes_it_and_the_recipient_is_told(portal:
 
 
 async def test_a_fresh_passcode_mailed_to_the_address_changes_a_forgotten_password(portal: Portal) -> None:
-    passwords = RecipientPasswords(portal.store.directory / "passwords.json")
+    passwords = RecipientPasswords(portal.store.password_hashes())
     await asyncio.to_thread(passwords.set, "pat@example.org", PASSWORD)
     csrf = await open_with_code(portal)
     asked = await portal.client.post(f"/m/{portal.token}/password-code", data={"csrf": csrf})
@@ -297,7 +297,7 @@ async def test_a_message_in_an_unknown_charset_is_shown_not_an_error(tmp_path: P
 
 
 async def test_an_unexpected_error_page_carries_the_security_headers(portal: Portal) -> None:
-    path = portal.store.directory / f"{portal.message_id}.msg"
+    path = portal.store.records.directory / f"{portal.message_id}.msg"
     path.unlink()
     path.mkdir()  # reading it now fails in a way no handler expects
     response = await portal.client.get(f"/m/{portal.token}")

@@ -147,7 +147,7 @@ async def test_a_password_set_after_a_passcode_opens_later_messages(portal: Port
     response = await portal.client.post(f"/m/{portal.token}/set-password",
                                         data={"csrf": csrf_of(page), "password": "correct horse battery"})
     assert "Your password is set" in await response.text()
-    stored = (portal.store.directory / "passwords.json").read_text()
+    stored = (portal.store.records.directory / "passwords.json").read_text()
     assert "pat@example.org" not in stored and "correct horse" not in stored
     token, _ = portal.store.store(CONTENT, recipient="pat@example.org", sender="dr@clinic.example", ttl=3600)
     start = await (await portal.client.get(f"/m/{token}")).text()
