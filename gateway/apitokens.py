@@ -51,8 +51,13 @@ def digest(token: str) -> str:
 
 
 def load(path: Path) -> list[ApiToken]:
+    return parse(read_secret(path).decode("utf-8").splitlines(), str(path))
+
+
+def parse(lines: list[str], origin: str) -> list[ApiToken]:
+    """Tokens from their lines (`origin` names where they came from in errors)."""
     tokens = []
-    for number, raw in enumerate(read_secret(path).decode("utf-8").splitlines(), 1):
+    for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -61,7 +66,7 @@ def load(path: Path) -> list[ApiToken]:
             tokens.append(ApiToken(f"token-{number}", frozenset(("status",)), digest(fields[0])))
             continue
         if len(fields) != 5 or not fields[4].startswith("sha256:"):
-            raise ValueError(f"{path}:{number}: expected NAME SCOPES SENDER_DOMAINS POOLS sha256:HEX")
+            raise ValueError(f"{origin}:{number}: expected NAME SCOPES SENDER_DOMAINS POOLS sha256:HEX")
         name, scopes, domains, pools, hashed = fields
         tokens.append(ApiToken(name, frozenset(scopes.split(",")), hashed[7:],
                                () if domains == ANY else tuple(domains.lower().split(",")),
@@ -79,20 +84,25 @@ def find(tokens: list[ApiToken], presented: str) -> ApiToken | None:
     return found
 
 
-def add(path: Path, name: str, scopes: list[str], sender_domains: list[str], pools: list[str]) -> str:
-    """Store a new token's hash; returns the token (shown once)."""
+def new(name: str, scopes: list[str], sender_domains: list[str], pools: list[str],
+        existing: list[ApiToken]) -> tuple[str, ApiToken]:
+    """A new token (to show once) and its entry (to store), checked against `existing`."""
     if not _NAME.fullmatch(name):
         raise ValueError("a token name is letters, digits, '.', '_' and '-', at most 64")
     unknown = sorted(set(scopes) - set(SCOPES))
     if not scopes or unknown:
         raise ValueError(f"scopes are {', '.join(SCOPES)}"
                          + (f" (not {', '.join(unknown)})" if unknown else ""))
-    existing = load(path) if path.exists() else []
     if any(token.name == name for token in existing):
         raise ValueError(f"a token named {name} exists; remove it first")
     token = "mw_" + secrets.token_urlsafe(32)
-    entry = ApiToken(name, frozenset(scopes), digest(token), tuple(d.lower() for d in sender_domains),
-                     tuple(pools))
+    return token, ApiToken(name, frozenset(scopes), digest(token), tuple(d.lower() for d in sender_domains),
+                           tuple(pools))
+
+
+def add(path: Path, name: str, scopes: list[str], sender_domains: list[str], pools: list[str]) -> str:
+    """Store a new token's hash in the file; returns the token (shown once)."""
+    token, entry = new(name, scopes, sender_domains, pools, load(path) if path.exists() else [])
     text = read_secret(path).decode("utf-8") if path.exists() else ""
     write_secret(path, (text.rstrip("\n") + ("\n" if text.strip() else "") + entry.line() + "\n").encode())
     return token

@@ -30,6 +30,7 @@ from gateway.audit import reader as audit_reader
 from gateway.audit.events import Audit
 from gateway.audit.link import AuditLinkServer, inherited_fd
 from gateway.audit.log import AuditLog
+from gateway.audit.shipper import AuditShipper
 from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
 from gateway.delivery.service import DeliveryService
@@ -118,6 +119,7 @@ class Gateway:
         self._audit_pruner: asyncio.Task[None] | None = None
         self._audit_link: AuditLinkServer | None = None  # in the main process: the children's writer
         self.webhooks: WebhookDispatcher | None = None
+        self._shipper: AuditShipper | None = None
         self._api_runner: web.AppRunner | None = None
         self._ingest_workers: list[ChildProcess] = []
         self.feedback: Feedback | None = None
@@ -145,8 +147,14 @@ class Gateway:
         else:
             self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
         if self.role in ("all", "ingest") and isinstance(self.audit.log, AuditLog):
-            # The main process writes the log (for its children too), so it prunes it.
+            # The main process writes the log (for its children too), so it prunes it, and in a
+            # cluster ships it.
             self._audit_pruner = asyncio.create_task(self._prune_audit())
+            copy = self.state.audit_copy()
+            if copy is not None:
+                self._shipper = AuditShipper(config.audit.dir, copy, config.cluster.node_id)
+                self.audit.observers.append(self._shipper.wake)
+                self._shipper.start()
             if self.role == "ingest":
                 self._audit_link = AuditLinkServer(self.audit.log)
         if self.role != "delivery":
@@ -165,9 +173,10 @@ class Gateway:
             await self.delivery.start()
             if config.webhooks:
                 # Cursors are positions in the audit log, so they live beside it.
-                self.webhooks = WebhookDispatcher(list(config.webhooks), config.audit.dir,
-                                                  config.audit.dir / ".webhooks",
-                                                  ssl_context=_client_tls(config))
+                self.webhooks = WebhookDispatcher(
+                    list(config.webhooks), config.audit.dir, config.audit.dir / ".webhooks",
+                    ssl_context=_client_tls(config), copy=self.state.audit_copy(),
+                    lease=self.state.lease("webhooks"))
                 self.audit.observers.append(self.webhooks.wake)
                 self.webhooks.start()
             if self.role == "delivery":
@@ -199,8 +208,12 @@ class Gateway:
         if config.portal.enabled:
             await self._start_portal()
         if config.api.listen is not None:
+            assert self.state is not None
+            shared_tokens = self.state.api_tokens()
             self._api_runner = web.AppRunner(StatusApi(config.api, self.spool, self.audit.directory,
-                                                       self._send_api(config)).application(),
+                                                       self._send_api(config),
+                                                       shared_tokens.load if shared_tokens else None
+                                                       ).application(),
                                              access_log=None)
             await self._api_runner.setup()
             api_tls = certs.https_context(config.api.tls_cert_file, config.api.tls_key_file) \
@@ -447,6 +460,8 @@ class Gateway:
             self.spool.close()
         if self._audit_link is not None:
             await self._audit_link.close()
+        if self._shipper is not None:
+            await self._shipper.stop()
         self.audit.close()
         if self.state is not None:
             await self.state.close()

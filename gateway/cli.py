@@ -546,29 +546,38 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def cmd_api_token(config: Config, args: argparse.Namespace) -> int:
     from gateway import apitokens
+    from gateway.state.cluster import open_database
+    from gateway.state.postgres import PgApiTokens
 
     path = config.api.tokens_file
+    database = open_database(config)
+    shared = PgApiTokens(database) if database is not None else None
+    where = "the cluster database" if shared is not None else str(path)
     try:
         if args.action == "add":
-            token = apitokens.add(path, args.name, [s.strip() for s in args.scope.split(",") if s.strip()],
-                                  args.sender_domain, args.pool)
+            scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
+            token = shared.add(args.name, scopes, args.sender_domain, args.pool) if shared is not None \
+                else apitokens.add(path, args.name, scopes, args.sender_domain, args.pool)
             print(f"{args.name}: {token}")
-            print(f"(kept in {path} as a hash only: copy the token now, it is not shown again)",
+            print(f"(kept in {where} as a hash only: copy the token now, it is not shown again)",
                   file=sys.stderr)
             return EXIT_OK
         if args.action == "remove":
-            if not apitokens.remove(path, args.name):
-                raise MailwardError(f"{args.name}: no such token in {path}")
+            if not (shared.remove(args.name) if shared is not None else apitokens.remove(path, args.name)):
+                raise MailwardError(f"{args.name}: no such token in {where}")
             print(f"{args.name}: removed (a running gateway refuses it from its next request)")
             return EXIT_OK
-        tokens = apitokens.load(path) if path.exists() else []
+        tokens = shared.load() if shared is not None else apitokens.load(path) if path.exists() else []
     except ValueError as exc:
         raise MailwardError(str(exc)) from None
+    finally:
+        if database is not None:
+            database.close()
     for entry in tokens:
         print(f"{entry.name}\t{','.join(sorted(entry.scopes))}\t"
               f"senders={','.join(entry.sender_domains) or 'any'}\tpools={','.join(entry.pools) or 'any'}")
     if not tokens:
-        print(f"no tokens in {path}", file=sys.stderr)
+        print(f"no tokens in {where}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -9,10 +9,12 @@ answers hold ids, addresses, states, codes and protection methods, never content
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ from aiohttp import web
 from gateway import apitokens, eventlog
 from gateway.audit import reader
 from gateway.config import ApiConfig
-from gateway.errors import ConfigError, SpoolError
+from gateway.errors import ConfigError, SpoolError, StateUnavailable
 from gateway.httpheaders import Handler, server_header
 from gateway.message import QueuedMessage
 from gateway.spool import QueueState, Spool
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 _RESULT_EVENTS = ("delivered", "deferred", "bounced", "expired")
 log = logging.getLogger("mailward.api")
+SHARED_TOKENS_TTL = 2.0  # seconds a cluster's token list is used before it is read again
 TOKEN = web.RequestKey("token", apitokens.ApiToken)  # the token a request came with
 
 
@@ -77,14 +80,20 @@ def from_audit(queue_id: str, records: list[dict[str, Any]]) -> dict[str, Any] |
 
 class StatusApi:
     def __init__(self, config: ApiConfig, spool: Spool, audit_dir: Path | None,
-                 sender: SendApi | None = None) -> None:
+                 sender: SendApi | None = None,
+                 shared_tokens: Callable[[], list[apitokens.ApiToken]] | None = None) -> None:
         self.config = config
         self.sender = sender
         self.spool = spool
         self.audit_dir = audit_dir
+        self.shared_tokens = shared_tokens  # reads a cluster's, from its database; else the tokens file
         self._tokens: list[apitokens.ApiToken] = []
         self._tokens_seen: float | None = None
-        self.tokens()  # a malformed file is refused at start (ConfigError)
+        self._refresh: asyncio.Future[list[apitokens.ApiToken]] | None = None
+        if shared_tokens is not None:
+            self._fetched(shared_tokens)
+        else:
+            self.tokens()  # a malformed file is refused at start (ConfigError)
 
     def application(self) -> web.Application:
         size = int(self.config.max_request_size) if self.sender is not None else 4096
@@ -111,9 +120,24 @@ class StatusApi:
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    def _fetched(self, load: Callable[[], list[apitokens.ApiToken]]) -> None:
+        try:
+            self._tokens = load()
+        except (StateUnavailable, ValueError) as exc:
+            eventlog.event(log, "api_tokens_unreadable", logging.ERROR, error=str(exc),
+                           note="the tokens read before stay in force")
+        self._tokens_seen = time.monotonic()
+
     def tokens(self) -> list[apitokens.ApiToken]:
-        """The tokens file as it is now: read again when it changed (``mailward api token add``
-        takes effect at once); no file is no token."""
+        """The tokens as they are now. A cluster's are read again in the background at most every
+        SHARED_TOKENS_TTL (a request never waits on the database); the tokens file is read again
+        when it changed (``mailward api token add`` takes effect at once); no file is no token."""
+        if self.shared_tokens is not None:
+            stale = time.monotonic() - (self._tokens_seen or 0.0) > SHARED_TOKENS_TTL
+            if stale and self._refresh is None:
+                self._refresh = asyncio.ensure_future(asyncio.to_thread(self.shared_tokens))
+                self._refresh.add_done_callback(self._refreshed)
+            return self._tokens
         path = self.config.tokens_file
         try:
             changed = path.stat().st_mtime_ns
@@ -133,6 +157,10 @@ class StatusApi:
                                note="the tokens read before stay in force")
             self._tokens_seen = changed
         return self._tokens
+
+    def _refreshed(self, done: asyncio.Future[list[apitokens.ApiToken]]) -> None:
+        self._refresh = None
+        self._fetched(done.result)
 
     def _since(self) -> datetime.datetime:
         return datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=self.config.search_days)

@@ -4,6 +4,7 @@ runs without pytest, so nothing here may import it)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import Callable
@@ -23,11 +24,14 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 async def eventually(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """Poll `condition` while the event loop keeps running (servers under test live on it)."""
+    """Poll `condition` while the event loop keeps running (servers under test live on it). A
+    condition may be a coroutine function (e.g. one that asks a server over HTTP)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         result = condition()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if loop.time() > deadline:

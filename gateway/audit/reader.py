@@ -10,7 +10,7 @@ import datetime
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from gateway.audit.log import HEAD_FILE, AuditLog, file_day, head_mac, log_files
 
 CSV_FIELDS = ("seq", "ts", "event", "queue_id", "message_id", "sender", "recipient", "recipients",
               "protection", "reason", "mx", "ip", "egress_ip", "tls", "code", "status", "action",
-              "rules", "user", "portal_id", "client", "auth")
+              "rules", "user", "portal_id", "client", "auth", "node")
 
 
 def located(directory: Path) -> Iterator[Located]:
@@ -37,6 +37,15 @@ class Verification:
     last_seq: int = 0
     files: int = 0
     problems: list[Problem] = field(default_factory=list)
+
+
+def verify_lines(name: str, lines: Iterable[tuple[int, str]], key: bytes) -> Verification:
+    """Verify a chain given as (seq, line) pairs, e.g. one node's records in the cluster's copy
+    (each located as NAME:SEQ)."""
+    state = ChainState()
+    located_lines = (Located(name, seq, line.encode("utf-8")) for seq, line in lines)
+    problems = list(verify_records(located_lines, key, state))
+    return Verification(state.records, state.first_seq, state.seq, 0, problems)
 
 
 def verify(directory: Path, key: bytes) -> Verification:
@@ -103,8 +112,7 @@ def _records(directory: Path, query: Query) -> Iterator[dict[str, Any]]:
                     record = json.loads(raw)
                 except ValueError:
                     continue  # `verify` reports it; a search shows what is readable
-                if _in_time(record, query):
-                    yield record
+                yield record
 
 
 def _addresses(record: dict[str, Any]) -> list[str]:
@@ -116,7 +124,12 @@ def _addresses(record: dict[str, Any]) -> list[str]:
 def search(directory: Path, query: Query) -> list[dict[str, Any]]:
     """Records matching every given criterion; a message id or address selects whole messages
     (every record of the queue ids it appears with)."""
-    records = list(_records(directory, query))
+    return select(_records(directory, query), query)
+
+
+def select(found: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    """`search` over records from anywhere (this node's files, or the cluster's copy)."""
+    records = [r for r in found if _in_time(r, query)]
     if query.message_id or query.sender or query.recipient:
         queue_ids = {r.get("queue_id") for r in records
                      if (not query.message_id or r.get("message_id") == query.message_id)

@@ -9,6 +9,7 @@ config which backend is in use.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,17 @@ from typing import Any
 from gateway import eventlog, metrics
 from gateway.config import ClusterConfig, Config
 from gateway.keyfiles import read_secret
+from gateway.state.audit_copy import PgAuditCopy
 from gateway.state.limits import Limits, LocalLimits, WarmupCounts, utc_day
 from gateway.state.portal import PasswordHashes, PortalRecords
-from gateway.state.postgres import Database, PgPasswordHashes, PgPortalRecords, PgSuppression
+from gateway.state.postgres import (
+    Database,
+    PgApiTokens,
+    PgLease,
+    PgPasswordHashes,
+    PgPortalRecords,
+    PgSuppression,
+)
 from gateway.state.redis import RedisLimits, cluster_view, connect, warmup_counts
 from gateway.state.suppression import LocalSuppression, Suppression
 
@@ -86,6 +95,20 @@ class SharedState:
 
     def portal_password_hashes(self) -> PasswordHashes | None:
         return PgPasswordHashes(self.database) if self.database is not None else None
+
+    def api_tokens(self) -> PgApiTokens | None:
+        """The cluster's API tokens (None on one node: the tokens file)."""
+        return PgApiTokens(self.database) if self.database is not None else None
+
+    def audit_copy(self) -> PgAuditCopy | None:
+        """The cluster's copy of every node's audit log (None on one node)."""
+        return PgAuditCopy(self.database) if self.database is not None else None
+
+    def lease(self, name: str) -> PgLease | None:
+        """A lease one process of the cluster holds at a time (None on one node: no contest)."""
+        if self.database is None:
+            return None
+        return PgLease(self.database, name, f"{self.node_id}:{os.getpid()}")
 
     def limits(self, queues: Callable[[], Mapping[str, int]] = dict) -> Limits:
         """Delivery's limits and counters (made once; they outlive reloads). Shared ones start

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from gateway import eventlog
+from gateway import apitokens, eventlog
 from gateway.errors import MailwardError, StateUnavailable
 from gateway.state.suppression import GLOBAL, Entry, LocalSuppression
 
@@ -61,6 +61,28 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             password_hash text NOT NULL)   -- argon2id""",
         """CREATE TABLE portal_locks (
             message_id text PRIMARY KEY, holder text NOT NULL, until timestamptz NOT NULL)""",
+    )),
+    (3, "API tokens", (
+        """CREATE TABLE api_tokens (
+            name text PRIMARY KEY,
+            line text NOT NULL)  -- NAME SCOPES SENDER_DOMAINS POOLS sha256:HEX: a hash, never the token""",
+    )),
+    (4, "audit copy, webhook cursors and leases", (
+        """CREATE TABLE audit_records (
+            node_id text NOT NULL,
+            seq bigint NOT NULL,       -- the node's own chain
+            ts text NOT NULL,          -- RFC 3339 UTC, as in the record
+            event text NOT NULL,
+            queue_id text,
+            line text NOT NULL,        -- the record exactly as the node wrote it (hash and MAC included)
+            PRIMARY KEY (node_id, seq))""",
+        "CREATE INDEX audit_records_ts ON audit_records (ts)",
+        "CREATE INDEX audit_records_queue_id ON audit_records (queue_id)",
+        """CREATE TABLE webhook_cursors (
+            endpoint text NOT NULL, node_id text NOT NULL, seq bigint NOT NULL,
+            PRIMARY KEY (endpoint, node_id))""",
+        """CREATE TABLE cluster_leases (
+            name text PRIMARY KEY, holder text NOT NULL, until timestamptz NOT NULL)""",
     )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -316,3 +338,52 @@ class PgPasswordHashes:
             conn.execute("INSERT INTO portal_passwords (address_key, password_hash) VALUES (%s, %s) "
                          "ON CONFLICT (address_key) DO UPDATE SET password_hash = excluded.password_hash",
                          (key, password_hash))
+
+
+class PgApiTokens:
+    """API bearer tokens (hashes only) for every node; `mailward api token` edits them here."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def load(self) -> list[apitokens.ApiToken]:
+        with self.database.connection("read the API tokens") as conn:
+            lines = [str(row[0]) for row in conn.execute("SELECT line FROM api_tokens ORDER BY name")]
+        return apitokens.parse(lines, "the cluster database's api_tokens")
+
+    def add(self, name: str, scopes: list[str], sender_domains: list[str], pools: list[str]) -> str:
+        token, entry = apitokens.new(name, scopes, sender_domains, pools, [])
+        with self.database.connection("add an API token") as conn:
+            added = conn.execute("INSERT INTO api_tokens (name, line) VALUES (%s, %s) ON CONFLICT (name) "
+                                 "DO NOTHING RETURNING name", (name, entry.line())).fetchone()
+        if not added:
+            raise ValueError(f"a token named {name} exists; remove it first")
+        return token
+
+    def remove(self, name: str) -> bool:
+        with self.database.connection("remove an API token") as conn:
+            return conn.execute("DELETE FROM api_tokens WHERE name = %s", (name,)).rowcount > 0
+
+
+class PgLease:
+    """A named lease one node holds at a time (e.g. the webhook dispatcher): `hold` takes it or
+    keeps it for `ttl` more seconds; a node that dies loses it when it lapses."""
+
+    def __init__(self, database: Database, name: str, holder: str) -> None:
+        self.database, self.name, self.holder = database, name, holder
+
+    def hold(self, ttl: float) -> bool:
+        with self.database.connection("take a cluster lease") as conn:
+            row = conn.execute(
+                "INSERT INTO cluster_leases (name, holder, until) VALUES "
+                "(%s, %s, now() + make_interval(secs => %s)) ON CONFLICT (name) DO UPDATE "
+                "SET holder = excluded.holder, until = excluded.until "
+                "WHERE cluster_leases.holder = excluded.holder OR cluster_leases.until < now() "
+                "RETURNING holder",
+                (self.name, self.holder, ttl)).fetchone()
+        return row is not None
+
+    def give_up(self) -> None:
+        with self.database.connection("give up a cluster lease") as conn:
+            conn.execute("DELETE FROM cluster_leases WHERE name = %s AND holder = %s",
+                         (self.name, self.holder))

@@ -81,7 +81,9 @@ class ClusterWorld(MailWorld):
                     "key_file": str(self.tls_files["key_file"])},
             "listeners": [{"address": NODES[node_id], "port": 0, "starttls": "optional"}],
             "relay": {"networks": ["127.0.0.0/8"], "users_file": "var/users.yaml"},
-            "delivery": settings, **(sections or {})}
+            "delivery": settings, **(sections or {}),
+            # One audit key for the cluster, so every node's chain verifies anywhere.
+            "audit": {"key_file": str(self.tmp_path / "audit.key"), **(sections or {}).get("audit", {})}}
         if cluster:
             overrides["cluster"] = {"node_id": node_id, "redis": self.redis_url,
                                     "postgres": self.database_url}

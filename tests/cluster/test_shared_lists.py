@@ -1,16 +1,18 @@
-"""The suppression list in PostgreSQL: a hard bounce on one node stops mail to that recipient
-from every node, `mailward suppress` on any node sees and changes the same list, and while the
-database is away no delivery skips the check (it waits), nothing accepted is lost, and a bounce
-seen meanwhile is kept on the node and reaches the shared list once the database is back."""
+"""Lists in PostgreSQL: a hard bounce on one node stops mail to that recipient from every node,
+`mailward suppress` on any node sees and changes the same list, and while the database is away no
+delivery skips the check (it waits) and nothing accepted is lost. An API token made on one node
+works on every node, and one removed stops working everywhere."""
 
 from __future__ import annotations
 
 import json
 
+import aiohttp
+
 from gateway.spool import QueueState
 from tests.cluster.conftest import ClusterWorld
 from tests.cluster.servers import PostgresServer
-from tests.conftest import RunningGateway, mailward_ok, send
+from tests.conftest import RunningGateway, free_port, mailward_ok, send
 from tests.delivery.conftest import SENDER
 from tests.polling import eventually
 from tests.stages.dlp import builders as b
@@ -72,3 +74,31 @@ async def test_with_the_database_stopped_mail_is_accepted_and_waits_for_the_supp
     assert "blocked@clinic.test" not in sink.rcpt_seen
     await eventually(lambda: not node.queued(QueueState.DEFERRED) and not node.queued(QueueState.ACTIVE),
                      timeout=30)
+
+
+async def test_an_api_token_made_on_one_node_works_on_every_node(cluster_world: ClusterWorld) -> None:
+    await cluster_world.start_dns(RECORDS)
+    ports = {node_id: free_port() for node_id in ("node-a", "node-b")}
+    nodes = {node_id: await cluster_world.node(node_id, sections={"api": {"listen": f"127.0.0.1:{port}"}})
+             for node_id, port in ports.items()}
+    made = await mailward_ok(nodes["node-a"].gateway.config.source, "api", "token", "add", "crm",  # type: ignore[arg-type]
+                             "--scope", "status")
+    token = made.split(": ", 1)[1].split()[0]
+    listed = await mailward_ok(nodes["node-b"].gateway.config.source, "api", "token", "list")  # type: ignore[arg-type]
+    assert listed.startswith("crm\tstatus")
+
+    async def status_on_b() -> int:
+        async with aiohttp.ClientSession() as client, client.get(
+                f"http://127.0.0.1:{ports['node-b']}/api/v1/queue",
+                headers={"Authorization": f"Bearer {token}"}) as response:
+            return response.status
+
+    async def answered() -> bool:
+        return await status_on_b() == 200
+    await eventually(answered, timeout=10)  # node B reads the tokens again within seconds
+
+    await mailward_ok(nodes["node-a"].gateway.config.source, "api", "token", "remove", "crm")  # type: ignore[arg-type]
+
+    async def refused() -> bool:
+        return await status_on_b() == 401
+    await eventually(refused, timeout=10)

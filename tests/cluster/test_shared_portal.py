@@ -31,8 +31,9 @@ async def portal_node(world: ClusterWorld, node_id: str, tmp_path: Path) -> tupl
     policies = tmp_path / "policies"
     if not policies.exists():
         policies.mkdir()
-        (policies / "p.yaml").write_text("match: first\nprotect: sensitive\n"
-                                         "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
+        (policies / "p.yaml").write_text(
+            "match: first\nprotect: sensitive\n"
+            "rules: [{name: phi, action: encrypt, when: {detectors: {ssn: 1}}}]\n")
     node = await world.node(node_id, sections={
         "policies_dir": str(policies), "dlp": {"workers": 0},
         # Every node has the same portal key (docs/cluster.md); each its own store_dir, unused.
@@ -70,7 +71,8 @@ async def test_a_message_stored_through_node_a_is_read_with_a_passcode_through_n
         await browser.post(f"{on_a}/verify", data={"csrf": csrf_of(page), "code": wrong})
         database = Database(cluster_world.database_url)
         try:
-            store = open_store(tmp_path / "unused", tmp_path / "portal.key", records=PgPortalRecords(database))
+            store = open_store(tmp_path / "unused", tmp_path / "portal.key",
+                               records=PgPortalRecords(database))
             found = store.load(message_id_of(link.group(1).rpartition("/")[2]))
         finally:
             database.close()
