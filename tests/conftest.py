@@ -179,9 +179,10 @@ async def mailward_ok(config_file: Path, *args: str) -> str:
 class GatewayProcess:
     """`mailward run` in a child process, for tests that kill it or send it signals."""
 
-    def __init__(self, config_file: Path, port: int) -> None:
+    def __init__(self, config_file: Path, port: int, host: str = "127.0.0.1") -> None:
         self.config_file = config_file
         self.port = port
+        self.host = host
         self.log = config_file.parent / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -196,7 +197,7 @@ class GatewayProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"gateway exited: {self.log.read_text()}")
-        return port_open(self.port)
+        return port_open(self.port, self.host)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

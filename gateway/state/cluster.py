@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway import eventlog, metrics
 from gateway.config import ClusterConfig, Config
+from gateway.errors import StateUnavailable
 from gateway.keyfiles import read_secret
 from gateway.state.audit_copy import PgAuditCopy
 from gateway.state.limits import Limits, LocalLimits, WarmupCounts, utc_day
@@ -75,10 +76,17 @@ class SharedState:
         if database is not None:
             try:
                 database.check_schema()
+            except StateUnavailable as exc:
+                # Mail is still accepted without the database (the audit waits, suppression
+                # lookups defer): a node restarting during an outage must come up.
+                metrics.CLUSTER_STATE_UP.labels("postgres").set(0)
+                eventlog.event(log, "cluster_database_unreachable", logging.ERROR, error=str(exc),
+                               note="starting anyway; the schema is checked when it answers")
             except BaseException:
                 database.close()
                 raise
-            metrics.CLUSTER_STATE_UP.labels("postgres").set(1)
+            else:
+                metrics.CLUSTER_STATE_UP.labels("postgres").set(1)
         if config.cluster.enabled:
             metrics.NODE_INFO.labels(config.cluster.node_id).set(1)
         return cls(config.cluster.node_id, database, _config=config)

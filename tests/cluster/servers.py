@@ -91,3 +91,45 @@ class PostgresServer:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]  # a name we made
         return f"postgresql://mailward@127.0.0.1:{self.port}/{name}"
+
+
+class HaProxy:
+    """HAProxy in TCP mode on `address`, round robin over `backends`, each told the real client
+    with the PROXY protocol (v2), as docs/cluster.md sets it up."""
+
+    def __init__(self, directory: Path, address: str, backends: list[tuple[str, int]]) -> None:
+        self.directory = directory
+        self.address = address
+        self.port = free_port(address)
+        self.backends = backends
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        servers = "\n".join(f"    server n{i} {host}:{port} send-proxy-v2 check inter 500 fall 1 rise 1"
+                            for i, (host, port) in enumerate(self.backends))
+        config = self.directory / "haproxy.cfg"
+        config.write_text(f"""global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend smtp
+    bind {self.address}:{self.port}
+    default_backend nodes
+backend nodes
+    balance roundrobin
+{servers}
+""")
+        with open(self.directory / "haproxy.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                                         stderr=log)
+        wait_for(lambda: port_open(self.port, self.address), timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

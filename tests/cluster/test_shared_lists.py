@@ -1,6 +1,7 @@
 """Lists in PostgreSQL: a hard bounce on one node stops mail to that recipient from every node,
 `mailward suppress` on any node sees and changes the same list, and while the database is away no
-delivery skips the check (it waits) and nothing accepted is lost. An API token made on one node
+delivery skips the check (it waits), nothing accepted is lost, and the audit records written
+meanwhile reach the cluster's copy in order once it is back. An API token made on one node
 works on every node, and one removed stops working everywhere."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import psycopg
 
 from gateway.spool import QueueState
 from tests.cluster.conftest import ClusterWorld
@@ -74,6 +76,18 @@ async def test_with_the_database_stopped_mail_is_accepted_and_waits_for_the_supp
     assert "blocked@clinic.test" not in sink.rcpt_seen
     await eventually(lambda: not node.queued(QueueState.DEFERRED) and not node.queued(QueueState.ACTIVE),
                      timeout=30)
+    # The audit records written meanwhile waited in the node's file and were shipped, in order.
+    audit_dir = node.gateway.config.audit.dir
+    written = sum(len(path.read_bytes().splitlines()) for path in audit_dir.glob("audit-*.jsonl"))
+    await eventually(lambda: shipped_count(cluster_world.database_url) == written, timeout=60)
+    verified = await mailward_ok(node.gateway.config.source, "audit", "verify")  # type: ignore[arg-type]
+    assert f"cluster copy of node-a: chain intact: {written} records" in verified
+
+
+def shipped_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM audit_records WHERE node_id = 'node-a'").fetchone()
+    return int(row[0]) if row else 0
 
 
 async def test_an_api_token_made_on_one_node_works_on_every_node(cluster_world: ClusterWorld) -> None:
