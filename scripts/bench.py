@@ -2,6 +2,7 @@
 
     scripts/bench ingest [--messages N] [--sessions S] [--size BYTES] [--latency-messages M]
     scripts/bench relay [--messages N] [--sessions S] [--size BYTES] [--rounds R] [--plain] [--profile]
+    scripts/bench relay --cluster [--messages N] [--sessions S] (see scripts/bench_cluster.py)
     scripts/bench dlp   (see scripts/bench_dlp.py)
     scripts/bench crypto (see scripts/bench_crypto.py)
     scripts/bench dkim (see scripts/bench_dkim.py)
@@ -119,14 +120,14 @@ def dkim_signing(workdir: Path) -> str:
 
 
 @contextmanager
-def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}", extra: str = ""
-                     ) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}", extra: str = "",
+                     address: str = "127.0.0.1") -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
     """The gateway with the shipped DLP policies (as deployed), plus `extra` config lines."""
-    port = free_port()
+    port = free_port(address)
     config = workdir / "mailward.yaml"
     config.write_text(
         f"hostname: bench.mailward.test\n"
-        f"listeners: [{{address: 127.0.0.1, port: {port}, starttls: optional, auth: off}}]\n"
+        f"listeners: [{{address: {address}, port: {port}, starttls: optional, auth: off}}]\n"
         f"relay: {{networks: [127.0.0.0/8]}}\n"
         f"limits: {{max_connections_per_ip: 1000, max_connections: 1000}}\n"
         f"delivery: {delivery}\n"
@@ -137,7 +138,7 @@ def mailward_gateway(workdir: Path, delivery: str = f"{{paused: true, {NO_DNS}}}
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
                                 stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_listening(port)
+        wait_listening(port, host=address)
         yield port, workdir / "var" / "spool" / "incoming", proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -157,10 +158,10 @@ POOLS_AND_SHAPING = (
     "shaping: {{sink: {{domains: [example.org], max_connections: {sessions}, "
     "messages_per_connection: 100, per_minute: 1000000}}}}")
 
-def run_smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+def run_smtp_source(port: int, messages: int, sessions: int, size: int, host: str = "127.0.0.1") -> float:
     started = time.monotonic()
     subprocess.run([SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-                    "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"],
+                    "-f", SENDER, "-t", RECIPIENT, f"{host}:{port}"],
                    check=True, timeout=600, stdout=subprocess.DEVNULL)
     return time.monotonic() - started
 
@@ -328,6 +329,11 @@ def bench_relay(args: argparse.Namespace) -> None:
     if args.profile:
         profile_relay(args, base)
         return
+    if args.cluster:
+        import bench_cluster
+
+        bench_cluster.run(args, base)
+        return
     contenders = ["mailward", "postfix"] + (["mailward-plain"] if args.plain else []) + \
         (["mailward-pools"] if args.pools else [])
     rounds: dict[str, list[Result]] = {name: [] for name in contenders}
@@ -398,6 +404,9 @@ def main() -> None:
                             "(with --profile: profile the plain relay)")
     relay.add_argument("--profile", action="store_true",
                        help="one Mailward run under py-spy: CPU us per message by stage and process")
+    relay.add_argument("--cluster", action="store_true",
+                       help="3 nodes sharing Redis and PostgreSQL beside one node, and the shared "
+                            "state's round trips per message")
     relay.add_argument("--pools", action="store_true",
                        help="also run Mailward with 3 egress pools (127.0.0.10-12) and shaping on")
     sub.add_parser("dlp", help="DLP scan rate for a mix of message sizes, and its cost at ingest")

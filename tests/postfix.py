@@ -108,5 +108,5 @@ def postfix_instance(workdir: Path, sink: tuple[str, int] | None = None, *, main
 
 
 
-def wait_listening(port: int, timeout: float = 30) -> None:
-    wait_for(lambda: port_open(port), timeout)
+def wait_listening(port: int, timeout: float = 30, host: str = "127.0.0.1") -> None:
+    wait_for(lambda: port_open(port, host), timeout)

@@ -57,15 +57,17 @@ HEARTBEAT_INTERVAL = 5.0
 NODE_TTL = 3 * HEARTBEAT_INTERVAL
 WANTED_TTL_MS = 3000
 SOCKET_TIMEOUT = 1.0  # a Redis that does not answer within this is "down" for this node
+POOL_SIZE = 32  # connections per process (a round trip takes well under a millisecond)
 PREFIX = "mw:"
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
 # KEYS: throttle hash, rate keys...; ARGV: max_wait, then capacity, period per rate key.
-# Returns {paused_ms, wait_ms}.
+# Returns {paused_ms, wait_ms, recovering (1 while connections are let back after throttling)}.
 _ADMIT = _NOW + """
 local paused = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-if paused > now then return {math.ceil((paused - now) * 1000), 0} end
+local recovering = redis.call('HEXISTS', KEYS[1], 'allowed')
+if paused > now then return {math.ceil((paused - now) * 1000), 0, recovering} end
 local max_wait = tonumber(ARGV[1])
 local wait, tats = 0, {}
 for i = 2, #KEYS do
@@ -82,7 +84,7 @@ if wait <= max_wait then
     redis.call('SET', KEYS[i], tostring(tats[i][1]), 'PX', math.ceil(tats[i][2] * 1000) + 1000)
   end
 end
-return {0, math.ceil(wait * 1000)}
+return {0, math.ceil(wait * 1000), recovering}
 """
 
 # KEYS: lease set, throttle hash, wanted flag; ARGV: limit (0: none), lease id, ttl. 1 or 0.
@@ -176,8 +178,12 @@ def _options(url: str, password: str | None, ca_file: str | None, timeout: float
 
 
 def connect(url: str, password: str | None = None, ca_file: str | None = None) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, **_options(url, password, ca_file, SOCKET_TIMEOUT,
-                                                   AsyncRetry(NoBackoff(), 1)))
+    """A client whose pool holds at most POOL_SIZE connections: under a burst, calls wait their
+    turn for one (up to SOCKET_TIMEOUT) instead of failing, which would look like Redis down."""
+    options = _options(url, password, ca_file, SOCKET_TIMEOUT, AsyncRetry(NoBackoff(), 1))
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=SOCKET_TIMEOUT,
+                                                    **options)
+    return aioredis.Redis(connection_pool=pool, retry=options["retry"])
 
 
 class RedisLimits:
@@ -197,6 +203,7 @@ class RedisLimits:
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tender: asyncio.Task[None] | None = None
+        self._recovering: set[str] = set()  # destinations recovering from throttling, as last seen
         self._warmup_known: dict[tuple[str, str, str], int] = {}  # last shared count seen
         self._warmup_owed: dict[tuple[str, str, str], int] = {}  # sent during the fallback
         self._admit = client.register_script(_ADMIT)
@@ -245,7 +252,11 @@ class RedisLimits:
             args: list[Any] = [max_wait]
             for budget in budgets:
                 args += [budget.capacity, budget.period]
-            paused, wait = await self._admit(keys=keys, args=args)
+            paused, wait, recovering = await self._admit(keys=keys, args=args)
+            if recovering:
+                self._recovering.add(name)
+            else:
+                self._recovering.discard(name)
             return Admission(paused=int(paused) / 1000, wait=int(wait) / 1000)
 
         async def fallback() -> Admission:
@@ -298,10 +309,14 @@ class RedisLimits:
     async def throttled(self, name: str, backoff: float) -> None:
         async def shared() -> None:
             await self._throttle(keys=[_key("throttle", name)], args=[backoff, 3600.0])
+            self._recovering.add(name)
 
         await self._shared(shared, lambda: self.local.throttled(name, backoff))
 
     async def delivered(self, name: str, limit: int | None) -> None:
+        if name not in self._recovering and not self.down:
+            return  # not let back after throttling (as of this message's admission): nothing to count
+
         async def shared() -> None:
             await self._delivered(keys=[_key("throttle", name)], args=[limit or 0])
 
@@ -420,7 +435,7 @@ class RedisLimits:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.local.close()
         with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
 
 
 def cluster_view(url: str, password: str | None = None, ca_file: str | None = None,

@@ -73,3 +73,21 @@ async def test_a_warm_up_cap_of_ten_is_shared_by_every_node(cluster_world: Clust
     await eventually(lambda: sum(len(n.queued(QueueState.DEFERRED)) for n in nodes) == 5)
     assert len(sink.messages) == 10
     assert {m.peer for m in sink.messages} == {"127.0.0.10"}
+
+
+async def test_a_throttling_reply_seen_by_node_a_pauses_the_destination_for_node_b(
+        cluster_world: ClusterWorld) -> None:
+    await cluster_world.start_dns(RECORDS)
+    sink = await cluster_world.sink("127.0.0.21")
+    sink.data_replies.append("421 4.7.0 Too many messages from your IP, slow down")
+    rule = {"clinic": {"domains": ["clinic.test"], "backoff": "2s"}}
+    node_a = await cluster_world.node("node-a", shaping=rule)
+    node_b = await cluster_world.node("node-b", shaping=rule)
+    await submit([node_a], 1, "throttled")
+    await eventually(lambda: sink.transactions == 1)
+    throttled_at = sink.data_times[0]
+    await submit([node_b], 3, "from b")
+    await eventually(lambda: len(sink.messages) == 4, timeout=30)
+    # Node B sent nothing to the destination while node A's throttling paused it.
+    assert all(t - throttled_at >= 1.9 for t in sink.data_times[1:]), \
+        [round(t - throttled_at, 2) for t in sink.data_times]
