@@ -147,14 +147,8 @@ class Gateway:
         else:
             self.audit = Audit.open(config.audit, create_key=self.role != "delivery")
         if self.role in ("all", "ingest") and isinstance(self.audit.log, AuditLog):
-            # The main process writes the log (for its children too), so it prunes it, and in a
-            # cluster ships it.
+            # The main process writes the log (for its children too), so it prunes it.
             self._audit_pruner = asyncio.create_task(self._prune_audit())
-            copy = self.state.audit_copy()
-            if copy is not None:
-                self._shipper = AuditShipper(config.audit.dir, copy, config.cluster.node_id)
-                self.audit.observers.append(self._shipper.wake)
-                self._shipper.start()
             if self.role == "ingest":
                 self._audit_link = AuditLinkServer(self.audit.log)
         if self.role != "delivery":
@@ -171,6 +165,13 @@ class Gateway:
                            orphan_journals=orphans)
             self.delivery = DeliveryService(config, self.spool, audit=self.audit, state=self.state)
             await self.delivery.start()
+            copy = self.state.audit_copy() if config.audit.enabled else None
+            if copy is not None:
+                # In a cluster the delivery side ships the audit log (it only reads the files),
+                # leaving the CPU of the process that writes them to ingest.
+                self._shipper = AuditShipper(config.audit.dir, copy, config.cluster.node_id)
+                self.audit.observers.append(self._shipper.wake)
+                self._shipper.start()
             if config.webhooks:
                 # Cursors are positions in the audit log, so they live beside it.
                 self.webhooks = WebhookDispatcher(

@@ -363,7 +363,7 @@ def cmd_portal_revoke(config: Config, args: argparse.Namespace) -> int:
         raise MailwardError("the secure portal is off (portal.enabled: false in "
                             f"{config.source or 'the embedded defaults'}): there is nothing to revoke")
     from gateway.state.cluster import open_database
-    from gateway.state.postgres import PgPortalRecords
+    from gateway.state.pgportal import PgPortalRecords
 
     database = open_database(config)
     store = open_store(config.portal.store_dir, config.portal.key_file,

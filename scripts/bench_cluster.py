@@ -81,7 +81,7 @@ def shaping(sessions: int) -> str:
 
 
 @contextlib.contextmanager
-def nodes(base: Path, count: int, sink: SmtpSink, sessions: int,
+def nodes(base: Path, name: str, count: int, sink: SmtpSink, sessions: int,
           cluster: dict[str, str] | None) -> Iterator[list[tuple[str, int]]]:
     """`count` gateways (on NODES), with `cluster` settings or none; their (host, port)."""
     with contextlib.ExitStack() as stack:
@@ -90,7 +90,8 @@ def nodes(base: Path, count: int, sink: SmtpSink, sessions: int,
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=base, prefix=f"node{index}-")))
             extra = bench_policies(workdir) + dkim_signing(workdir)
             if cluster is not None:
-                extra += (f"cluster: {{node_id: node-{index}, redis: '{cluster['redis']}', "
+                # Ids of their own: each contender is a new node with a new audit chain.
+                extra += (f"cluster: {{node_id: {name}-{index}, redis: '{cluster['redis']}', "
                           f"postgres: '{cluster['postgres']}'}}\n")
             host = NODES[index] if count > 1 else "127.0.0.1"
             # A node's share of the sessions: the limit in the shaping rule is the cluster's.
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace, base: Path) -> None:
                             postfix_instance(Path(tmp), (SINK_HOST, sink.port)) as (port, _, _):
                         seconds = relay([("127.0.0.1", port)], sink, messages, args.sessions, args.size)
                 else:
-                    with nodes(base, count, sink, args.sessions, cluster) as targets:
+                    with nodes(base, name, count, sink, args.sessions, cluster) as targets:
                         before = (redis_round_trips(redis_server.url), pg_transactions(database_url))
                         seconds = relay(targets, sink, messages, args.sessions, args.size)
                         time.sleep(2)  # the audit shipper's last batch, counted with the run

@@ -42,6 +42,8 @@ class AuditCopy(Protocol):
 
     def shipped_seq(self, node_id: str) -> int: ...
 
+    def last_hash(self, node_id: str) -> str | None: ...
+
     def ship(self, node_id: str, records: Sequence[Shipped]) -> None: ...
 
 
@@ -62,6 +64,9 @@ class AuditShipper:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._down = False
+        self._first_batch = True  # checked against the copy before it is shipped
+        self._local_last = 0  # the highest seq read from the local log
+        self.conflict = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -107,12 +112,42 @@ class AuditShipper:
         if self.shipped < 0:
             self.shipped = self.copy.shipped_seq(self.node_id)
             self._position = None
+        if self.conflict:
+            return 0
         batch, after = self._read(BATCH)
         if not batch:
+            self._position = after
+            if self._first_batch and 0 < self._local_last < self.shipped:
+                self._conflicting(self._local_last)  # our log ends before what the copy has from us
             return 0
+        if self._first_batch:
+            self._check_same_chain(batch[0])
+            if self.conflict:
+                return 0
         self.copy.ship(self.node_id, batch)
         self.shipped, self._position = batch[-1].seq, after
         return len(batch)
+
+    def _check_same_chain(self, first: _Record) -> None:
+        """The copy's last record from this node must be the one our next record follows: if it
+        is not, another log already shipped under this node_id (a node rebuilt with the same id),
+        and shipping would mix two chains. Nothing is shipped then; the admin is told."""
+        self._first_batch = False
+        if self.shipped == 0:
+            return
+        expected = self.copy.last_hash(self.node_id)
+        try:
+            follows = json.loads(first.line).get("prev")
+        except ValueError:
+            follows = None
+        if first.seq != self.shipped + 1 or follows != expected:
+            self._conflicting(first.seq)
+
+    def _conflicting(self, local_seq: int) -> None:
+        self.conflict = True
+        eventlog.event(log, "audit_copy_conflict", logging.ERROR, node=self.node_id, shipped_seq=self.shipped,
+                       local_seq=local_seq, note="the cluster copy holds another chain under this node_id: "
+                       "give this node a new cluster.node_id; nothing is shipped meanwhile")
 
     def _read(self, limit: int) -> tuple[list[_Record], tuple[str, int] | None]:
         """Complete records after `shipped`, from the position reached (or found) in the files."""
@@ -134,13 +169,16 @@ class AuditShipper:
                         break  # being written; next time
                     position += len(raw)
                     record = _parse(raw)
-                    if record is None or record.seq <= self.shipped:
+                    if record is None:
+                        continue
+                    self._local_last = max(self._local_last, record.seq)
+                    if record.seq <= self.shipped:
                         continue
                     found.append(record)
                     if len(found) >= limit:
                         return found, (path.name, position)
             last = (path.name, position)
-        return found, last if found else self._position
+        return found, last  # past every complete line read, shipped or not
 
     def _locate(self, files: list[Path]) -> tuple[str, int] | None:
         """The start of the file that holds the record after `shipped`."""

@@ -9,12 +9,16 @@ Blocking calls: run them in a thread.
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Iterator, Sequence
 from typing import Protocol
+
+import psycopg
 
 from gateway.state.postgres import Database
 
 BATCH = 1000
+_COPY = "COPY audit_records (node_id, seq, ts, event, queue_id, line) FROM STDIN"
 
 
 class ShippedRecord(Protocol):
@@ -36,14 +40,33 @@ class PgAuditCopy:
                                (node_id,)).fetchone()
         return int(row[0]) if row else 0
 
+    def last_hash(self, node_id: str) -> str | None:
+        """The hash of the last record of `node_id` in the copy."""
+        with self.database.connection("read the audit copy") as conn:
+            row = conn.execute("SELECT line FROM audit_records WHERE node_id = %s ORDER BY seq DESC LIMIT 1",
+                               (node_id,)).fetchone()
+        if not row:
+            return None
+        try:
+            return str(json.loads(row[0])["hash"])
+        except (ValueError, KeyError):
+            return None
+
     def ship(self, node_id: str, records: Sequence[ShippedRecord]) -> None:
-        """Add records (in seq order) in one transaction; ones already there are skipped, so a
-        shipper that crashed after the commit and before it noted so ships them again harmlessly."""
-        with self.database.connection("ship audit records") as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO audit_records (node_id, seq, ts, event, queue_id, line) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (node_id, seq) DO NOTHING",
-                [(node_id, r.seq, r.ts, r.event, r.queue_id, r.line) for r in records])
+        """Add records (in seq order) in one transaction, with COPY (a fraction of the server's
+        work of an INSERT per row). A batch that overlaps what is there (a shipper that crashed
+        after the commit and before it noted so) is sent again row by row, skipping those."""
+        rows = [(node_id, r.seq, r.ts, r.event, r.queue_id, r.line) for r in records]
+        try:
+            with self.database.connection("ship audit records") as conn, conn.transaction(), \
+                    conn.cursor() as cur, cur.copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            with self.database.connection("ship audit records") as conn, conn.transaction(), \
+                    conn.cursor() as cur:
+                cur.executemany("INSERT INTO audit_records (node_id, seq, ts, event, queue_id, line) "
+                                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (node_id, seq) DO NOTHING", rows)
 
     def nodes(self) -> list[str]:
         with self.database.connection("list the audit copy's nodes") as conn:

@@ -20,15 +20,10 @@ from gateway.errors import StateUnavailable
 from gateway.keyfiles import read_secret
 from gateway.state.audit_copy import PgAuditCopy
 from gateway.state.limits import Limits, LocalLimits, WarmupCounts, utc_day
+from gateway.state.pgportal import PgPasswordHashes, PgPortalRecords
+from gateway.state.pgsuppression import PgSuppression
 from gateway.state.portal import PasswordHashes, PortalRecords
-from gateway.state.postgres import (
-    Database,
-    PgApiTokens,
-    PgLease,
-    PgPasswordHashes,
-    PgPortalRecords,
-    PgSuppression,
-)
+from gateway.state.postgres import Database, PgApiTokens, PgLease
 from gateway.state.redis import RedisLimits, cluster_view, connect, warmup_counts
 from gateway.state.suppression import LocalSuppression, Suppression
 

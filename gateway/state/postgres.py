@@ -1,5 +1,6 @@
-"""Durable state shared by every node of a cluster, in PostgreSQL: the schema and its
-migrations, the suppression list, and the portal's sealed records and password hashes.
+"""Durable state shared by every node of a cluster, in PostgreSQL: the connection pool, the
+schema and its migrations, API tokens and cluster leases. The suppression list is in
+`pgsuppression`, the portal's records in `pgportal`.
 
 psycopg 3 with a small blocking connection pool (psycopg_pool.ConnectionPool), not the async
 driver: every caller already runs in a thread (the suppression lookup rides the same I/O-thread
@@ -15,18 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from gateway import apitokens, eventlog
+from gateway import apitokens
 from gateway.errors import MailwardError, StateUnavailable
-from gateway.state.suppression import GLOBAL, Entry, LocalSuppression
 
 log = logging.getLogger("mailward.cluster")
 
@@ -84,6 +81,13 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         """CREATE TABLE cluster_leases (
             name text PRIMARY KEY, holder text NOT NULL, until timestamptz NOT NULL)""",
     )),
+    (5, "suppression change notices", (
+        # Each change to the list tells every listening node (which then drops what it cached).
+        """CREATE FUNCTION mailward_suppression_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_notify('mailward_suppression', ''); RETURN NULL; END $$""",
+        """CREATE TRIGGER suppressed_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON suppressed
+            FOR EACH STATEMENT EXECUTE FUNCTION mailward_suppression_changed()""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -114,6 +118,7 @@ class Database:
         if ca_file is not None:
             options["sslrootcert"] = ca_file
         self.url = url
+        self.options = options  # for connections of their own (LISTEN)
         # Opened lazily and without waiting: a node starts (and accepts mail) while the database
         # is away; each use then waits at most CONNECT_TIMEOUT for a connection.
         self.pool = ConnectionPool(url, kwargs=options, min_size=0, max_size=max_size,
@@ -167,177 +172,6 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
-
-
-class PgSuppression:
-    """`Suppression` in PostgreSQL: every node sees an entry as soon as it is committed. A
-    lookup that cannot be answered raises StateUnavailable: delivery defers (fails closed).
-
-    An entry that cannot be added (a hard bounce while the database is away) goes to `pending`,
-    this node's own SQLite list, and is moved to PostgreSQL by the first call that reaches it
-    again: a bounce is never forgotten, and is checked locally meanwhile."""
-
-    def __init__(self, database: Database, pending: LocalSuppression | None = None) -> None:
-        self.database = database
-        self.pending = pending
-        self._lock = threading.Lock()
-        self._has_pending = pending is not None and bool(pending.entries(1))
-
-    def add(self, address: str, *, scope: str = GLOBAL, reason: str = "manual", detail: str = "",
-            at: float | None = None) -> bool:
-        try:
-            added = self._insert(address, scope=scope, reason=reason, detail=detail, at=at)
-        except StateUnavailable:
-            if self.pending is None:
-                raise
-            self.pending.add(address, scope=scope, reason=reason, detail=detail, at=at)
-            self._has_pending = True
-            eventlog.event(log, "suppression_pending", logging.WARNING, reason=reason,
-                           note="kept on this node until the cluster database answers")
-            return True
-        self._flush()
-        return added
-
-    def _flush(self) -> None:
-        """Move the entries kept while the database was away into it."""
-        if not self._has_pending or self.pending is None:
-            return
-        with self._lock:
-            for entry in self.pending.entries():
-                self._insert(entry.address, scope=entry.scope, reason=entry.reason, detail=entry.detail,
-                             at=entry.at)
-                self.pending.remove(entry.address, scope=entry.scope)
-            self._has_pending = False
-        eventlog.event(log, "suppression_pending_sent")
-
-    def _insert(self, address: str, *, scope: str, reason: str, detail: str, at: float | None) -> bool:
-        with self.database.connection("add to the suppression list") as conn:
-            row = conn.execute(
-                "INSERT INTO suppressed (address, scope, reason, detail, at) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason, "
-                "detail = excluded.detail, at = excluded.at RETURNING (xmax = 0)",
-                (address.lower(), scope.lower(), reason, detail[:300],
-                 at if at is not None else time.time())).fetchone()
-        return bool(row and row[0])
-
-    def remove(self, address: str, *, scope: str | None = None) -> int:
-        with self.database.connection("remove from the suppression list") as conn:
-            if scope is None:
-                cursor = conn.execute("DELETE FROM suppressed WHERE address = %s", (address.lower(),))
-            else:
-                cursor = conn.execute("DELETE FROM suppressed WHERE address = %s AND scope = %s",
-                                      (address.lower(), scope.lower()))
-            return cursor.rowcount
-
-    def find(self, address: str, sender_domain: str) -> Entry | None:
-        self._flush()
-        if self.pending is not None and self._has_pending:
-            entry = self.pending.find(address, sender_domain)
-            if entry is not None:
-                return entry
-        with self.database.connection("look up the suppression list") as conn:
-            row = conn.execute(
-                "SELECT address, scope, reason, detail, at FROM suppressed WHERE address = %s "
-                "AND scope IN (%s, %s) ORDER BY scope = %s DESC LIMIT 1",
-                (address.lower(), sender_domain.lower(), GLOBAL, GLOBAL)).fetchone()
-        return Entry(*row) if row else None
-
-    def entries(self, limit: int = 10000) -> list[Entry]:
-        with self.database.connection("list the suppression list") as conn:
-            rows = conn.execute("SELECT address, scope, reason, detail, at FROM suppressed "
-                                "ORDER BY at DESC LIMIT %s", (limit,)).fetchall()
-        return [Entry(*row) for row in rows]
-
-    def close(self) -> None:
-        if self.pending is not None:  # the pool belongs to the Database
-            self.pending.close()
-
-
-PORTAL_LOCK_TTL = 30.0  # seconds: a lock left by a node that died frees itself after this
-PORTAL_LOCK_WAIT = 10.0
-
-
-class PgPortalRecords:
-    """`PortalRecords` in PostgreSQL: sealed blobs any node can serve."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def put(self, message_id: str, blob: bytes, expires: float) -> None:
-        with self.database.connection("store a portal message") as conn:
-            conn.execute("INSERT INTO portal_messages (message_id, blob, expires) VALUES (%s, %s, %s) "
-                         "ON CONFLICT (message_id) DO UPDATE SET blob = excluded.blob, "
-                         "expires = excluded.expires", (message_id, blob, expires))
-
-    def get(self, message_id: str) -> bytes | None:
-        with self.database.connection("read a portal message") as conn:
-            row = conn.execute("SELECT blob FROM portal_messages WHERE message_id = %s",
-                               (message_id,)).fetchone()
-        return bytes(row[0]) if row else None
-
-    def bury(self, message_id: str, reason: str, at: float) -> bool:
-        with self.database.connection("remove a portal message") as conn, conn.transaction():
-            conn.execute("INSERT INTO portal_tombstones (message_id, reason, at) VALUES (%s, %s, %s) "
-                         "ON CONFLICT (message_id) DO NOTHING", (message_id, reason, at))
-            cursor = conn.execute("DELETE FROM portal_messages WHERE message_id = %s", (message_id,))
-            return cursor.rowcount > 0
-
-    def tombstone(self, message_id: str) -> tuple[str, float] | None:
-        with self.database.connection("read a portal tombstone") as conn:
-            row = conn.execute("SELECT reason, at FROM portal_tombstones WHERE message_id = %s",
-                               (message_id,)).fetchone()
-        return (str(row[0]), float(row[1])) if row else None
-
-    def expired(self, now: float) -> list[str]:
-        with self.database.connection("list expired portal messages") as conn:
-            rows = conn.execute("SELECT message_id FROM portal_messages WHERE expires <= %s ORDER BY 1",
-                                (now,)).fetchall()
-        return [str(row[0]) for row in rows]
-
-    def ids(self) -> list[str]:
-        with self.database.connection("list portal messages") as conn:
-            return [str(row[0]) for row in conn.execute("SELECT message_id FROM portal_messages ORDER BY 1")]
-
-    @contextlib.contextmanager
-    def lock(self, message_id: str) -> Iterator[None]:
-        """A row in portal_locks, taken over when its holder let it lapse (a node that died)."""
-        holder = secrets.token_hex(8)
-        deadline = time.monotonic() + PORTAL_LOCK_WAIT
-        while True:
-            with self.database.connection("lock a portal message") as conn:
-                row = conn.execute(
-                    "INSERT INTO portal_locks (message_id, holder, until) VALUES "
-                    "(%s, %s, now() + make_interval(secs => %s)) ON CONFLICT (message_id) DO UPDATE "
-                    "SET holder = excluded.holder, until = excluded.until WHERE portal_locks.until < now() "
-                    "RETURNING holder", (message_id, holder, PORTAL_LOCK_TTL)).fetchone()
-            if row:
-                break
-            if time.monotonic() > deadline:
-                raise StateUnavailable("PostgreSQL: a portal message stayed locked by another node")
-            time.sleep(0.02)
-        try:
-            yield
-        finally:
-            with self.database.connection("unlock a portal message") as conn:
-                conn.execute("DELETE FROM portal_locks WHERE message_id = %s AND holder = %s",
-                             (message_id, holder))
-
-
-class PgPasswordHashes:
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def get(self, key: str) -> str | None:
-        with self.database.connection("read a recipient password") as conn:
-            row = conn.execute("SELECT password_hash FROM portal_passwords WHERE address_key = %s",
-                               (key,)).fetchone()
-        return str(row[0]) if row else None
-
-    def put(self, key: str, password_hash: str) -> None:
-        with self.database.connection("store a recipient password") as conn:
-            conn.execute("INSERT INTO portal_passwords (address_key, password_hash) VALUES (%s, %s) "
-                         "ON CONFLICT (address_key) DO UPDATE SET password_hash = excluded.password_hash",
-                         (key, password_hash))
 
 
 class PgApiTokens:

@@ -6,9 +6,11 @@ for the whole cluster, by the node holding the dispatcher lease."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.cluster.conftest import ClusterWorld
 from tests.conftest import RunningGateway, free_port, mailward_cli, mailward_ok, send
@@ -93,3 +95,24 @@ async def test_each_webhook_event_is_sent_once_for_the_cluster(cluster_world: Cl
     assert sorted(e["data"]["node"] for e in receiver.events) == \
         ["node-a", "node-a", "node-b", "node-b", "node-c", "node-c"]
     await receiver.stop()
+
+
+async def test_a_rebuilt_node_with_the_same_id_does_not_mix_its_new_chain_into_the_copy(
+        cluster_world: ClusterWorld, caplog: pytest.LogCaptureFixture) -> None:
+    await cluster_world.start_dns(RECORDS)
+    sink = await cluster_world.sink("127.0.0.21")
+    node = await cluster_world.node("node-a")
+    await submit(node, "pat@clinic.test", "first life")
+    await eventually(lambda: len(sink.messages) == 1)
+    await eventually(lambda: _delivered_shipped(cluster_world.database_url) == 1, timeout=20)
+    before = shipped(cluster_world.database_url)["node-a"]
+    await node.gateway.drain()
+    shutil.rmtree(node.gateway.config.audit.dir)  # the node is rebuilt: a new, empty audit log
+
+    node = await cluster_world.node("node-a")
+    await submit(node, "pat@clinic.test", "second life")
+    await eventually(lambda: len(sink.messages) == 2)
+    await eventually(lambda: "event=audit_copy_conflict" in caplog.text, timeout=20)
+    assert shipped(cluster_world.database_url)["node-a"] == before  # the old chain stays whole
+    verified = await mailward_ok(node.gateway.config.source, "audit", "verify")  # type: ignore[arg-type]
+    assert f"cluster copy of node-a: chain intact: {before} records" in verified

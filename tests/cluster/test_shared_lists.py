@@ -116,3 +116,26 @@ async def test_an_api_token_made_on_one_node_works_on_every_node(cluster_world: 
     async def refused() -> bool:
         return await status_on_b() == 401
     await eventually(refused, timeout=10)
+
+
+async def test_a_recipient_suppressed_on_node_a_is_not_sent_by_node_b_that_had_cleared_it(
+        cluster_world: ClusterWorld) -> None:
+    await cluster_world.start_dns(RECORDS)
+    sink = await cluster_world.sink("127.0.0.21")
+    node_a = await cluster_world.node("node-a")
+    node_b = await cluster_world.node("node-b")
+    delivery = node_b.gateway.delivery
+    assert delivery is not None
+    cache = delivery.suppression.cache  # type: ignore[attr-defined]
+    await submit(node_b, "pat@clinic.test", "first")  # the first lookup starts listening for notices
+    await eventually(lambda: len(sink.messages) == 1 and cache.generation() is not None)
+    await submit(node_b, "pat@clinic.test", "second")
+    await eventually(lambda: len(sink.messages) == 2)
+    key = ("pat@clinic.test", SENDER.rpartition("@")[2])
+    assert cache.known_clear(key)  # answered from memory now
+
+    await mailward_ok(node_a.gateway.config.source, "suppress", "add", "pat@clinic.test")  # type: ignore[arg-type]
+    await eventually(lambda: not cache.known_clear(key))  # the change notice dropped it
+    await submit(node_b, "pat@clinic.test", "after")
+    await eventually(lambda: len(cluster_world.dsns()) == 1)
+    assert len(sink.messages) == 2 and "suppression list" in str(cluster_world.dsns()[0])

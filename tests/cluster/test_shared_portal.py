@@ -11,7 +11,8 @@ import aiohttp
 import psycopg
 
 from gateway.portal.store import message_id_of, open_store
-from gateway.state.postgres import Database, PgPortalRecords
+from gateway.state.pgportal import PgPortalRecords
+from gateway.state.postgres import Database
 from tests.cluster.conftest import ClusterWorld
 from tests.conftest import RunningGateway, free_port, send
 from tests.delivery.portal_world import DOCTOR, MARKER, PATIENT, PDF, RECORDS
