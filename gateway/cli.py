@@ -125,7 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         action = queue.add_parser(name, help=helptext)
         action.add_argument("queue_ids", nargs="+", metavar="ID")
         action.set_defaults(handler=cmd_queue_change, action=name)
-    for sub in (q_list, q_show, q_retry, *(queue.choices[n] for n in ("hold", "release", "delete"))):
+    q_reinject = queue.add_parser("reinject", help="hand queued mail to another node (to retire this one)")
+    q_reinject.add_argument("queue_ids", nargs="*", metavar="ID")
+    q_reinject.add_argument("--all", action="store_true", help="every message in incoming, deferred and hold")
+    q_reinject.add_argument("--to", required=True, metavar="HOST:PORT", help="the other node's SMTP listener")
+    q_reinject.set_defaults(handler=_lazy("gateway.delivery.commands", "cmd_queue_reinject"))
+    for sub in (q_list, q_show, q_retry, q_reinject,
+                *(queue.choices[n] for n in ("hold", "release", "delete"))):
         sub.add_argument("--json", action="store_true", help="print JSON")
 
     keygen = commands.add_parser("keygen", help="create keys").add_subparsers(

@@ -1,4 +1,5 @@
-"""``mailward suppress`` and ``mailward pool``: the suppression list and egress IPs, by hand.
+"""``mailward suppress``, ``mailward pool`` and ``mailward queue reinject``: the suppression
+list, egress IPs and handing queued mail to another node, by hand.
 
 Both work on state the running gateway shares (the suppression list, on this node or in the
 cluster's database; the egress state file), so they take effect at once (pool changes within a
@@ -8,6 +9,7 @@ second) without a reload.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import sys
@@ -15,7 +17,7 @@ import time
 
 from gateway.audit.events import Audit, os_user
 from gateway.config import Config
-from gateway.errors import EXIT_OK, MailwardError
+from gateway.errors import EXIT_FAIL, EXIT_OK, MailwardError
 from gateway.reputation.egress import EgressPools, IpState, read_ip_states, write_ip_state
 from gateway.state.cluster import open_database, open_suppression, warmup_today
 from gateway.state.limits import LocalLimits, utc_day
@@ -99,3 +101,30 @@ def cmd_pool(config: Config, args: argparse.Namespace) -> int:
 
 def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_queue_reinject(config: Config, args: argparse.Namespace) -> int:
+    from gateway.delivery.reinject import MOVABLE, reinject
+    from gateway.spool import open_spool
+
+    host, _, port = args.to.rpartition(":")
+    if not host or not port.isdigit():
+        raise MailwardError(f"--to {args.to}: expected HOST:PORT of the other node's listener")
+    spool = open_spool(config.spool)
+    ids = list(args.queue_ids)
+    if args.all:
+        ids += [queue_id for state in MOVABLE for queue_id in spool.ids(state)]
+    if not ids:
+        raise MailwardError("name the messages (queue ids) or give --all")
+    audit = Audit.open(config.audit)
+    try:
+        handed = asyncio.run(reinject(config, spool, audit, ids, host.strip("[]"), int(port)))
+    finally:
+        audit.close()
+        spool.close()
+    if args.json:
+        print(json.dumps([{"queue_id": h.queue_id, "ok": h.ok, "result": h.result} for h in handed],
+                         indent=1))
+    for h in handed if not args.json else ():
+        print(f"{h.queue_id}: {h.result}", file=sys.stdout if h.ok else sys.stderr)
+    return EXIT_OK if all(h.ok for h in handed) else EXIT_FAIL
