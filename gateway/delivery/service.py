@@ -59,7 +59,7 @@ class DeliveryService:
         self._reporting: asyncio.Task[None] | None = None
         self.spool = spool
         # Limits (throttling, warm-up counts) and the suppression list outlive reloads.
-        self.state = state or SharedState(config.cluster.node_id, _config=config)
+        self.state = state or SharedState(config)
         self._own_state = state is None
         self.suppression = self.state.open_suppression()
         self.limits = self.state.limits(queues=lambda: {state.value: count for state, (count, _, _)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import eventlog, metrics
@@ -54,15 +53,15 @@ def open_suppression(config: Config, database: Database | None) -> Suppression:
     return LocalSuppression(config.delivery.suppression.file)
 
 
-@dataclass
 class SharedState:
     """The state one gateway process works with; `close` when the process stops."""
 
-    node_id: str
-    database: Database | None = None
-    suppression: Suppression | None = None
-    _limits: Limits | None = field(default=None, repr=False)
-    _config: Config | None = field(default=None, repr=False)
+    def __init__(self, config: Config, database: Database | None = None) -> None:
+        self.config = config
+        self.node_id = config.cluster.node_id
+        self.database = database  # None: this node's files only
+        self.suppression: Suppression | None = None
+        self._limits: Limits | None = None
 
     @classmethod
     def open(cls, config: Config) -> SharedState:
@@ -84,12 +83,11 @@ class SharedState:
                 metrics.CLUSTER_STATE_UP.labels("postgres").set(1)
         if config.cluster.enabled:
             metrics.NODE_INFO.labels(config.cluster.node_id).set(1)
-        return cls(config.cluster.node_id, database, _config=config)
+        return cls(config, database)
 
     def open_suppression(self) -> Suppression:
         if self.suppression is None:
-            assert self._config is not None
-            self.suppression = open_suppression(self._config, self.database)
+            self.suppression = open_suppression(self.config, self.database)
         return self.suppression
 
     def portal_records(self) -> PortalRecords | None:
@@ -117,8 +115,7 @@ class SharedState:
         """Delivery's limits and counters (made once; they outlive reloads). Shared ones start
         their lease renewals and heartbeats here, so call it on the event loop."""
         if self._limits is None:
-            assert self._config is not None
-            cluster, delivery = self._config.cluster, self._config.delivery
+            cluster, delivery = self.config.cluster, self.config.delivery
             local = LocalLimits(WarmupCounts(delivery.warmup_file))
             if cluster.redis is None:
                 self._limits = local
