@@ -147,3 +147,19 @@ def test_example_config_documents_every_key() -> None:
 
     walk(Config, "")
     assert missing == []
+
+
+def test_a_cluster_needs_a_node_id_and_no_password_in_its_urls(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse("cluster:\n  redis: redis://:hunter2@10.0.0.5:6379/0\n"
+              "  postgres: postgresql://mailward:hunter2@10.0.0.6/mailward\n", tmp_path)
+    text = str(info.value)
+    assert "cluster.node_id" in text and "each node needs its own node_id" in text
+    assert "cluster.redis" in text and "no password in the URL" in text and "redis_password_file" in text
+    assert "cluster.postgres" in text and "postgres_password_file" in text
+    assert "hunter2" not in text  # a secret is never echoed back
+
+
+def test_without_a_cluster_section_everything_stays_local(tmp_path: Path) -> None:
+    config = parse("hostname: mx.example.com\n", tmp_path)
+    assert not config.cluster.enabled and config.cluster.redis is None and config.cluster.postgres is None

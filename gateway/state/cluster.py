@@ -4,6 +4,9 @@ Without `cluster` (or without its `redis`/`postgres` URL) everything stays on th
 files and SQLite. With them, limits and counters go to Redis and durable lists to PostgreSQL.
 The app builds one `SharedState` per process and hands its parts down; nothing below asks the
 config which backend is in use.
+
+The Redis and PostgreSQL drivers are imported only when `cluster:` names them: a node on its
+own does not carry them (some 10 MB in each of its processes).
 """
 
 from __future__ import annotations
@@ -11,20 +14,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import eventlog, metrics
 from gateway.config import ClusterConfig, Config
 from gateway.errors import StateUnavailable
 from gateway.keyfiles import read_secret
-from gateway.state.audit_copy import PgAuditCopy
 from gateway.state.limits import Limits, LocalLimits, WarmupCounts, utc_day
-from gateway.state.pgportal import PgPasswordHashes, PgPortalRecords
-from gateway.state.pgsuppression import PgSuppression
 from gateway.state.portal import PasswordHashes, PortalRecords
-from gateway.state.postgres import Database, PgApiTokens, PgLease
-from gateway.state.redis import RedisLimits, cluster_view, connect, warmup_counts
 from gateway.state.suppression import LocalSuppression, Suppression
+
+if TYPE_CHECKING:
+    from gateway.state.audit_copy import PgAuditCopy
+    from gateway.state.postgres import Database, PgApiTokens, PgLease
 
 log = logging.getLogger("mailward.cluster")
 
@@ -42,6 +44,7 @@ def open_database(config: Config) -> Database | None:
     cluster = config.cluster
     if cluster.postgres is None:
         return None
+    from gateway.state.postgres import Database
     return Database(cluster.postgres, password=_password(cluster.postgres_password_file),
                     ca_file=_ca(cluster))
 
@@ -49,6 +52,7 @@ def open_database(config: Config) -> Database | None:
 def open_suppression(config: Config, database: Database | None) -> Suppression:
     if database is not None:
         # This node's own list keeps what cannot reach the database meanwhile.
+        from gateway.state.pgsuppression import PgSuppression
         return PgSuppression(database, LocalSuppression(config.delivery.suppression.file))
     return LocalSuppression(config.delivery.suppression.file)
 
@@ -92,23 +96,28 @@ class SharedState:
 
     def portal_records(self) -> PortalRecords | None:
         """The cluster's portal records (None on one node: the portal keeps its files)."""
+        from gateway.state.pgportal import PgPortalRecords
         return PgPortalRecords(self.database) if self.database is not None else None
 
     def portal_password_hashes(self) -> PasswordHashes | None:
+        from gateway.state.pgportal import PgPasswordHashes
         return PgPasswordHashes(self.database) if self.database is not None else None
 
     def api_tokens(self) -> PgApiTokens | None:
         """The cluster's API tokens (None on one node: the tokens file)."""
+        from gateway.state.postgres import PgApiTokens
         return PgApiTokens(self.database) if self.database is not None else None
 
     def audit_copy(self) -> PgAuditCopy | None:
         """The cluster's copy of every node's audit log (None on one node)."""
+        from gateway.state.audit_copy import PgAuditCopy
         return PgAuditCopy(self.database) if self.database is not None else None
 
     def lease(self, name: str) -> PgLease | None:
         """A lease one process of the cluster holds at a time (None on one node: no contest)."""
         if self.database is None:
             return None
+        from gateway.state.postgres import PgLease
         return PgLease(self.database, name, f"{self.node_id}:{os.getpid()}")
 
     def limits(self, queues: Callable[[], Mapping[str, int]] = dict) -> Limits:
@@ -120,6 +129,7 @@ class SharedState:
             if cluster.redis is None:
                 self._limits = local
             else:
+                from gateway.state.redis import RedisLimits, connect
                 client = connect(cluster.redis, _password(cluster.redis_password_file), _ca(cluster))
                 shared = RedisLimits(client, cluster.node_id, local, queues=queues)
                 shared.start()
@@ -140,6 +150,7 @@ class SharedState:
 def redis_view(config: Config, names: list[str]) -> tuple[float, list[Any], dict[str, dict[str, Any]]]:
     cluster = config.cluster
     assert cluster.redis is not None
+    from gateway.state.redis import cluster_view
     return cluster_view(cluster.redis, _password(cluster.redis_password_file), _ca(cluster), names)
 
 
@@ -148,6 +159,7 @@ def warmup_today(config: Config, ips: list[str], now: float) -> dict[str, dict[s
     cluster = config.cluster
     day = utc_day(now).isoformat()
     if cluster.redis is not None:
+        from gateway.state.redis import warmup_counts
         return warmup_counts(cluster.redis, day, ips, _password(cluster.redis_password_file), _ca(cluster))
     counts = WarmupCounts(config.delivery.warmup_file)
     return {ip: dict(counts.counts.get(ip, {})) for ip in ips} if counts.day == day else {}
