@@ -96,22 +96,30 @@ class SharedState:
 
     def portal_records(self) -> PortalRecords | None:
         """The cluster's portal records (None on one node: the portal keeps its files)."""
+        if self.database is None:
+            return None
         from gateway.state.pgportal import PgPortalRecords
-        return PgPortalRecords(self.database) if self.database is not None else None
+        return PgPortalRecords(self.database)
 
     def portal_password_hashes(self) -> PasswordHashes | None:
+        if self.database is None:
+            return None
         from gateway.state.pgportal import PgPasswordHashes
-        return PgPasswordHashes(self.database) if self.database is not None else None
+        return PgPasswordHashes(self.database)
 
     def api_tokens(self) -> PgApiTokens | None:
         """The cluster's API tokens (None on one node: the tokens file)."""
+        if self.database is None:
+            return None
         from gateway.state.postgres import PgApiTokens
-        return PgApiTokens(self.database) if self.database is not None else None
+        return PgApiTokens(self.database)
 
     def audit_copy(self) -> PgAuditCopy | None:
         """The cluster's copy of every node's audit log (None on one node)."""
+        if self.database is None:
+            return None
         from gateway.state.audit_copy import PgAuditCopy
-        return PgAuditCopy(self.database) if self.database is not None else None
+        return PgAuditCopy(self.database)
 
     def lease(self, name: str) -> PgLease | None:
         """A lease one process of the cluster holds at a time (None on one node: no contest)."""

@@ -4,14 +4,17 @@ their queues and the shared limits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.state.postgres import SCHEMA_VERSION
 from tests.cluster.conftest import NODES, ClusterWorld
 from tests.cluster.servers import PostgresServer
 from tests.cluster.test_shared_limits import LIMITED
-from tests.conftest import mailward_cli, mailward_ok
+from tests.conftest import free_port, mailward_cli, mailward_ok
 from tests.polling import eventually
 
 
@@ -55,3 +58,27 @@ async def test_status_says_when_redis_does_not_answer(cluster_world: ClusterWorl
                                    "cluster", "status")
     assert code == 1
     assert "problem: Redis at redis://127.0.0.1:9/0 does not answer" in out
+
+
+async def test_a_node_without_a_cluster_loads_neither_driver(make_config: Any, tmp_path: Path) -> None:
+    """A single node's processes stay as small as before: the Redis and PostgreSQL drivers are
+    imported only for `cluster:` (each costs several MB in every process)."""
+    config = make_config(delivery={"paused": False, "nameservers": ["127.0.0.1:9"]},
+                         api={"listen": f"127.0.0.1:{free_port()}"},
+                         webhooks=[], portal={"enabled": False})
+    assert config.source is not None
+    script = (
+        "import asyncio, sys\n"
+        "from gateway.app import Gateway\n"
+        "from gateway.config import load_config\n"
+        "async def main():\n"
+        f"    gateway = Gateway(load_config(__import__('pathlib').Path({str(config.source)!r})))\n"
+        "    await gateway.start()\n"
+        "    print(sorted(m for m in ('redis', 'psycopg', 'psycopg_pool') if m in sys.modules))\n"
+        "    await gateway.drain()\n"
+        "asyncio.run(main())\n")
+    pipe = asyncio.subprocess.PIPE
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=pipe, stderr=pipe)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().strip().splitlines()[-1] == "[]"
