@@ -548,6 +548,30 @@ class PortalConfig:
         return found
 
 
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The compliance console (docs/console.md): held-message review, message trace, reports,
+    for users of `mailward console user add`. Off unless `listen` is set."""
+
+    listen: HostPort | None = None
+    users_file: Path = Path("var/keys/console-users.json")  # 0600; hashes and TOTP secrets
+    idle_timeout: Duration = Duration(900)  # a session unused this long signs out
+    held_flag_age: Duration = Duration(86400)  # held mail older than this is flagged
+    # Its own HTTPS certificate; without it, serve it through a TLS reverse proxy (as the portal).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For names the client
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = _certificate_problems(self.tls_cert_file, self.tls_key_file)
+        if self.listen is not None and self.tls_cert_file is None and not self.trusted_proxies:
+            host = self.listen.host
+            if not (host.startswith("127.") or host in ("::1", "localhost")):
+                found.append(("listen", "the console serves HTTPS (tls_cert_file, tls_key_file) or sits on "
+                                        "loopback behind a TLS reverse proxy (trusted_proxies)"))
+        return found
+
+
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -616,6 +640,7 @@ class Config:
     portal: PortalConfig = PortalConfig()
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = ClusterConfig()
+    console: ConsoleConfig = ConsoleConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # SMTP ingest processes sharing the listeners (SO_REUSEPORT); delivery and DLP scanning have
     # processes of their own. One per core left over after those is a good start.

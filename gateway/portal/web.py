@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import functools
 import hmac
 import ipaddress
@@ -33,7 +31,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from email.message import EmailMessage, MIMEPart
+from email.message import EmailMessage
 from importlib import resources
 from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
@@ -48,6 +46,7 @@ from gateway.httpheaders import server_header
 from gateway.portal import passcode
 from gateway.portal.passwords import MIN_LENGTH, RecipientPasswords
 from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
+from gateway.safeview import BODY_CSP, html_frame, parse, secure_headers, size, text_of, when
 from gateway.typedyaml import address_in
 
 log = logging.getLogger("mailward.portal")
@@ -68,14 +67,6 @@ SendReply = Callable[[PortalMessage, EmailMessage, str], Awaitable[None]]
 SESSION_TTL = 1800.0
 MAX_REPLY = 20_000
 PER_IP_CODES = 10  # passcode requests per client address per hour
-_PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' https:; frame-src 'self'; "
-             "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-# The body is a document of the sender's: sandboxed even if opened on its own, no forms, no
-# navigation targets, nothing remote.
-_BODY_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-             "form-action 'none'; base-uri 'none'; frame-ancestors 'self'")
-_SCRIPT = re.compile(r"<script\b.*?</script\s*>", re.IGNORECASE | re.DOTALL)
-_REFRESH = re.compile(r"<meta\b[^>]*http-equiv\s*=\s*[\"']?\s*refresh[^>]*>", re.IGNORECASE)
 LOCKED_TEXT = "Too many wrong attempts. The message is locked for 15 minutes."
 
 
@@ -147,13 +138,7 @@ class PortalApp:
         return response
 
     def _secure(self, headers: Any) -> None:
-        headers.setdefault("Content-Security-Policy", _PAGE_CSP)
-        headers["Cache-Control"] = "no-store"
-        headers["Referrer-Policy"] = "no-referrer"
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers.setdefault("X-Frame-Options", "DENY")
-        if self.secure:
-            headers["Strict-Transport-Security"] = "max-age=31536000"
+        secure_headers(headers, https=self.secure)
 
     # -- pages ------------------------------------------------------------------------------
 
@@ -246,7 +231,7 @@ class PortalApp:
             "start.html.j2", title="You have a secure message", token=token, csrf=csrf,
             masked=_mask(record.recipient), message=message, code_sent=code_sent,
             has_password=has_password and not passcode.locked(record),
-            expires=_when(record.expires)), csrf)
+            expires=when(record.expires)), csrf)
 
     async def request_code(self, request: web.Request) -> web.Response:
         _, record, _ = await self._message(request)
@@ -421,18 +406,18 @@ class PortalApp:
         session = self._session(request, record)
         if session is None:
             raise web.HTTPSeeOther(f"/m/{token}")
-        message = _parse(content)
+        message = parse(content)
         plain = message.get_body(("plain",))
         html = message.get_body(("html",))
         response = self._page(
             "read.html.j2", title="Secure message", token=token, csrf=session.csrf,
             sender=str(message.get("From", record.sender)), subject=str(message.get("Subject", "")),
-            date=str(message.get("Date", "")), expires=_when(record.expires), replied=replied, note=note,
+            date=str(message.get("Date", "")), expires=when(record.expires), replied=replied, note=note,
             has_password=await asyncio.to_thread(self.passwords.has, record.recipient), code_sent=code_sent,
             html_body=plain is None and html is not None,
-            text_body=_text(plain) if plain is not None else "",
+            text_body=text_of(plain) if plain is not None else "",
             attachments=[{"name": a.get_filename() or f"attachment-{i + 1}",
-                          "size": _size(len(a.get_payload(decode=True) or b""))}
+                          "size": size(len(a.get_payload(decode=True) or b""))}
                          for i, a in enumerate(message.iter_attachments())])
         return self._with_csrf(response, session.csrf)
 
@@ -443,17 +428,16 @@ class PortalApp:
         # page of our origin (browsers that send no Sec-Fetch-Dest are not supported).
         if request.headers.get("Sec-Fetch-Dest", "") != "iframe":
             raise self._notice("Not available", "Open the message from its link.", 403)
-        html = _parse(content).get_body(("html",))
-        markup = _REFRESH.sub("", _SCRIPT.sub("", _text(html))) if html is not None else ""
+        markup = html_frame(parse(content))
         response = web.Response(text=markup, content_type="text/html", charset="utf-8")
-        response.headers["Content-Security-Policy"] = _BODY_CSP
+        response.headers["Content-Security-Policy"] = BODY_CSP
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
         return response
 
     async def attachment(self, request: web.Request) -> web.Response:
         _, record, content = await self._message(request)
         self._required_session(request, record)
-        attachments = list(_parse(content).iter_attachments())
+        attachments = list(parse(content).iter_attachments())
         index = request.match_info["index"]
         if not index.isdigit() or int(index) >= len(attachments):
             raise web.HTTPNotFound()
@@ -469,7 +453,7 @@ class PortalApp:
         form = await self._session_form(request, record)
         text = form.get("text", "")[:MAX_REPLY].strip()
         if text:
-            await self.send_reply(record, _parse(content), text)
+            await self.send_reply(record, parse(content), text)
             await self._event("replied", record, self.client(request))
         return await self.read(request, replied=bool(text))
 
@@ -514,33 +498,9 @@ _PASSWORD_CHANGED_TEXT = (
     "with a passcode and set a new password, and tell the sender.\n")
 
 
-def _text(part: MIMEPart) -> str:
-    """A text part's content; an unknown or lying charset falls back to UTF-8 with
-    replacement characters instead of failing the page."""
-    try:
-        return str(part.get_content())
-    except (LookupError, UnicodeError, ValueError):
-        payload = part.get_payload(decode=True)
-        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-
-
-def _parse(content: bytes) -> EmailMessage:
-    message = email.message_from_bytes(content, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
 def _mask(address: str) -> str:
     local, _, domain = address.partition("@")
     return f"{local[:1]}{'*' * max(len(local) - 1, 2)}@{domain}"
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%d %B %Y, %H:%M UTC", time.gmtime(timestamp))
-
-
-def _size(count: int) -> str:
-    return f"{count / 1024:.0f} KB" if count >= 1024 else f"{count} bytes"
 
 
 def _quote(name: str) -> str:
