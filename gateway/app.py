@@ -33,6 +33,8 @@ from gateway.audit.log import AuditLog
 from gateway.audit.shipper import AuditShipper
 from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
+from gateway.console.users import ConsoleUsers
+from gateway.console.web import ConsoleApp
 from gateway.delivery.service import DeliveryService
 from gateway.errors import MailwardError
 from gateway.ingress.feedback import Feedback, OneClick
@@ -121,6 +123,7 @@ class Gateway:
         self.webhooks: WebhookDispatcher | None = None
         self._shipper: AuditShipper | None = None
         self._api_runner: web.AppRunner | None = None
+        self._console_runner: web.AppRunner | None = None
         self._ingest_workers: list[ChildProcess] = []
         self.feedback: Feedback | None = None
         self.state: SharedState | None = None
@@ -208,6 +211,8 @@ class Gateway:
                                                  self.spool, int(config.spool.min_free))
         if config.portal.enabled:
             await self._start_portal()
+        if config.console.listen is not None:
+            await self._start_console()
         if config.api.listen is not None:
             assert self.state is not None
             shared_tokens = self.state.api_tokens()
@@ -306,6 +311,30 @@ class Gateway:
         self._portal_sweeper = asyncio.create_task(self._sweep_portal(store))
         eventlog.event(log, "portal_listening", address=portal.listen, base_url=portal.base_url)
 
+    async def _start_console(self) -> None:
+        """The compliance console on `console.listen` (docs/console.md)."""
+        console = self.config.console
+        assert console.listen is not None and self.spool is not None
+        https = console.tls_cert_file is not None and console.tls_key_file is not None
+        app = ConsoleApp(console, ConsoleUsers(console.users_file), self.spool, self.audit,
+                         hostname=self.config.hostname, released=self._wake_delivery,
+                         https=https or bool(console.trusted_proxies)).application()
+        self._console_runner = web.AppRunner(app, access_log=None)
+        await self._console_runner.setup()
+        context = certs.https_context(console.tls_cert_file, console.tls_key_file) \
+            if console.tls_cert_file is not None and console.tls_key_file is not None else None
+        await web.TCPSite(self._console_runner, console.listen.host, console.listen.port,
+                          ssl_context=context).start()
+        eventlog.event(log, "console_listening", address=console.listen,
+                       scheme="https" if context is not None else "http")
+
+    def _wake_delivery(self, queue_id: str) -> None:
+        """A message put back in incoming/ (released from hold): deliver it now."""
+        if self.delivery is not None:
+            self.delivery.notify(queue_id)
+        elif self._waker is not None:
+            self._waker.add(queue_id)
+
     async def _sweep_portal(self, store: PortalStore) -> None:
         """Delete expired portal messages for good, hourly (they are refused at once anyway)."""
         while True:
@@ -338,10 +367,7 @@ class Gateway:
         self._accepted(message)
 
     def _accepted(self, message: QueuedMessage) -> None:
-        if self.delivery is not None:
-            self.delivery.notify(message.queue_id)
-        elif self._waker is not None:
-            self._waker.add(message.queue_id)
+        self._wake_delivery(message.queue_id)
         if self._on_accepted is not None:
             self._on_accepted(message)
 
@@ -451,7 +477,7 @@ class Gateway:
         for task in (self._portal_sweeper, self._audit_pruner):
             if task is not None:
                 task.cancel()
-        for runner in (self._portal_runner, self._api_runner):
+        for runner in (self._portal_runner, self._api_runner, self._console_runner):
             if runner is not None:
                 await runner.cleanup()
         if self._metrics_server is not None:
@@ -503,6 +529,7 @@ def check_addresses(config: Config) -> None:
     wanted = [(f"{listener.address}:{listener.port}", listener.address, listener.port)
               for listener in config.listeners if listener.port]
     for name, address in (("metrics.listen", config.metrics.listen),
+                          ("console.listen", config.console.listen),
                           ("portal.listen", config.portal.listen if config.portal.enabled else None),
                           ("api.listen", config.api.listen)):
         if address is not None:

@@ -208,6 +208,21 @@ def _parser() -> argparse.ArgumentParser:
     c_status.add_argument("--json", action="store_true")
     c_status.set_defaults(handler=_lazy("gateway.state.commands", "cmd_cluster"), action="status")
 
+    console = commands.add_parser("console", help="the compliance console").add_subparsers(
+        title="console commands", metavar="ACTION", required=True)
+    console_user = console.add_parser("user", help="console users").add_subparsers(
+        title="console user commands", metavar="ACTION", required=True)
+    cu_add = console_user.add_parser("add", help="add a user, or change one's role and password")
+    cu_add.add_argument("name")
+    cu_add.add_argument("--role", choices=("viewer", "reviewer", "admin"), required=True)
+    cu_add.add_argument("--password-file", type=Path, help="read the password from this file "
+                                                           "(default: ask, or one line of stdin)")
+    cu_remove = console_user.add_parser("remove", help="remove a user (signs them out)")
+    cu_remove.add_argument("name")
+    cu_list = console_user.add_parser("list", help="names, roles and second-factor state")
+    for sub, verb in ((cu_add, "add"), (cu_remove, "remove"), (cu_list, "list")):
+        sub.set_defaults(handler=_lazy("gateway.console.commands", "cmd_console_user"), action=verb)
+
     dns = commands.add_parser("dns", help="sender domains' DNS").add_subparsers(
         title="DNS commands", metavar="ACTION", required=True)
     d_check = dns.add_parser("check", help="SPF, DKIM, DMARC, MTA-STS and TLS-RPT records against "
@@ -538,7 +553,7 @@ def cmd_keygen_spool(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_password(args: argparse.Namespace) -> str:
+def read_password(args: argparse.Namespace) -> str:
     if args.password_file is not None:
         password_file: Path = args.password_file
         return password_file.read_text(encoding="utf-8").rstrip("\r\n")
@@ -591,7 +606,7 @@ def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
     from gateway.ingress.users import UserStore
 
     try:
-        UserStore(config.relay.users_file).add(args.name, _read_password(args))
+        UserStore(config.relay.users_file).add(args.name, read_password(args))
     except ValueError as exc:
         raise MailwardError(str(exc)) from None
     print(f"{args.name}: saved in {config.relay.users_file}")

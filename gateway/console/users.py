@@ -5,15 +5,17 @@ Roles, each including the one before: ``viewer`` (message trace, reports, health
 content), ``reviewer`` (also held messages' content, release and delete), ``admin`` (also users).
 A user enrols a TOTP second factor at the first sign-in (the secret is made then and kept here);
 until then only the password is asked, followed by the enrolment. `MAX_FAILURES` wrong passwords
-or codes in a row lock the user for `LOCKOUT`. Checking a password costs tens of milliseconds of
-CPU by design: call `check_password` in a thread. An unknown user is checked against a dummy
-hash, so the time taken does not tell which names exist.
+or codes in a row lock the user for `LOCKOUT`; a code is accepted once (a replayed one fails).
+Checking a password costs tens of milliseconds of CPU by design: call `check_password` in a
+thread. An unknown user is checked against a dummy hash, so the time taken does not tell which
+names exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hmac
 import json
 import re
 import threading
@@ -50,6 +52,7 @@ class ConsoleUser:
     totp_secret: str = ""  # base32; "" until enrolled
     failures: int = 0
     locked_until: float = 0.0
+    totp_step: int = 0  # the time step of the last code accepted: a code works once
 
     def may(self, role: Role) -> bool:
         """Whether this user has `role` or a stronger one."""
@@ -132,11 +135,12 @@ class ConsoleUsers:
         if current is None or current.locked():
             return False
         key = secret or current.totp_secret
-        if key and pyotp.TOTP(key).verify(code.strip()[:10], valid_window=1):
+        step = _matching_step(key, code.strip()[:10]) if key else None
+        if step is not None and step > current.totp_step:
             with self._lock:
                 users = self._load()
                 users[user.name] = dataclasses.replace(users[user.name], failures=0, locked_until=0.0,
-                                                       totp_secret=key)
+                                                       totp_secret=key, totp_step=step)
                 self._save(users)
             return True
         self.failed(user.name)
@@ -157,6 +161,17 @@ class ConsoleUsers:
             users[name] = user
             self._save(users)
             return user
+
+
+def _matching_step(secret: str, code: str) -> int | None:
+    """The time step whose code `code` is, within one step of now (clock drift), else None."""
+    totp = pyotp.TOTP(secret)
+    now = time.time()
+    for offset in (0, -1, 1):
+        moment = now + offset * totp.interval
+        if hmac.compare_digest(totp.at(moment), code):
+            return int(moment) // totp.interval
+    return None
 
 
 def new_totp_secret() -> str:

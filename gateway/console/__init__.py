@@ -1,0 +1,1 @@
+"""The compliance console: held-message review, for compliance staff (see `web`)."""

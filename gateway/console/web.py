@@ -1,0 +1,310 @@
+"""The compliance console: sign-in with password and TOTP, and the held messages (quarantine)
+that a reviewer opens, releases or deletes, each with a reason, each in the audit log under the
+console user's name.
+
+Server-rendered (Jinja2, as the portal), working without JavaScript, with the portal's posture:
+a strict CSP on every answer, a CSRF token in every form, HttpOnly SameSite=Strict session
+cookies (Secure over HTTPS), no-store. A sender's message is shown as `safeview` shows it: text
+escaped, HTML only in a sandboxed frame, attachments as downloads. Viewers see who sent what to
+whom and why it was held, never content, and get 403 for anything more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import jinja2
+import segno
+from aiohttp import web
+from markupsafe import Markup
+
+from gateway import eventlog
+from gateway.audit.events import Audit
+from gateway.config import ConsoleConfig
+from gateway.console.sessions import Session, Sessions
+from gateway.console.users import ConsoleUser, ConsoleUsers, Role, new_totp_secret, provisioning_uri
+from gateway.errors import MailwardError
+from gateway.httpheaders import server_header
+from gateway.safeview import BODY_CSP, html_frame, parse, secure_headers, size, text_of, when
+from gateway.spool import QueueState, Spool
+
+log = logging.getLogger("mailward.console")
+COOKIE = "mw_console"
+MAX_REASON = 500
+Released = Callable[[str], None]
+
+
+class ConsoleApp:
+    def __init__(self, config: ConsoleConfig, users: ConsoleUsers, spool: Spool, audit: Audit, *,
+                 hostname: str, released: Released, https: bool) -> None:
+        self.config = config
+        self.users = users
+        self.spool = spool
+        self.audit = audit
+        self.hostname = hostname
+        self.released = released  # a released message is in incoming/: wake delivery
+        self.https = https
+        self.sessions = Sessions(float(config.idle_timeout))
+        self._templates = jinja2.Environment(loader=jinja2.PackageLoader("gateway.console", "templates"),
+                                             autoescape=True, undefined=jinja2.StrictUndefined)
+        self._css = resources.files("gateway.console").joinpath("templates/console.css").read_bytes()
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[server_header, self._headers], client_max_size=256 * 1024)
+        app.router.add_get("/", self.home)
+        app.router.add_get("/login", self.login_page)
+        app.router.add_post("/login", self.login)
+        app.router.add_get("/login/code", self.code_page)
+        app.router.add_post("/login/code", self.code)
+        app.router.add_post("/logout", self.logout)
+        app.router.add_get("/held", self.held)
+        app.router.add_post("/held", self.held_action)
+        app.router.add_get("/held/{queue_id}", self.held_message)
+        app.router.add_get("/held/{queue_id}/body", self.held_body)
+        app.router.add_get("/held/{queue_id}/attachment/{index}", self.held_attachment)
+        app.router.add_get("/static/console.css", self.css)
+        app.router.add_get("/healthz", self.health)
+        return app
+
+    @web.middleware
+    async def _headers(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            secure_headers(exc.headers, https=self.https)
+            raise
+        except Exception as exc:  # a page that fails still answers as a page of ours
+            eventlog.event(log, "console_error", logging.ERROR, error=type(exc).__name__)
+            log.debug("console error", exc_info=exc)
+            response = self._page("error.html.j2", None, status=500, title="Something went wrong")
+        secure_headers(response.headers, https=self.https)
+        return response
+
+    # -- pages and sessions ---------------------------------------------------------------------
+
+    def _page(self, template: str, session: Session | None, status: int = 200, **values: Any) -> web.Response:
+        user = self.users.get(session.user) if session is not None and session.stage == "in" else None
+        html = self._templates.get_template(template).render(user=user, csrf=session.csrf if session else "",
+                                                             hostname=self.hostname, **values)
+        return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
+
+    def _session(self, request: web.Request) -> Session | None:
+        return self.sessions.get(request.cookies.get(COOKIE, "")[:100])
+
+    def _signed_in(self, request: web.Request, role: Role = "viewer") -> tuple[Session, ConsoleUser]:
+        """The signed-in session and its user with at least `role`: else to the sign-in page, or 403."""
+        session = self._session(request)
+        user = self.users.get(session.user) if session is not None and session.stage == "in" else None
+        if session is None or user is None:
+            raise web.HTTPSeeOther("/login")
+        if not user.may(role):
+            raise web.HTTPForbidden(text=f"This needs the {role} role.")
+        return session, user
+
+    async def _form(self, request: web.Request, session: Session | None) -> dict[str, Any]:
+        """A posted form whose CSRF token matches the session's (or, before one, the cookie's)."""
+        form = await request.post()
+        expected = session.csrf if session is not None else request.cookies.get("mw_console_csrf", "")
+        if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
+            raise web.HTTPForbidden(text="The form expired; open the page again.")
+        return {key: form.getall(key) if key == "queue_id" else str(value) for key, value in form.items()}
+
+    def _cookie(self, response: web.StreamResponse, name: str, value: str) -> None:
+        response.set_cookie(name, value, httponly=True, samesite="Strict", secure=self.https, path="/")
+
+    async def _audit(self, event: str, user: str, request: web.Request, **fields: Any) -> None:
+        eventlog.event(log, event, user=user, client=request.remote, **{k: v for k, v in fields.items()
+                                                                         if k != "reason"})
+        await self.audit.write({"event": event, "queue_id": fields.pop("queue_id", None), "user": user,
+                                "by": "console", "client": request.remote, **fields})
+
+    async def home(self, request: web.Request) -> web.Response:
+        self._signed_in(request)
+        raise web.HTTPSeeOther("/held")
+
+    async def login_page(self, request: web.Request, message: str = "") -> web.Response:
+        csrf = request.cookies.get("mw_console_csrf") or secrets.token_urlsafe(24)
+        html = self._templates.get_template("login.html.j2").render(user=None, csrf=csrf, message=message,
+                                                                    hostname=self.hostname)
+        response = web.Response(text=html, content_type="text/html", charset="utf-8",
+                                status=401 if message else 200)
+        self._cookie(response, "mw_console_csrf", csrf)
+        return response
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await self._form(request, None)
+        name = form.get("name", "")[:64]
+        user = await asyncio.to_thread(self.users.check_password, name, form.get("password", ""))
+        if user is None:
+            known = self.users.get(name)
+            reason = "locked" if known is not None and known.locked() else "password"
+            await self._audit("console_signin_failed", name if known else "(unknown)", request, reason=reason)
+            return await self.login_page(request, "Wrong name or password, or the account is locked for a "
+                                                  "while after too many failures.")
+        if user.totp_secret:
+            session_id = self.sessions.start(user.name, "code")
+        else:
+            session_id = self.sessions.start(user.name, "enrol", new_totp_secret())
+        response = web.HTTPSeeOther("/login/code")
+        self._cookie(response, COOKIE, session_id)
+        raise response
+
+    async def code_page(self, request: web.Request, message: str = "") -> web.Response:
+        session = self._session(request)
+        if session is None or session.stage == "in":
+            raise web.HTTPSeeOther("/login" if session is None else "/held")
+        qr = secret = ""
+        if session.stage == "enrol":
+            uri = provisioning_uri(session.enrol_secret, session.user, f"Mailward {self.hostname}")
+            qr, secret = segno.make(uri, error="m").svg_inline(scale=4, title="TOTP enrolment"), \
+                session.enrol_secret
+        return self._page("code.html.j2", session, status=401 if message else 200, message=message,
+                          enrolling=session.stage == "enrol", qr=Markup(qr), secret=secret)  # noqa: S704 - segno's own SVG
+
+    async def code(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if session is None or session.stage == "in":
+            raise web.HTTPSeeOther("/login")
+        form = await self._form(request, session)
+        user = self.users.get(session.user)
+        if user is None or not await asyncio.to_thread(self.users.check_code, user, form.get("code", ""),
+                                                       session.enrol_secret or None):
+            current = self.users.get(session.user)
+            if current is None or current.locked():
+                self.sessions.end_user(session.user)
+                await self._audit("console_signin_failed", session.user, request, reason="locked")
+                raise web.HTTPSeeOther("/login")
+            await self._audit("console_signin_failed", session.user, request, reason="code")
+            return await self.code_page(request, "That code is not right.")
+        if session.stage == "enrol":
+            await self._audit("console_totp_enrolled", session.user, request)
+        session.stage, session.enrol_secret = "in", ""
+        await self._audit("console_signin", session.user, request, role=user.role)
+        raise web.HTTPSeeOther("/held")
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session, user = self._signed_in(request)
+        await self._form(request, session)
+        self.sessions.end(request.cookies.get(COOKIE, ""))
+        await self._audit("console_signout", user.name, request)
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    # -- held messages ----------------------------------------------------------------------------
+
+    async def held(self, request: web.Request, note: str = "") -> web.Response:
+        session, user = self._signed_in(request)
+        rows = await asyncio.to_thread(self._held_rows)
+        return self._page("held.html.j2", session, rows=rows, note=note, can_act=user.may("reviewer"))
+
+    def _held_rows(self) -> list[dict[str, Any]]:
+        now, flag_age = time.time(), float(self.config.held_flag_age)
+        rows = []
+        for queue_id in self.spool.ids(QueueState.HOLD):
+            try:
+                message = self.spool.load(queue_id, QueueState.HOLD)
+            except (MailwardError, OSError):
+                continue  # released or deleted while listed
+            rows.append({"queue_id": queue_id, "received": when(message.received_at),
+                         "sender": message.envelope.sender or "<>",
+                         "recipients": [r.address for r in message.envelope.recipients],
+                         "rules": list(message.policy.rules), "action": message.policy.action,
+                         "size": size(message.size), "age_hours": int((now - message.received_at) // 3600),
+                         "old": now - message.received_at > flag_age})
+        return sorted(rows, key=lambda r: r["queue_id"])
+
+    def _held(self, queue_id: str) -> Any:
+        if queue_id not in self.spool.ids(QueueState.HOLD):
+            raise web.HTTPNotFound(text="No such held message (released or deleted already?).")
+        return self.spool.read(queue_id, QueueState.HOLD)
+
+    async def held_message(self, request: web.Request) -> web.Response:
+        session, user = self._signed_in(request)
+        queue_id = request.match_info["queue_id"]
+        message, content = await asyncio.to_thread(self._held, queue_id)
+        shown: dict[str, Any] = {}
+        if user.may("reviewer"):
+            parsed = parse(content)
+            plain = parsed.get_body(("plain",))
+            shown = {"subject": str(parsed.get("Subject", "")), "from": str(parsed.get("From", "")),
+                     "text_body": text_of(plain) if plain is not None else "",
+                     "has_html": parsed.get_body(("html",)) is not None,
+                     "attachments": [{"name": a.get_filename() or f"attachment-{i + 1}",
+                                      "size": size(len(a.get_payload(decode=True) or b""))}
+                                     for i, a in enumerate(parsed.iter_attachments())]}
+            await self._audit("console_viewed", user.name, request, queue_id=queue_id)
+        return self._page("held_message.html.j2", session, message=message, shown=shown,
+                          received=when(message.received_at), size=size(message.size),
+                          can_act=user.may("reviewer"))
+
+    async def held_body(self, request: web.Request) -> web.Response:
+        self._signed_in(request, "reviewer")
+        if request.headers.get("Sec-Fetch-Dest", "") != "iframe":
+            raise web.HTTPForbidden(text="Only as the frame of the message page.")
+        _, content = await asyncio.to_thread(self._held, request.match_info["queue_id"])
+        response = web.Response(text=html_frame(parse(content)), content_type="text/html", charset="utf-8")
+        response.headers["Content-Security-Policy"] = BODY_CSP
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        return response
+
+    async def held_attachment(self, request: web.Request) -> web.Response:
+        _, user = self._signed_in(request, "reviewer")
+        queue_id = request.match_info["queue_id"]
+        _, content = await asyncio.to_thread(self._held, queue_id)
+        attachments = list(parse(content).iter_attachments())
+        index = request.match_info["index"]
+        if not index.isdigit() or int(index) >= len(attachments):
+            raise web.HTTPNotFound()
+        number = int(index) + 1
+        await self._audit("console_downloaded", user.name, request, queue_id=queue_id, attachment=number)
+        return web.Response(body=attachments[number - 1].get_payload(decode=True) or b"",
+                            content_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="attachment-{number}"'})
+
+    async def held_action(self, request: web.Request) -> web.Response:
+        """Release or delete the selected held messages, with the reviewer's reason."""
+        session, user = self._signed_in(request, "reviewer")
+        form = await self._form(request, session)
+        action, reason = form.get("action", ""), str(form.get("reason", "")).strip()[:MAX_REASON]
+        queue_ids = [str(q) for q in form.get("queue_id", [])][:1000]
+        if action not in ("release", "delete"):
+            raise web.HTTPBadRequest(text="Choose release or delete.")
+        if not reason:
+            return await self.held(request, note="Give a reason: it goes into the audit log.")
+        if not queue_ids:
+            return await self.held(request, note="Select at least one message.")
+        done = 0
+        for queue_id in queue_ids:
+            try:
+                if action == "release":
+                    await asyncio.to_thread(self.spool.move, queue_id, QueueState.INCOMING,
+                                            only_from=(QueueState.HOLD,))
+                elif await asyncio.to_thread(self.spool.locate, queue_id) is QueueState.HOLD:
+                    await asyncio.to_thread(self.spool.remove, queue_id)
+                else:
+                    continue  # only held messages are deleted here
+            except (MailwardError, OSError):
+                continue  # not held (any more): another reviewer was quicker
+            await self._audit("released" if action == "release" else "deleted", user.name, request,
+                              queue_id=queue_id, reason=reason)
+            if action == "release":
+                self.released(queue_id)
+            done += 1
+        word = "released" if action == "release" else "deleted"
+        return await self.held(request, note=f"{done} message(s) {word}.")
+
+    async def css(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._css, content_type="text/css")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
