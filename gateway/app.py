@@ -315,10 +315,10 @@ class Gateway:
         """The compliance console on `console.listen` (docs/console.md)."""
         console = self.config.console
         assert console.listen is not None and self.spool is not None
-        https = console.tls_cert_file is not None and console.tls_key_file is not None
-        app = ConsoleApp(console, ConsoleUsers(console.users_file), self.spool, self.audit,
-                         hostname=self.config.hostname, released=self._wake_delivery,
-                         https=https or bool(console.trusted_proxies)).application()
+        # Secure cookies over its own HTTPS, or behind the TLS proxy (trusted_proxies).
+        https = console.tls_cert_file is not None or bool(console.trusted_proxies)
+        app = ConsoleApp(self.config, ConsoleUsers(console.users_file), self.spool, self.audit,
+                         released=self._wake_delivery, https=https).application()
         self._console_runner = web.AppRunner(app, access_log=None)
         await self._console_runner.setup()
         context = certs.https_context(console.tls_cert_file, console.tls_key_file) \

@@ -13,16 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.audit import reader
+from gateway.audit import reader, trace
 from gateway.config import Config
 from gateway.errors import EXIT_FAIL, EXIT_OK, MailwardError
-from gateway.keyfiles import hex_key
-
-
-def _key(config: Config) -> bytes:
-    if not config.audit.key_file.exists():
-        raise MailwardError(f"{config.audit.key_file}: no audit key (the gateway makes it on first start)")
-    return hex_key(config.audit.key_file, create=False)
 
 
 def _time(text: str | None) -> datetime.datetime | None:
@@ -37,13 +30,10 @@ def _time(text: str | None) -> datetime.datetime | None:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    key = _key(config)
-    result = reader.verify(config.audit.dir, key)
-    shipped = _verify_copy(config, key)
+    result, shipped = trace.verify(config)
     failed = bool(result.problems) or any(v.problems for v in shipped.values())
     if args.json:
-        print(json.dumps({"ok": not failed, **_verification_json(result),
-                          "cluster": {node: _verification_json(v) for node, v in shipped.items()}}, indent=1))
+        print(json.dumps(trace.verification_json(result, shipped), indent=1))
         return EXIT_FAIL if failed else EXIT_OK
     copies = [(f"cluster copy of {node}", verification) for node, verification in shipped.items()]
     for where, verification in [("audit", result), *copies]:
@@ -55,44 +45,6 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             print(f"{where}: chain intact: {verification.records} records{files}, "
                   f"seq {verification.first_seq or 0} to {verification.last_seq}")
     return EXIT_FAIL if failed else EXIT_OK
-
-
-def _verification_json(result: reader.Verification) -> dict[str, Any]:
-    return {"ok": not result.problems, "records": result.records, "files": result.files,
-            "first_seq": result.first_seq, "last_seq": result.last_seq,
-            "problems": [{"where": p.where, "seq": p.seq, "message": p.message} for p in result.problems]}
-
-
-def _verify_copy(config: Config, key: bytes) -> dict[str, reader.Verification]:
-    """Each node's chain in the cluster's copy (none on one node)."""
-    from gateway.state.audit_copy import PgAuditCopy
-    from gateway.state.cluster import open_database
-
-    database = open_database(config)
-    if database is None:
-        return {}
-    try:
-        copy = PgAuditCopy(database)
-        return {node: reader.verify_lines(node, copy.chain(node), key) for node in copy.nodes()}
-    finally:
-        database.close()
-
-
-def _search(config: Config, query: reader.Query) -> list[dict[str, Any]]:
-    """This node's records, or in a cluster every node's (from the copy), with `node` added."""
-    from gateway.state.audit_copy import PgAuditCopy
-    from gateway.state.cluster import open_database
-
-    database = open_database(config)
-    if database is None:
-        return reader.search(config.audit.dir, query)
-    try:
-        bound = [moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S") if moment else None
-                 for moment in (query.since, query.until)]
-        lines = PgAuditCopy(database).lines(bound[0], bound[1], query.queue_id)
-        return reader.select(({**json.loads(line), "node": node} for node, line in lines), query)
-    finally:
-        database.close()
 
 
 def _query(args: argparse.Namespace) -> reader.Query:
@@ -110,7 +62,7 @@ def _jsonl(records: list[dict[str, Any]]) -> str:
 
 
 def cmd_search(config: Config, args: argparse.Namespace) -> int:
-    records = _search(config, _query(args))
+    records = trace.search(config, _query(args))
     sys.stdout.write(_jsonl(records))
     return EXIT_OK if records else EXIT_FAIL
 
@@ -118,7 +70,7 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     if not (args.since or args.until):
         raise MailwardError("give --since and/or --until: an export covers a period")
-    records = _search(config, _query(args))
+    records = trace.search(config, _query(args))
     text = reader.to_csv(records) if args.format == "csv" else _jsonl(records)
     output: Path | None = args.output
     if output is None:

@@ -60,7 +60,7 @@ def attempt(message: QueuedMessage, outcome: str, attempt: Attempt, status: str,
             "tls": {"version": tls.version, "cipher": tls.cipher, "verified": tls.verified, "dane": tls.dane}
             if tls.version else None,
             "protection": attempt.protection_used, "code": attempt.reply.code, "status": status,
-            "attempt": attempts}
+            "attempt": attempts, "pool": attempt.pool or None}
 
 
 def protection(message: QueuedMessage, attempt: Attempt) -> Record:

@@ -27,7 +27,7 @@ from markupsafe import Markup
 
 from gateway import eventlog
 from gateway.audit.events import Audit
-from gateway.config import ConsoleConfig
+from gateway.config import Config
 from gateway.console.sessions import Session, Sessions
 from gateway.console.users import ConsoleUser, ConsoleUsers, Role, new_totp_secret, provisioning_uri
 from gateway.errors import MailwardError
@@ -42,13 +42,14 @@ Released = Callable[[str], None]
 
 
 class ConsoleApp:
-    def __init__(self, config: ConsoleConfig, users: ConsoleUsers, spool: Spool, audit: Audit, *,
-                 hostname: str, released: Released, https: bool) -> None:
-        self.config = config
+    def __init__(self, gateway_config: Config, users: ConsoleUsers, spool: Spool, audit: Audit, *,
+                 released: Released, https: bool) -> None:
+        self.gateway_config = gateway_config  # trace, reports and health read the gateway's state
+        self.config = config = gateway_config.console
         self.users = users
         self.spool = spool
         self.audit = audit
-        self.hostname = hostname
+        self.hostname = gateway_config.hostname
         self.released = released  # a released message is in incoming/: wake delivery
         self.https = https
         self.sessions = Sessions(float(config.idle_timeout))
