@@ -12,6 +12,7 @@ whom and why it was held, never content, and get 403 for anything more.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hmac
 import logging
 import secrets
@@ -25,9 +26,11 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
-from gateway import eventlog
+from gateway import eventlog, status
+from gateway.audit import reader, trace
 from gateway.audit.events import Audit
 from gateway.config import Config
+from gateway.console import evidence
 from gateway.console.sessions import Session, Sessions
 from gateway.console.users import ConsoleUser, ConsoleUsers, Role, new_totp_secret, provisioning_uri
 from gateway.errors import MailwardError
@@ -70,6 +73,11 @@ class ConsoleApp:
         app.router.add_get("/held/{queue_id}", self.held_message)
         app.router.add_get("/held/{queue_id}/body", self.held_body)
         app.router.add_get("/held/{queue_id}/attachment/{index}", self.held_attachment)
+        app.router.add_get("/trace", self.trace)
+        app.router.add_get("/reports", self.reports)
+        app.router.add_get("/reports.csv", self.reports_csv)
+        app.router.add_get("/reports/evidence.zip", self.evidence)
+        app.router.add_get("/health", self.health_page)
         app.router.add_get("/static/console.css", self.css)
         app.router.add_get("/healthz", self.health)
         return app
@@ -303,9 +311,97 @@ class ConsoleApp:
         word = "released" if action == "release" else "deleted"
         return await self.held(request, note=f"{done} message(s) {word}.")
 
+    # -- trace, reports, health ---------------------------------------------------------------------
+
+    async def trace(self, request: web.Request) -> web.Response:
+        """Messages by sender, recipient, Message-ID or queue id in a period: a timeline each."""
+        session, user = self._signed_in(request)
+        asked = {key: request.query.get(key, "").strip()[:320]
+                 for key in ("sender", "recipient", "message_id", "queue_id", "since", "until")}
+        found: list[trace.Timeline] = []
+        problem = ""
+        if any(asked[key] for key in ("sender", "recipient", "message_id", "queue_id")):
+            try:
+                since, until = _period(asked["since"], asked["until"])
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                message_id = asked["message_id"]
+                if message_id and not message_id.startswith("<"):
+                    message_id = f"<{message_id}>"
+                query = reader.Query(queue_id=asked["queue_id"] or None, message_id=message_id or None,
+                                     sender=asked["sender"] or None, recipient=asked["recipient"] or None,
+                                     since=since, until=until)
+                found = trace.timelines(await asyncio.to_thread(trace.search, self.gateway_config, query))
+                await self._audit("console_traced", user.name, request, found=len(found))
+        return self._page("trace.html.j2", session, asked=asked, found=found, problem=problem,
+                          searched=any(asked.values()))
+
+    async def _report(self, request: web.Request) -> tuple[Session, ConsoleUser, dict[str, Any],
+                                                           list[dict[str, Any]], dict[str, str]]:
+        session, user = self._signed_in(request)
+        asked = {key: request.query.get(key, "").strip()[:32] for key in ("since", "until")}
+        try:
+            since, until = _period(asked["since"], asked["until"])
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        records = await asyncio.to_thread(trace.search, self.gateway_config,
+                                          reader.Query(since=since, until=until))
+        asked = {"since": since.date().isoformat(), "until": until.date().isoformat()}
+        return session, user, trace.report(records), records, asked
+
+    async def reports(self, request: web.Request) -> web.Response:
+        session, _, counts, _, asked = await self._report(request)
+        return self._page("reports.html.j2", session, counts=counts, asked=asked, bars=_bars)
+
+    async def reports_csv(self, request: web.Request) -> web.Response:
+        _, _, counts, _, asked = await self._report(request)
+        name = f"mailward-report-{asked['since']}-{asked['until']}.csv"
+        return web.Response(text=trace.report_csv(counts), content_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    async def evidence(self, request: web.Request) -> web.Response:
+        """The evidence pack of the period (see `evidence`); its making is audited with its digest."""
+        _, user, counts, records, asked = await self._report(request)
+        period = f"{asked['since']} to {asked['until']}"
+        pack, digest = await asyncio.to_thread(evidence.build, self.gateway_config, records, counts, period,
+                                               self._templates)
+        await self._audit("console_evidence_pack", user.name, request, since=asked["since"],
+                          until=asked["until"], records=len(records), sha256sums=digest)
+        name = f"mailward-evidence-{asked['since']}-{asked['until']}.zip"
+        return web.Response(body=pack, content_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "X-Mailward-SHA256SUMS": digest})
+
+    async def health_page(self, request: web.Request) -> web.Response:
+        session, _ = self._signed_in(request)
+        collected = await asyncio.to_thread(status.collect, self.gateway_config)
+        return self._page("health.html.j2", session, text=status.as_text(collected))
+
     async def css(self, request: web.Request) -> web.Response:
         return web.Response(body=self._css, content_type="text/css")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+
+
+def _period(since: str, until: str) -> tuple[datetime.datetime, datetime.datetime]:
+    """[since, until] as whole UTC days (until included); default the last 7 days."""
+    today = datetime.datetime.now(datetime.UTC).date()
+    try:
+        first = datetime.date.fromisoformat(since) if since else today - datetime.timedelta(days=6)
+        last = datetime.date.fromisoformat(until) if until else today
+    except ValueError:
+        raise ValueError("dates are YYYY-MM-DD") from None
+    if last < first:
+        raise ValueError("the period ends before it starts")
+    start = datetime.datetime(first.year, first.month, first.day, tzinfo=datetime.UTC)
+    end = datetime.datetime(last.year, last.month, last.day, tzinfo=datetime.UTC) + datetime.timedelta(days=1)
+    return start, end
+
+
+def _bars(counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows of a horizontal bar chart (drawn as SVG by the template): label, value, width in %."""
+    most = max(counts.values(), default=0) or 1
+    return [{"label": label, "value": value, "width": round(100 * value / most, 1)}
+            for label, value in counts.items()]
