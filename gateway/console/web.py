@@ -12,6 +12,7 @@ whom and why it was held, never content, and get 403 for anything more.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import hmac
 import logging
@@ -36,10 +37,12 @@ from gateway.console.users import ConsoleUser, ConsoleUsers, Role, new_totp_secr
 from gateway.errors import MailwardError
 from gateway.httpheaders import server_header
 from gateway.safeview import BODY_CSP, html_frame, parse, secure_headers, size, text_of, when
-from gateway.spool import QueueState, Spool
+from gateway.spool import QueueState, Spool, new_queue_id
 
 log = logging.getLogger("mailward.console")
 COOKIE = "mw_console"
+# Release with protection forced: the methods the released copy must use, strongest first.
+PROTECTED_RELEASES = {"release-protected": ("tls", "smime", "pgp", "portal"), "release-portal": ("portal",)}
 MAX_REASON = 500
 Released = Callable[[str], None]
 
@@ -285,30 +288,35 @@ class ConsoleApp:
         form = await self._form(request, session)
         action, reason = form.get("action", ""), str(form.get("reason", "")).strip()[:MAX_REASON]
         queue_ids = [str(q) for q in form.get("queue_id", [])][:1000]
-        if action not in ("release", "delete"):
-            raise web.HTTPBadRequest(text="Choose release or delete.")
+        if action not in ("release", "delete", *PROTECTED_RELEASES):
+            raise web.HTTPBadRequest(text="Choose release, release protected, or delete.")
         if not reason:
             return await self.held(request, note="Give a reason: it goes into the audit log.")
         if not queue_ids:
             return await self.held(request, note="Select at least one message.")
         done = 0
         for queue_id in queue_ids:
+            extra: dict[str, Any] = {}
             try:
                 if action == "release":
                     await asyncio.to_thread(self.spool.move, queue_id, QueueState.INCOMING,
                                             only_from=(QueueState.HOLD,))
-                elif await asyncio.to_thread(self.spool.locate, queue_id) is QueueState.HOLD:
+                elif await asyncio.to_thread(self.spool.locate, queue_id) is not QueueState.HOLD:
+                    continue  # only held messages are deleted or released here
+                elif action == "delete":
                     await asyncio.to_thread(self.spool.remove, queue_id)
                 else:
-                    continue  # only held messages are deleted here
+                    methods = PROTECTED_RELEASES[action]
+                    new_id = await asyncio.to_thread(self._release_protected, queue_id, methods)
+                    extra = {"protection": action.removeprefix("release-"), "new_queue_id": new_id}
             except (MailwardError, OSError):
                 continue  # not held (any more): another reviewer was quicker
-            await self._audit("released" if action == "release" else "deleted", user.name, request,
-                              queue_id=queue_id, reason=reason)
-            if action == "release":
-                self.released(queue_id)
+            await self._audit("deleted" if action == "delete" else "released", user.name, request,
+                              queue_id=queue_id, reason=reason, **extra)
+            if action != "delete":
+                self.released(extra.get("new_queue_id", queue_id))
             done += 1
-        word = "released" if action == "release" else "deleted"
+        word = "deleted" if action == "delete" else "released"
         return await self.held(request, note=f"{done} message(s) {word}.")
 
     # -- trace, reports, health ---------------------------------------------------------------------
@@ -376,6 +384,22 @@ class ConsoleApp:
         session, _ = self._signed_in(request)
         collected = await asyncio.to_thread(status.collect, self.gateway_config)
         return self._page("health.html.j2", session, text=status.as_text(collected))
+
+    def _release_protected(self, queue_id: str, methods: tuple[str, ...]) -> str:
+        """Release a held message for its pending recipients with protection forced: a new
+        message (new queue id) whose policy protects them all by `methods`, never plaintext.
+        Written (fsync'd) before the held one is removed: a crash between leaves both, not none."""
+        message, content = self.spool.read(queue_id, QueueState.HOLD)
+        pending = message.pending_recipients()
+        envelope = dataclasses.replace(message.envelope,
+                                       recipients=tuple(message.envelope.recipients[i] for i in pending))
+        policy = dataclasses.replace(message.policy, action="encrypt", protect=tuple(range(len(pending))),
+                                     methods=methods, rules=(*message.policy.rules, "console-release"))
+        released = dataclasses.replace(message, queue_id=new_queue_id(), envelope=envelope, policy=policy,
+                                       statuses=())
+        self.spool.store_sync(released, content)
+        self.spool.remove(queue_id)
+        return released.queue_id
 
     async def css(self, request: web.Request) -> web.Response:
         return web.Response(body=self._css, content_type="text/css")

@@ -78,3 +78,24 @@ async def test_a_deleted_held_message_is_gone_and_audited(console: Console) -> N
     deleted = [r for r in audit_records(console) if r["event"] == "deleted"]
     assert [(r["queue_id"], r["user"], r["reason"]) for r in deleted] == \
         [(queue_id, "rev", "sent by mistake")]
+
+
+async def test_release_protected_sends_a_protected_copy_and_never_plaintext(console: Console) -> None:
+    await console.add_user("rev", "reviewer")
+    queue_id = await console.hold()
+    async with browser() as client:
+        page = await (await console.sign_in(client, "rev")).text()
+        done = await client.post(f"{console.base}/held", data={"csrf": csrf_of(page), "queue_id": queue_id,
+                                                               "action": "release-protected", "reason": "ok"})
+        assert "1 message(s) released" in await done.text()
+    await eventually(lambda: len(console.sink.messages) == 1)
+    assert console.sink.messages[0].tls_version is not None  # verified TLS: the strongest available
+    records = audit_records(console)
+    [released] = [r for r in records if r["event"] == "released"]
+    assert released["queue_id"] == queue_id and released["protection"] == "protected"
+    new_id = released["new_queue_id"]
+    await eventually(lambda: any(r["event"] == "delivered" and r["queue_id"] == new_id
+                                 for r in audit_records(console)))
+    delivered = [r for r in audit_records(console) if r["event"] == "delivered"]
+    assert [(r["queue_id"], r["protection"]) for r in delivered] == [(new_id, "tls-verified")]
+    assert queue_id not in console.gateway.queued(QueueState.HOLD)
