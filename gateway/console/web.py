@@ -33,7 +33,7 @@ from gateway.audit.events import Audit
 from gateway.config import Config
 from gateway.console import evidence
 from gateway.console.sessions import Session, Sessions
-from gateway.console.users import ConsoleUser, ConsoleUsers, Role, new_totp_secret, provisioning_uri
+from gateway.console.users import ROLES, ConsoleUser, ConsoleUsers, Role, new_totp_secret, provisioning_uri
 from gateway.errors import MailwardError
 from gateway.httpheaders import server_header
 from gateway.safeview import BODY_CSP, html_frame, parse, secure_headers, size, text_of, when
@@ -81,6 +81,8 @@ class ConsoleApp:
         app.router.add_get("/reports.csv", self.reports_csv)
         app.router.add_get("/reports/evidence.zip", self.evidence)
         app.router.add_get("/health", self.health_page)
+        app.router.add_get("/users", self.users_page)
+        app.router.add_post("/users", self.users_action)
         app.router.add_get("/static/console.css", self.css)
         app.router.add_get("/healthz", self.health)
         return app
@@ -384,6 +386,36 @@ class ConsoleApp:
         session, _ = self._signed_in(request)
         collected = await asyncio.to_thread(status.collect, self.gateway_config)
         return self._page("health.html.j2", session, text=status.as_text(collected))
+
+    async def users_page(self, request: web.Request, note: str = "") -> web.Response:
+        session, _ = self._signed_in(request, "admin")
+        return self._page("users.html.j2", session, users=self.users.all(), note=note, roles=ROLES)
+
+    async def users_action(self, request: web.Request) -> web.Response:
+        """Add a user (or change one's role and password), or remove one (signing them out)."""
+        session, admin = self._signed_in(request, "admin")
+        form = await self._form(request, session)
+        name, action = str(form.get("name", "")).strip()[:64], form.get("action", "")
+        if action == "remove":
+            if name == admin.name:
+                return await self.users_page(request, "You cannot remove yourself.")
+            if not await asyncio.to_thread(self.users.remove, name):
+                return await self.users_page(request, f"No user {name}.")
+            self.sessions.end_user(name)
+            await self._audit("console_user_removed", admin.name, request, console_user=name)
+            return await self.users_page(request, f"{name} removed.")
+        if action != "add":
+            raise web.HTTPBadRequest(text="Choose add or remove.")
+        role = str(form.get("role", ""))
+        try:
+            new = await asyncio.to_thread(self.users.add, name, role, str(form.get("password", "")))
+        except ValueError as exc:
+            return await self.users_page(request, str(exc))
+        self.sessions.end_user(name)  # a changed password or role starts over
+        await self._audit("console_user_added" if new else "console_user_changed", admin.name, request,
+                          console_user=name, role=role)
+        return await self.users_page(request, f"{name} {'added' if new else 'changed'} as {role}; the second "
+                                              "factor is set up at the first sign-in.")
 
     def _release_protected(self, queue_id: str, methods: tuple[str, ...]) -> str:
         """Release a held message for its pending recipients with protection forced: a new

@@ -93,3 +93,23 @@ def test_the_console_does_not_listen_in_plain_http_off_loopback(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         parse_config("console: {listen: 0.0.0.0:8443}\n", file="c.yaml", base_dir=tmp_path)
     assert "console.listen" in str(info.value) and "HTTPS" in str(info.value)
+
+
+async def test_only_an_admin_manages_users_and_a_removed_user_is_signed_out(console: Console) -> None:
+    await console.add_user("boss", "admin")
+    await console.add_user("rev", "reviewer")
+    async with browser() as admin, browser() as reviewer:
+        page = await (await console.sign_in(admin, "boss")).text()
+        assert 'href="/users"' in page
+        await console.sign_in(reviewer, "rev")
+        assert (await reviewer.get(f"{console.base}/users")).status == 403
+        users = await (await admin.get(f"{console.base}/users")).text()
+        added = await admin.post(f"{console.base}/users", data={
+            "csrf": csrf_of(users), "action": "add", "name": "aud", "role": "viewer",
+            "password": "another long passphrase"})
+        assert "aud added as viewer" in await added.text()
+        removed = await admin.post(f"{console.base}/users", data={"csrf": csrf_of(users), "action": "remove",
+                                                                  "name": "rev"})
+        assert "rev removed" in await removed.text()
+        # The reviewer's session ends with the user.
+        assert (await reviewer.get(f"{console.base}/held", allow_redirects=False)).status == 303
