@@ -11,9 +11,10 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from tests.conftest import send
-from tests.console.conftest import Console, browser
-from tests.delivery.conftest import SENDER
+from tests.conftest import free_port, send
+from tests.console.conftest import Console, browser, csrf_of
+from tests.delivery.conftest import SENDER, MailWorld
+from tests.delivery.portal_world import MARKER, PATIENT, start_portal_world
 from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
@@ -91,3 +92,29 @@ async def test_health_shows_the_queue(console: Console) -> None:
         await console.sign_in(client, "view")
         page = await (await client.get(f"{console.base}/health")).text()
     assert "hold" in page and "listen" in page.lower()
+
+
+async def test_trace_shows_a_portal_message_stored_notified_and_opened(
+        world: MailWorld, tmp_path: Path) -> None:
+    port = free_port()
+    portal = await start_portal_world(world, tmp_path, config={"console": {
+        "listen": f"127.0.0.1:{port}", "users_file": str(tmp_path / "console-users.json")}})
+    source = portal.gateway.gateway.config.source
+    assert source is not None
+    console = Console(portal.gateway, portal.patient, f"http://127.0.0.1:{port}", source)
+    await console.add_user("view", "viewer")
+    link = await portal.send_results()
+    before = len(portal.patient.messages)
+    async with browser() as visitor:  # the patient opens it with a passcode
+        page = await (await visitor.get(link)).text()
+        await visitor.post(f"{link}/code", data={"csrf": csrf_of(page)})
+        reading = await visitor.post(f"{link}/verify", data={"csrf": csrf_of(page),
+                                                             "code": await portal.passcode(before)})
+        assert reading.url.path.endswith("/read")
+    async with browser() as client:
+        await console.sign_in(client, "view")
+        page = await (await client.get(f"{console.base}/trace", params={"recipient": PATIENT})).text()
+    events = re.findall(r'<tr class="ev-(\w+)">', page)
+    for expected in ("received", "policy", "portal_stored", "portal_code_sent", "portal_viewed"):
+        assert expected in events, events
+    assert MARKER not in page and "Lab results" not in page
