@@ -1,11 +1,13 @@
 """The console in a real headless Chromium: sign in with the password and a TOTP code (enrolled
-on the first sign-in from the key shown beside the QR code), open a held message, release it
+on the first sign-in from the key shown beside the QR code; a wrong code first is refused and
+counted), open a held message, release it
 with a reason, and it is delivered; trace and report pages render. Screenshots of the held list,
 a held message, a trace and a report at phone and desktop width go to test-output/."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pyotp
@@ -48,6 +50,10 @@ async def test_reviewer_signs_in_releases_and_traces_in_chromium(
         submit(driver, "sign-in")
         secret = driver.find_element(By.ID, "totp-secret").text
         assert driver.find_element(By.CSS_SELECTOR, ".qr svg")  # the QR code, drawn server-side
+        driver.find_element(By.ID, "code").send_keys("000000" if pyotp.TOTP(secret).now() != "000000"
+                                                     else "111111")
+        submit(driver, "verify")
+        assert "That code is not right" in text_of(driver)  # counted towards the lockout
         driver.find_element(By.ID, "code").send_keys(pyotp.TOTP(secret).now())
         submit(driver, "verify")
     await asyncio.to_thread(sign_in)
@@ -81,3 +87,8 @@ async def test_reviewer_signs_in_releases_and_traces_in_chromium(
     assert queue_id in trace and "released" in trace and "delivered" in trace
     assert re.search(r"\d+ messages received", report)
     assert (OUTPUT / "console-held-phone.png").stat().st_size > 1000
+    directory = console.gateway.gateway.audit.directory
+    assert directory is not None
+    failed = [json.loads(line) for path in directory.glob("audit-*.jsonl")
+              for line in path.read_text().splitlines() if '"console_signin_failed"' in line]
+    assert [(r["user"], r["reason"]) for r in failed] == [("rev", "code")]

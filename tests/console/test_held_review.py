@@ -27,6 +27,7 @@ async def test_a_reviewer_signs_in_with_totp_and_releases_a_held_message_with_a_
         assert response.url.path == "/held"
         listing = await response.text()
         assert queue_id in listing and "ssn-review" in listing and "dr@clinic.test" in listing
+        assert "ssn 1" in listing  # what the scan found, as counts
         assert MARKER not in listing  # the list shows who and why, not content
 
         page = await (await client.get(f"{console.base}/held/{queue_id}")).text()
