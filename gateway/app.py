@@ -33,8 +33,6 @@ from gateway.audit.log import AuditLog
 from gateway.audit.shipper import AuditShipper
 from gateway.audit.webhooks import WebhookDispatcher
 from gateway.config import Config, ListenerConfig, load_config
-from gateway.console.users import ConsoleUsers
-from gateway.console.web import ConsoleApp
 from gateway.delivery.service import DeliveryService
 from gateway.errors import MailwardError
 from gateway.ingress.feedback import Feedback, OneClick
@@ -313,6 +311,10 @@ class Gateway:
 
     async def _start_console(self) -> None:
         """The compliance console on `console.listen` (docs/console.md)."""
+        # Imported here: a gateway without the console does not carry it (nor TOTP and QR code).
+        from gateway.console.users import ConsoleUsers
+        from gateway.console.web import ConsoleApp
+
         console = self.config.console
         assert console.listen is not None and self.spool is not None
         # Secure cookies over its own HTTPS, or behind the TLS proxy (trusted_proxies).

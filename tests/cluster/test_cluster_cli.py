@@ -62,7 +62,8 @@ async def test_status_says_when_redis_does_not_answer(cluster_world: ClusterWorl
 
 async def test_a_node_without_a_cluster_loads_neither_driver(make_config: Any, tmp_path: Path) -> None:
     """A single node's processes stay as small as before: the Redis and PostgreSQL drivers are
-    imported only for `cluster:` (each costs several MB in every process)."""
+    imported only for `cluster:` (each costs several MB in every process), and the console's
+    TOTP and QR code libraries only with `console.listen`."""
     config = make_config(delivery={"paused": False, "nameservers": ["127.0.0.1:9"]},
                          api={"listen": f"127.0.0.1:{free_port()}"},
                          webhooks=[], portal={"enabled": False})
@@ -74,7 +75,8 @@ async def test_a_node_without_a_cluster_loads_neither_driver(make_config: Any, t
         "async def main():\n"
         f"    gateway = Gateway(load_config(__import__('pathlib').Path({str(config.source)!r})))\n"
         "    await gateway.start()\n"
-        "    print(sorted(m for m in ('redis', 'psycopg', 'psycopg_pool') if m in sys.modules))\n"
+        "    heavy = ('redis', 'psycopg', 'psycopg_pool', 'pyotp', 'segno')\n"
+        "    print(sorted(m for m in heavy if m in sys.modules))\n"
         "    await gateway.drain()\n"
         "asyncio.run(main())\n")
     pipe = asyncio.subprocess.PIPE
