@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger("mailward.cluster")
 
 CONNECT_TIMEOUT = 3  # seconds: to open a connection, and to wait for one from the pool
 STATEMENT_TIMEOUT_MS = 10_000
+RETRY_AFTER_FAILURE = 1.0  # seconds callers fail fast after the database did not answer
 _MIGRATION_LOCK = 0x6D77  # pg_advisory_xact_lock key: one `cluster init` at a time
 
 # Versioned, forward-only migrations: (version, what it adds, statements). `cluster init` runs
@@ -118,6 +120,7 @@ class Database:
         if ca_file is not None:
             options["sslrootcert"] = ca_file
         self.url = url
+        self._failed_until = 0.0
         self.options = options  # for connections of their own (LISTEN)
         # Opened lazily and without waiting: a node starts (and accepts mail) while the database
         # is away; each use then waits at most CONNECT_TIMEOUT for a connection.
@@ -127,8 +130,17 @@ class Database:
 
     @contextlib.contextmanager
     def connection(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        with _mapped(what), self.pool.connection() as conn:
-            yield conn
+        """A pooled connection. While the database has just failed to answer, callers fail at
+        once for RETRY_AFTER_FAILURE instead of each waiting CONNECT_TIMEOUT for the pool: a
+        burst of deliveries must not tie up every I/O thread during an outage."""
+        if time.monotonic() < self._failed_until:
+            raise StateUnavailable(f"PostgreSQL: cannot {what}: it did not answer a moment ago")
+        try:
+            with _mapped(what), self.pool.connection() as conn:
+                yield conn
+        except StateUnavailable:
+            self._failed_until = time.monotonic() + RETRY_AFTER_FAILURE
+            raise
 
     def version(self) -> int:
         """The schema version of the database (0: never initialised)."""
