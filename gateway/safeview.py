@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import re
 import time
+from collections.abc import Callable
 from email.message import EmailMessage, MIMEPart
 from typing import Any
+
+from aiohttp import web
+
+from gateway import eventlog
+from gateway.httpheaders import Handler
 
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' https:; frame-src 'self'; "
             "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -53,6 +60,28 @@ def secure_headers(headers: Any, *, https: bool, csp: str = PAGE_CSP) -> None:
     headers.setdefault("X-Frame-Options", "DENY")
     if https:
         headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
+def secure_pages(app_name: str, logger: logging.Logger, *, https: bool,
+                 failed: Callable[[], web.Response]) -> Any:
+    """The middleware of a web app of ours: `secure_headers` on every answer (redirects and
+    errors too), and an unexpected error answered with the app's own `failed` page (logged as
+    APP_error with its type only: an exception's text may quote a message)."""
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            secure_headers(exc.headers, https=https)
+            raise
+        except Exception as exc:  # a page that fails still answers as a page of ours
+            eventlog.event(logger, f"{app_name}_error", logging.ERROR, path=request.path.split("/")[1],
+                           error=type(exc).__name__)
+            logger.debug("%s error", app_name, exc_info=exc)
+            response = failed()
+        secure_headers(response.headers, https=https)
+        return response
+    return middleware
 
 
 def when(timestamp: float) -> str:

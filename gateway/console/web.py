@@ -18,7 +18,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -36,7 +36,7 @@ from gateway.console.sessions import Session, Sessions
 from gateway.console.users import ROLES, ConsoleUser, ConsoleUsers, Role, new_totp_secret, provisioning_uri
 from gateway.errors import MailwardError
 from gateway.httpheaders import server_header
-from gateway.safeview import BODY_CSP, html_frame, parse, secure_headers, size, text_of, when
+from gateway.safeview import BODY_CSP, html_frame, parse, secure_pages, size, text_of, when
 from gateway.spool import QueueState, Spool, new_queue_id
 
 log = logging.getLogger("mailward.console")
@@ -64,7 +64,9 @@ class ConsoleApp:
         self._css = resources.files("gateway.console").joinpath("templates/console.css").read_bytes()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[server_header, self._headers], client_max_size=256 * 1024)
+        pages = secure_pages("console", log, https=self.https, failed=lambda: self._page(
+            "error.html.j2", None, status=500, title="Something went wrong"))
+        app = web.Application(middlewares=[server_header, pages], client_max_size=256 * 1024)
         app.router.add_get("/", self.home)
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/login", self.login)
@@ -86,21 +88,6 @@ class ConsoleApp:
         app.router.add_get("/static/console.css", self.css)
         app.router.add_get("/healthz", self.health)
         return app
-
-    @web.middleware
-    async def _headers(self, request: web.Request,
-                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            secure_headers(exc.headers, https=self.https)
-            raise
-        except Exception as exc:  # a page that fails still answers as a page of ours
-            eventlog.event(log, "console_error", logging.ERROR, error=type(exc).__name__)
-            log.debug("console error", exc_info=exc)
-            response = self._page("error.html.j2", None, status=500, title="Something went wrong")
-        secure_headers(response.headers, https=self.https)
-        return response
 
     # -- pages and sessions ---------------------------------------------------------------------
 

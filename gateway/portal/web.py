@@ -46,7 +46,7 @@ from gateway.httpheaders import server_header
 from gateway.portal import passcode
 from gateway.portal.passwords import MIN_LENGTH, RecipientPasswords
 from gateway.portal.store import PortalError, PortalMessage, PortalStore, Tombstone, message_id_of
-from gateway.safeview import BODY_CSP, html_frame, parse, secure_headers, size, text_of, when
+from gateway.safeview import BODY_CSP, html_frame, parse, secure_pages, size, text_of, when
 from gateway.typedyaml import address_in
 
 log = logging.getLogger("mailward.portal")
@@ -103,7 +103,9 @@ class PortalApp:
         self._css = resources.files("gateway.portal").joinpath("templates/portal.css").read_bytes()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[server_header, self._headers], client_max_size=64 * 1024)
+        failed = secure_pages("portal", log, https=self.secure, failed=lambda: self._notice_page(
+            "Something went wrong", "Please try again later.", 500))
+        app = web.Application(middlewares=[server_header, failed], client_max_size=64 * 1024)
         app.router.add_get("/m/{token}", self.start)
         app.router.add_post("/m/{token}/code", self.request_code)
         app.router.add_post("/m/{token}/verify", self.verify)
@@ -120,25 +122,6 @@ class PortalApp:
         app.router.add_get("/static/portal.css", self.css)
         app.router.add_get("/healthz", self.health)
         return app
-
-    @web.middleware
-    async def _headers(self, request: web.Request,
-                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # redirects and errors get the same headers
-            self._secure(exc.headers)
-            raise
-        except Exception as exc:  # a page that fails still answers as a page of ours
-            eventlog.event(log, "portal_error", logging.ERROR, path=request.path.split("/")[1],
-                           error=type(exc).__name__)
-            log.debug("portal error", exc_info=exc)
-            response = self._notice_page("Something went wrong", "Please try again later.", 500)
-        self._secure(response.headers)
-        return response
-
-    def _secure(self, headers: Any) -> None:
-        secure_headers(headers, https=self.secure)
 
     # -- pages ------------------------------------------------------------------------------
 
