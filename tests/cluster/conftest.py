@@ -18,6 +18,7 @@ from tests.conftest import RunningGateway, write_config
 from tests.delivery.conftest import MailWorld
 
 NODES = {"node-a": "127.0.0.101", "node-b": "127.0.0.102", "node-c": "127.0.0.103"}
+RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}
 EGRESS = {"node-a": "127.0.0.111", "node-b": "127.0.0.112", "node-c": "127.0.0.113"}  # each its own IP
 
 
@@ -51,6 +52,13 @@ def database_url(postgres_server: PostgresServer) -> str:
     finally:
         database.close()
     return url
+
+
+def config_of(node: RunningGateway) -> Path:
+    """The config file a node was started with (for `mailward -c` on that node)."""
+    source = node.gateway.config.source
+    assert source is not None
+    return source
 
 
 class ClusterWorld(MailWorld):

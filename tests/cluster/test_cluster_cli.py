@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.state.postgres import SCHEMA_VERSION
-from tests.cluster.conftest import NODES, ClusterWorld
+from tests.cluster.conftest import NODES, ClusterWorld, config_of
 from tests.cluster.servers import PostgresServer
 from tests.cluster.test_shared_limits import LIMITED
 from tests.conftest import free_port, mailward_cli, mailward_ok
@@ -36,8 +36,7 @@ async def test_init_creates_the_schema_once_and_run_refuses_an_uninitialised_dat
 async def test_status_lists_live_nodes_with_queues_and_the_shared_limits(cluster_world: ClusterWorld) -> None:
     await cluster_world.start_dns({})
     nodes = [await cluster_world.node(node_id, shaping=LIMITED) for node_id in NODES]
-    source = nodes[0].gateway.config.source
-    assert isinstance(source, Path)
+    source = config_of(nodes[0])
 
     # Each node sends its first heartbeat as it starts.
     await eventually(lambda: all(n.gateway.delivery and n.gateway.delivery.limits.live_nodes == 3  # type: ignore[attr-defined]

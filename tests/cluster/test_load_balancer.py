@@ -14,14 +14,13 @@ import aiosmtplib
 import pytest
 
 from gateway.spool import QueueState
-from tests.cluster.conftest import EGRESS, NODES, ClusterWorld
+from tests.cluster.conftest import EGRESS, NODES, RECORDS, ClusterWorld
 from tests.cluster.servers import HaProxy
 from tests.conftest import GatewayProcess, free_port, open_test_spool, send
 from tests.delivery.conftest import SENDER
 from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
-RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}
 CLIENT = "127.0.0.55"  # the submitting server, as the nodes should see it
 BALANCER = "127.0.0.100"
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 
 from gateway.spool import QueueState
-from tests.cluster.conftest import ClusterWorld
+from tests.cluster.conftest import RECORDS, ClusterWorld, config_of
 from tests.conftest import mailward_cli, send
 from tests.delivery.conftest import SENDER
 from tests.polling import eventually
 from tests.stages.dlp import builders as b
-
-RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}
 
 
 async def test_queued_mail_of_a_retired_node_is_delivered_through_another_node_once(
@@ -31,8 +29,7 @@ async def test_queued_mail_of_a_retired_node_is_delivered_through_another_node_o
     assert code == 250
     await eventually(lambda: len(node_b.queued(QueueState.DEFERRED)) == 4)
     assert [m.recipients for m in sink.messages] == [["now@clinic.test"]]
-    config_b = node_b.gateway.config.source
-    assert config_b is not None
+    config_b = config_of(node_b)
     await node_b.gateway.drain()  # node B is being retired
 
     del sink.rcpt_replies["later@clinic.test"]

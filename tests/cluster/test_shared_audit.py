@@ -12,14 +12,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cluster.conftest import ClusterWorld
-from tests.conftest import RunningGateway, free_port, mailward_cli, mailward_ok, send
+from tests.cluster.conftest import RECORDS, ClusterWorld, config_of
+from tests.conftest import RunningGateway, mailward_cli, mailward_ok, send
 from tests.delivery.conftest import SENDER
-from tests.delivery.test_webhooks import SECRET, Receiver
+from tests.delivery.test_webhooks import receiving_webhooks
 from tests.polling import eventually
 from tests.stages.dlp import builders as b
-
-RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}
 
 
 async def submit(node: RunningGateway, to: str, body: str) -> str:
@@ -45,8 +43,7 @@ async def test_node_c_finds_what_a_and_b_received_and_the_copy_verifies(cluster_
     await eventually(lambda: shipped(cluster_world.database_url).keys() >= {"node-a", "node-b"}
                      and _delivered_shipped(cluster_world.database_url) == 2, timeout=20)
 
-    config_c = node_c.gateway.config.source
-    assert isinstance(config_c, Path)
+    config_c = config_of(node_c)
     found = [json.loads(line) for line in
              (await mailward_ok(config_c, "audit", "search", "--recipient", "pat@clinic.test")).splitlines()]
     assert {(r["queue_id"], r["node"]) for r in found if r["event"] == "received"} == \
@@ -77,15 +74,8 @@ async def test_each_webhook_event_is_sent_once_for_the_cluster(cluster_world: Cl
                                                                tmp_path: Path) -> None:
     await cluster_world.start_dns(RECORDS)
     sink = await cluster_world.sink("127.0.0.21")
-    secret = tmp_path / "webhook.secret"
-    secret.write_bytes(SECRET + b"\n")
-    secret.chmod(0o600)
-    port = free_port()
-    receiver = Receiver()
-    await receiver.start(port)
-    hooks = {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "secret_file": str(secret),
-                           "events": ["delivered"], "name": "crm"}],
-             "audit": {"enabled": True}}
+    receiver, _, hook = await receiving_webhooks(tmp_path, ["delivered"], "crm")
+    hooks = {"webhooks": [hook], "audit": {"enabled": True}}
     nodes = [await cluster_world.node(n, sections=hooks) for n in ("node-a", "node-b", "node-c")]
     for i, node in enumerate(nodes * 2):
         await submit(node, "pat@clinic.test", f"note {i}")
@@ -114,5 +104,5 @@ async def test_a_rebuilt_node_with_the_same_id_does_not_mix_its_new_chain_into_t
     await eventually(lambda: len(sink.messages) == 2)
     await eventually(lambda: "event=audit_copy_conflict" in caplog.text, timeout=20)
     assert shipped(cluster_world.database_url)["node-a"] == before  # the old chain stays whole
-    verified = await mailward_ok(node.gateway.config.source, "audit", "verify")  # type: ignore[arg-type]
+    verified = await mailward_ok(config_of(node), "audit", "verify")
     assert f"cluster copy of node-a: chain intact: {before} records" in verified

@@ -8,14 +8,13 @@ import asyncio
 import datetime
 
 from gateway.spool import QueueState
-from tests.cluster.conftest import EGRESS, NODES, ClusterWorld
+from tests.cluster.conftest import EGRESS, NODES, RECORDS, ClusterWorld
 from tests.conftest import RunningGateway, send
 from tests.delivery.conftest import SENDER
 from tests.polling import eventually
 from tests.smtpsink import Sink
 from tests.stages.dlp import builders as b
 
-RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}
 LIMITED = {"clinic": {"domains": ["clinic.test"], "max_connections": 3}}
 
 

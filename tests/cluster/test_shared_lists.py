@@ -12,25 +12,17 @@ import aiohttp
 import psycopg
 
 from gateway.spool import QueueState
-from tests.cluster.conftest import ClusterWorld
+from tests.cluster.conftest import RECORDS, ClusterWorld, config_of
 from tests.cluster.servers import PostgresServer
 from tests.conftest import RunningGateway, free_port, mailward_ok, send
 from tests.delivery.conftest import SENDER
 from tests.polling import eventually
 from tests.stages.dlp import builders as b
 
-RECORDS = {("clinic.test", "MX"): ["10 mx.clinic.test."], ("mx.clinic.test", "A"): ["127.0.0.21"]}
-
 
 async def submit(node: RunningGateway, to: str, body: str = "note") -> None:
     code, text = await send(node.client(), SENDER, [to], b.message(body, sender=SENDER, to=to))
     assert code == 250, text
-
-
-def config_file(node: RunningGateway) -> str:
-    source = node.gateway.config.source
-    assert source is not None
-    return str(source)
 
 
 async def test_a_hard_bounce_seen_by_node_a_suppresses_the_recipient_for_node_b(
@@ -47,11 +39,11 @@ async def test_a_hard_bounce_seen_by_node_a_suppresses_the_recipient_for_node_b(
     await eventually(lambda: len(cluster_world.dsns()) == 2)
     assert sink.rcpt_seen.count("gone@clinic.test") == 1  # node B never tried it
     assert "suppression list" in str(cluster_world.dsns()[-1])
-    listed = json.loads(await mailward_ok(node_b.gateway.config.source, "suppress", "list", "--json"))  # type: ignore[arg-type]
+    listed = json.loads(await mailward_ok(config_of(node_b), "suppress", "list", "--json"))
     assert [(e["address"], e["reason"]) for e in listed] == [("gone@clinic.test", "bounce")]
 
     # Removed by hand on node B: node A writes to it again.
-    await mailward_ok(node_b.gateway.config.source, "suppress", "remove", "gone@clinic.test")  # type: ignore[arg-type]
+    await mailward_ok(config_of(node_b), "suppress", "remove", "gone@clinic.test")
     await submit(node_a, "gone@clinic.test")
     await eventually(lambda: sink.rcpt_seen.count("gone@clinic.test") == 2)
 
@@ -61,7 +53,7 @@ async def test_with_the_database_stopped_mail_is_accepted_and_waits_for_the_supp
     await cluster_world.start_dns(RECORDS)
     sink = await cluster_world.sink("127.0.0.21")
     node = await cluster_world.node("node-a")
-    await mailward_ok(node.gateway.config.source, "suppress", "add", "blocked@clinic.test")  # type: ignore[arg-type]
+    await mailward_ok(config_of(node), "suppress", "add", "blocked@clinic.test")
     postgres_server.stop()
     try:
         for i in range(5):
@@ -80,7 +72,7 @@ async def test_with_the_database_stopped_mail_is_accepted_and_waits_for_the_supp
     audit_dir = node.gateway.config.audit.dir
     written = sum(len(path.read_bytes().splitlines()) for path in audit_dir.glob("audit-*.jsonl"))
     await eventually(lambda: shipped_count(cluster_world.database_url) == written, timeout=60)
-    verified = await mailward_ok(node.gateway.config.source, "audit", "verify")  # type: ignore[arg-type]
+    verified = await mailward_ok(config_of(node), "audit", "verify")
     assert f"cluster copy of node-a: chain intact: {written} records" in verified
 
 
@@ -95,10 +87,10 @@ async def test_an_api_token_made_on_one_node_works_on_every_node(cluster_world: 
     ports = {node_id: free_port() for node_id in ("node-a", "node-b")}
     nodes = {node_id: await cluster_world.node(node_id, sections={"api": {"listen": f"127.0.0.1:{port}"}})
              for node_id, port in ports.items()}
-    made = await mailward_ok(nodes["node-a"].gateway.config.source, "api", "token", "add", "crm",  # type: ignore[arg-type]
+    made = await mailward_ok(config_of(nodes["node-a"]), "api", "token", "add", "crm",
                              "--scope", "status")
     token = made.split(": ", 1)[1].split()[0]
-    listed = await mailward_ok(nodes["node-b"].gateway.config.source, "api", "token", "list")  # type: ignore[arg-type]
+    listed = await mailward_ok(config_of(nodes["node-b"]), "api", "token", "list")
     assert listed.startswith("crm\tstatus")
 
     async def status_on_b() -> int:
@@ -111,7 +103,7 @@ async def test_an_api_token_made_on_one_node_works_on_every_node(cluster_world: 
         return await status_on_b() == 200
     await eventually(answered, timeout=10)  # node B reads the tokens again within seconds
 
-    await mailward_ok(nodes["node-a"].gateway.config.source, "api", "token", "remove", "crm")  # type: ignore[arg-type]
+    await mailward_ok(config_of(nodes["node-a"]), "api", "token", "remove", "crm")
 
     async def refused() -> bool:
         return await status_on_b() == 401
@@ -134,7 +126,7 @@ async def test_a_recipient_suppressed_on_node_a_is_not_sent_by_node_b_that_had_c
     key = ("pat@clinic.test", SENDER.rpartition("@")[2])
     assert cache.known_clear(key)  # answered from memory now
 
-    await mailward_ok(node_a.gateway.config.source, "suppress", "add", "pat@clinic.test")  # type: ignore[arg-type]
+    await mailward_ok(config_of(node_a), "suppress", "add", "pat@clinic.test")
     await eventually(lambda: not cache.known_clear(key))  # the change notice dropped it
     await submit(node_b, "pat@clinic.test", "after")
     await eventually(lambda: len(cluster_world.dsns()) == 1)

@@ -52,6 +52,19 @@ class Receiver:
         await self.runner.cleanup()
 
 
+async def receiving_webhooks(tmp_path: Path, events: list[str],
+                             name: str) -> tuple[Receiver, int, dict[str, Any]]:
+    """A started receiver, its port, and the `webhooks` entry that sends to it (secret file 0600)."""
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(SECRET + b"\n")
+    secret.chmod(0o600)
+    port = free_port()
+    receiver = Receiver()
+    await receiver.start(port)
+    return receiver, port, {"url": f"http://127.0.0.1:{port}/hook", "secret_file": str(secret),
+                            "events": events, "name": name}
+
+
 def test_signature_is_hmac_sha256_over_timestamp_and_body() -> None:
     assert signature(b"k", 1700000000, b"{}") == \
         "t=1700000000,v1=" + hmac.new(b"k", b"1700000000.{}", hashlib.sha256).hexdigest()
@@ -62,14 +75,8 @@ async def test_each_event_arrives_once_signed_and_survives_a_restart_while_the_r
     await world.start_dns({("clinic.test", "MX"): ["10 mx.clinic.test."],
                            ("mx.clinic.test", "A"): ["127.0.0.21"]})
     sink = await world.sink("127.0.0.21")
-    secret = tmp_path / "webhook.secret"
-    secret.write_bytes(SECRET + b"\n")
-    secret.chmod(0o600)
-    port = free_port()
-    receiver = Receiver()
-    await receiver.start(port)
-    settings = {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "secret_file": str(secret),
-                              "events": ["received", "delivered"], "name": "test"}]}
+    receiver, port, hook = await receiving_webhooks(tmp_path, ["received", "delivered"], "test")
+    settings = {"webhooks": [hook]}
     gateway = await world.gateway(settings)
 
     async def submit(count: int, first: int) -> None:
