@@ -57,7 +57,6 @@ from gateway.stages.dlp.policy import Policies
 from gateway.stages.dlp.scanpool import ScanPool
 from gateway.stages.dlp.stage import DlpStage, dlp_settings, policies_directory
 from gateway.state.cluster import SharedState
-from gateway.state.suppression import LocalSuppression
 from gateway.statusapi import StatusApi
 from gateway.workers import ChildProcess, DeliveryProcess
 
@@ -232,23 +231,13 @@ class Gateway:
         """POST /api/v1/messages, through the same ingress handler as SMTP."""
         if self.handler is None:
             return None
-        suppression_file = config.delivery.suppression.file
-        state = self.state
-        assert state is not None
+        assert self.state is not None
+        suppression = self.state.open_suppression()
 
         def suppressed(addresses: list[str], sender_domain: str) -> set[str]:
-            # In the caller's thread. The cluster's list is one pool for all; a local one gets a
-            # fresh look per request (another process writes it).
-            if state.database is not None:
-                shared = state.open_suppression()
-                return {a for a in addresses if shared.find(a, sender_domain) is not None}
-            if not suppression_file.exists():
-                return set()
-            found = LocalSuppression(suppression_file)
-            try:
-                return {a for a in addresses if found.find(a, sender_domain) is not None}
-            finally:
-                found.close()
+            # In the caller's thread. The list sees what other processes add at once (SQLite's
+            # data_version; the cluster's change notices).
+            return {a for a in addresses if suppression.find(a, sender_domain) is not None}
 
         api = config.api
         return SendApi(self.handler, SendLimits(api.max_recipients, int(api.max_request_size),
