@@ -115,6 +115,9 @@ class PolicyDecision:
     methods: tuple[str, ...] = ("tls", "smime", "pgp", "portal")
     receipt: bool = False  # tell the sender how each recipient was protected, once all are final
     pool: str | None = None  # the egress pool a rule asks for (e.g. a marketing stream)
+    # For a held message only: what the scan found, as counts per detector (never the values),
+    # so that a reviewer sees why without a search of the audit log.
+    detectors: tuple[tuple[str, int], ...] = ()
 
     def protects(self, index: int) -> bool:
         return index in self.protect
@@ -192,7 +195,9 @@ def _policy_from_dict(data: dict[str, Any]) -> PolicyDecision:
                               protect=tuple(data.get("protect", ())))
     if "methods" in data:
         decision = dataclasses.replace(decision, methods=tuple(data["methods"]))
-    return dataclasses.replace(decision, receipt=bool(data.get("receipt", False)), pool=data.get("pool"))
+    detectors = tuple((str(name), int(count)) for name, count in data.get("detectors", ()))
+    return dataclasses.replace(decision, receipt=bool(data.get("receipt", False)), pool=data.get("pool"),
+                               detectors=detectors)
 
 
 # -- delivery results: what happened to a recipient, as the queue, audit and DSNs record it --

@@ -220,15 +220,8 @@ class ConsoleApp:
                          "recipients": [r.address for r in message.envelope.recipients],
                          "rules": list(message.policy.rules), "action": message.policy.action,
                          "size": size(message.size), "age_hours": int((now - message.received_at) // 3600),
-                         "old": now - message.received_at > flag_age, "detectors": {},
-                         "received_at": message.received_at})
-        if rows:  # what the scan found (counts per detector), from each message's policy record
-            oldest = min(float(r["received_at"]) for r in rows)
-            since = datetime.datetime.fromtimestamp(oldest - 3600, datetime.UTC)
-            held = {r["queue_id"]: r for r in rows}
-            for record in trace.search(self.gateway_config, reader.Query(since=since)):
-                if record.get("event") == "policy" and record.get("queue_id") in held:
-                    held[str(record["queue_id"])]["detectors"] = record.get("detectors") or {}
+                         "old": now - message.received_at > flag_age,
+                         "detectors": dict(message.policy.detectors)})
         return sorted(rows, key=lambda r: r["queue_id"])
 
     def _held(self, queue_id: str) -> Any:

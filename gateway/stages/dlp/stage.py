@@ -69,7 +69,8 @@ class DlpStage:
         item.notes[self.name] = summary
         item.message = dataclasses.replace(message, policy=PolicyDecision(
             action=verdict.action, rules=verdict.applied, protect=verdict.protect,
-            methods=verdict.methods, receipt=verdict.receipt, pool=verdict.pool))
+            methods=verdict.methods, receipt=verdict.receipt, pool=verdict.pool,
+            detectors=tuple(sorted(summary.counts.items())) if verdict.action == "hold" and summary else ()))
         item.add_headers(verdict.headers)
         for address in verdict.notify:
             item.generated.append(notification(item.message, verdict, summary, to=address,
