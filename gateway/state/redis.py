@@ -140,13 +140,13 @@ end
 return 1
 """
 
-# KEYS: day hash of the IP; ARGV: provider, cap, count, spend (1: raise to the cap).
-# Returns {taken, count after}.
+# KEYS: day hash of the IP; ARGV: provider, cap, spend (1: raise the count to the cap, else
+# count one message if that stays within the cap). Returns {taken, count after}.
 _WARMUP = """
 local used = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local cap, count = tonumber(ARGV[2]), tonumber(ARGV[3])
-if ARGV[4] == '1' then count = math.max(0, cap - used) end
-if ARGV[4] ~= '1' and used + count > cap then return {0, used} end
+local cap, count = tonumber(ARGV[2]), 1
+if ARGV[3] == '1' then count = math.max(0, cap - used) end
+if ARGV[3] ~= '1' and used + count > cap then return {0, used} end
 redis.call('HINCRBY', KEYS[1], ARGV[1], count)
 redis.call('EXPIRE', KEYS[1], 172800)
 return {1, used + count}
@@ -334,7 +334,7 @@ class RedisLimits:
 
         async def shared() -> bool:
             taken, count = await self._warmup(keys=[_key("warmup", day, ip)],
-                                              args=[provider, cap, 1, "1" if spend else "0"])
+                                              args=[provider, cap, "1" if spend else "0"])
             self._warmup_known[known] = int(count)
             return bool(taken)
 
